@@ -1,0 +1,117 @@
+"""Declares the one extension, adamc._kernels, and its per-file compiler flags.
+
+Metadata lives in pyproject.toml.  The C files under src/adamc/csrc are
+compiled here rather than by a plain Extension because each ISA variant
+needs its own flags (kernel_<isa>.c), and OpenMP is probed, not assumed.
+
+Environment switches (build time):
+  ADAMC_NATIVE=1     add -march=native to every file (local builds only)
+  ADAMC_NO_OPENMP=1  build without OpenMP (serial steps)
+"""
+
+import os
+import sys
+import tempfile
+import textwrap
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+CSRC = os.path.join("src", "adamc", "csrc")
+# Files compiled with the common flags only.
+COMMON_SOURCES = ["step.c", "threads.c", "kernel_baseline.c"]
+
+
+def _msvc(compiler):
+    return compiler.compiler_type == "msvc"
+
+
+def _base_flags(compiler):
+    if _msvc(compiler):
+        # /fp:precise is MSVC's default and keeps a*b+c unfused.
+        return ["/O2", "/fp:precise"]
+    # -ffp-contract=off: FMA only where a kernel variant asks for it
+    # (csrc/kernel_body.h); -fno-math-errno lets sqrt inline and vectorise
+    # (it changes no result, only whether errno is set).  Never -ffast-math.
+    flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=c99"]
+    if os.environ.get("ADAMC_NATIVE") == "1":
+        flags.append("-march=native")
+    return flags
+
+
+def _openmp_flags(compiler):
+    """(compile flags, link flags) for OpenMP, or None if it does not build."""
+    if os.environ.get("ADAMC_NO_OPENMP") == "1":
+        return None
+    if _msvc(compiler):
+        return ["/openmp"], []
+    if sys.platform == "darwin":
+        cand = (["-Xpreprocessor", "-fopenmp"], ["-lomp"])
+    else:
+        cand = (["-fopenmp"], ["-fopenmp"])
+    src = textwrap.dedent(
+        """
+        #include <omp.h>
+        int main(void) { int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        return n > 0 ? 0 : 1; }
+        """
+    )
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "probe.c")
+        with open(path, "w") as f:
+            f.write(src)
+        try:
+            objs = compiler.compile([path], output_dir=d, extra_postargs=cand[0])
+            compiler.link_executable(objs, "probe", output_dir=d, extra_postargs=cand[1])
+        except Exception:
+            return None
+    return cand
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        omp = _openmp_flags(self.compiler)
+        if omp is None:
+            self.warn(
+                "adamc: OpenMP not found (or ADAMC_NO_OPENMP=1): building a serial "
+                "extension; adamc.cpu_info()['openmp'] will be False"
+            )
+        base = _base_flags(self.compiler)
+        for ext in self.extensions:
+            cflags = base + (omp[0] if omp else [])
+            objects = []
+            for name, extra in self.c_sources():
+                objects += self.compiler.compile(
+                    [os.path.join(CSRC, name)],
+                    output_dir=self.build_temp,
+                    include_dirs=[CSRC],
+                    extra_postargs=cflags + extra,
+                    depends=[os.path.join(CSRC, h) for h in os.listdir(CSRC)],
+                )
+            ext.extra_objects = objects + ext.extra_objects
+            ext.extra_compile_args = cflags
+            ext.extra_link_args = omp[1] if omp else []
+        super().build_extensions()
+
+    def c_sources(self):
+        """(file, extra flags) for every C file of the extension."""
+        return [(name, []) for name in COMMON_SOURCES]
+
+
+extensions = [
+    Extension(
+        "adamc._kernels",
+        sources=["src/adamc/_kernels.pyx"],
+        include_dirs=[numpy.get_include(), CSRC],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+]
+
+setup(
+    ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}),
+    cmdclass={"build_ext": BuildExt},
+)

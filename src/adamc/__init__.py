@@ -1,0 +1,19 @@
+"""adamc: fused Adam/AdamW optimizer steps for NumPy arrays, in C."""
+
+from . import reference
+from ._kernels import get_num_threads, set_num_threads
+from ._runtime import cpu_info
+from .optim import Adam, AdamW, adam_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adam",
+    "AdamW",
+    "adam_step",
+    "reference",
+    "set_num_threads",
+    "get_num_threads",
+    "cpu_info",
+    "__version__",
+]

@@ -1,0 +1,447 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The shim between adamc's Python classes and its C kernels (csrc/).
+
+Takes buffers, checks them, releases the GIL and calls C.  Parting from the
+usual "memoryviews only" shim shape on purpose: one optimizer step checks
+every gradient (dtype, byte order, shape, memory order, aliasing) and a
+typed memoryview acquisition costs far more per array than reading the
+ndarray's fields through NumPy's C API, which is what keeps a 500-tensor
+step cheap.  The checks here are fast yes/no tests; every message is
+written once, in _validation.py / _base.py, which this module calls to
+raise when a test fails.
+"""
+
+cimport numpy as cnp
+from libc.stdint cimport int64_t, uintptr_t
+from libc.stdlib cimport malloc, free
+
+from . import _validation as V
+
+cnp.import_array()
+
+cdef extern from "csrc/adamc.h" nogil:
+    enum:
+        ADAMC_F32
+        ADAMC_F64
+        ADAMC_AMSGRAD
+    ctypedef struct adamc_scalars:
+        int flags
+    ctypedef struct adamc_task:
+        void *param
+        const void *grad
+        void *exp_avg
+        void *exp_avg_sq
+        void *max_exp_avg_sq
+        int64_t n
+        int64_t offset
+        const adamc_scalars *s
+        int dtype
+    ctypedef struct adamc_kernel:
+        const char *name
+    void adamc_scalars_init(adamc_scalars *s, int64_t step, double lr, double beta1,
+                            double beta2, double eps, double weight_decay,
+                            int decoupled, int amsgrad, int maximize,
+                            int bias_correction, int eps_inside_sqrt)
+    void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
+                          int64_t ntasks, int nthreads)
+    void adamc_split(int64_t total, int nthreads, int tid, int64_t *lo, int64_t *hi)
+    int adamc_openmp_enabled()
+    void adamc_set_num_threads(int n)
+    int adamc_user_num_threads()
+    int adamc_resolve_num_threads()
+    int adamc_available_cpus()
+    int64_t adamc_serial_cutoff()
+    const adamc_kernel *adamc_kernel_baseline()
+
+
+cdef const adamc_kernel *_kernel = adamc_kernel_baseline()
+
+
+def kernel_name():
+    """Name of the kernel variant in use."""
+    return _kernel.name.decode()
+
+
+# --------------------------------------------------------------------------
+# threads
+
+def set_num_threads(n):
+    """Use ``n`` threads for every following step (``None`` restores the default)."""
+    if n is None:
+        adamc_set_num_threads(0)
+        return
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int >= 1 or None, got {type(n).__name__}")
+    if not 1 <= n <= 65536:
+        raise ValueError(f"n must be between 1 and 65536, got {n}; use None for the default")
+    adamc_set_num_threads(n)
+
+
+cdef int _resolve_threads() except -1:
+    cdef int n = adamc_resolve_num_threads()
+    if n < 1:
+        raise ValueError(
+            "the environment variable ADAMC_NUM_THREADS must be a positive integer; "
+            "unset it or set it to, for example, 2"
+        )
+    return n
+
+
+def get_num_threads():
+    """The number of threads a large step would use now (see set_num_threads)."""
+    return _resolve_threads()
+
+
+def thread_info():
+    return {
+        "openmp": bool(adamc_openmp_enabled()),
+        "available_cpus": adamc_available_cpus(),
+        "user_num_threads": adamc_user_num_threads() or None,
+        "serial_cutoff": int(adamc_serial_cutoff()),
+    }
+
+
+def split(int64_t total, int nthreads, int tid):
+    """The [lo, hi) element range thread ``tid`` of ``nthreads`` owns (for tests)."""
+    cdef int64_t lo, hi
+    if nthreads < 1 or not 0 <= tid < nthreads or total < 0:
+        raise ValueError("need total >= 0 and 0 <= tid < nthreads")
+    adamc_split(total, nthreads, tid, &lo, &hi)
+    return lo, hi
+
+
+# --------------------------------------------------------------------------
+# one buffer: adamc.adam_step (the Python wrapper has validated everything)
+
+cdef inline int _dtype_code(cnp.ndarray a):
+    return ADAMC_F32 if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT else ADAMC_F64
+
+
+def step_buffers(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
+                 cnp.ndarray exp_avg_sq, max_exp_avg_sq, int64_t step, double lr,
+                 double beta1, double beta2, double eps, double weight_decay,
+                 bint decoupled, bint amsgrad, bint maximize, bint bias_correction,
+                 bint eps_inside_sqrt):
+    """One in-place step of one parameter's buffers (already validated:
+    same dtype, shape and memory order, contiguous, writeable, disjoint)."""
+    cdef adamc_scalars s
+    cdef adamc_task t
+    cdef int nthreads = _resolve_threads()
+    adamc_scalars_init(&s, step, lr, beta1, beta2, eps, weight_decay, decoupled,
+                       amsgrad, maximize, bias_correction, eps_inside_sqrt)
+    t.param = cnp.PyArray_DATA(param)
+    t.grad = cnp.PyArray_DATA(grad)
+    t.exp_avg = cnp.PyArray_DATA(exp_avg)
+    t.exp_avg_sq = cnp.PyArray_DATA(exp_avg_sq)
+    t.max_exp_avg_sq = cnp.PyArray_DATA(<cnp.ndarray>max_exp_avg_sq) if amsgrad else NULL
+    t.n = cnp.PyArray_SIZE(param)
+    t.offset = 0
+    t.s = &s
+    t.dtype = _dtype_code(param)
+    with nogil:
+        adamc_multi_step(_kernel, &t, 1, nthreads)
+
+
+# --------------------------------------------------------------------------
+# the optimizer's step
+
+cdef struct GroupVals:
+    double lr, beta1, beta2, eps, wd
+    bint amsgrad, maximize, decoupled, bias_correction, eps_inside, lr_is_callable
+
+
+cdef inline bint _same_shape(cnp.ndarray a, int ndim, const cnp.npy_intp *dims):
+    cdef int k
+    cdef cnp.npy_intp *d
+    if cnp.PyArray_NDIM(a) != ndim:
+        return False
+    d = cnp.PyArray_DIMS(a)
+    for k in range(ndim):
+        if d[k] != dims[k]:
+            return False
+    return True
+
+
+cdef class Engine:
+    """The per-optimizer plan: pointers and metadata cached at (re)build time,
+    so a step only reads each gradient's header and calls C once."""
+
+    cdef object opt
+    cdef Py_ssize_t n, ngroups, nbounds
+    cdef list params, group_lists, group_keys, group_lr
+    cdef adamc_task *tasks
+    cdef adamc_scalars *scal
+    cdef GroupVals *gvals
+    cdef char *active
+    cdef char *pc             # parameter is C-contiguous
+    cdef int *ptype
+    cdef int *pndim
+    cdef int *gid
+    cdef void **pdata
+    cdef void **mdata
+    cdef void **vdata
+    cdef void **xdata
+    cdef cnp.npy_intp *pdims  # MAX_DIMS per parameter
+    cdef int64_t *psize
+    cdef int64_t *steps
+    cdef uintptr_t *blo
+    cdef uintptr_t *bhi
+
+    def __cinit__(self):
+        self.n = 0
+
+    def __dealloc__(self):
+        self._free()
+
+    cdef void _free(self):
+        free(self.tasks); free(self.scal); free(self.gvals); free(self.active)
+        free(self.pc); free(self.ptype); free(self.pndim); free(self.gid)
+        free(self.pdata); free(self.mdata); free(self.vdata); free(self.xdata)
+        free(self.pdims); free(self.psize); free(self.blo); free(self.bhi)
+        self.tasks = NULL; self.scal = NULL; self.gvals = NULL; self.active = NULL
+        self.pc = NULL; self.ptype = NULL; self.pndim = NULL; self.gid = NULL
+        self.pdata = NULL; self.mdata = NULL; self.vdata = NULL; self.xdata = NULL
+        self.pdims = NULL; self.psize = NULL; self.blo = NULL; self.bhi = NULL
+
+    def __init__(self, opt):
+        self.opt = opt
+        self.rebuild()
+
+    def rebuild(self):
+        """Re-read the optimizer's parameters, groups and state buffers."""
+        cdef Py_ssize_t i, n, k
+        cdef cnp.ndarray p
+        opt = self.opt
+        self._free()
+        self.params = list(opt._params)
+        n = self.n = len(self.params)
+        self.ngroups = len(opt.param_groups)
+        self.group_lists = [g["params"] for g in opt.param_groups]
+        self.group_keys = [None] * self.ngroups
+        self.group_lr = [None] * self.ngroups
+        self.tasks = <adamc_task *>malloc(max(n, 1) * sizeof(adamc_task))
+        self.scal = <adamc_scalars *>malloc(max(n, 1) * sizeof(adamc_scalars))
+        self.gvals = <GroupVals *>malloc(max(self.ngroups, 1) * sizeof(GroupVals))
+        self.active = <char *>malloc(max(n, 1))
+        self.pc = <char *>malloc(max(n, 1))
+        self.ptype = <int *>malloc(max(n, 1) * sizeof(int))
+        self.pndim = <int *>malloc(max(n, 1) * sizeof(int))
+        self.gid = <int *>malloc(max(n, 1) * sizeof(int))
+        self.pdata = <void **>malloc(max(n, 1) * sizeof(void *))
+        self.mdata = <void **>malloc(max(n, 1) * sizeof(void *))
+        self.vdata = <void **>malloc(max(n, 1) * sizeof(void *))
+        self.xdata = <void **>malloc(max(n, 1) * sizeof(void *))
+        self.pdims = <cnp.npy_intp *>malloc(max(n, 1) * cnp.NPY_MAXDIMS * sizeof(cnp.npy_intp))
+        self.psize = <int64_t *>malloc(max(n, 1) * sizeof(int64_t))
+        self.blo = <uintptr_t *>malloc(max(4 * n, 1) * sizeof(uintptr_t))
+        self.bhi = <uintptr_t *>malloc(max(4 * n, 1) * sizeof(uintptr_t))
+        if (not self.tasks or not self.scal or not self.gvals or not self.active
+                or not self.pc or not self.ptype or not self.pndim or not self.gid
+                or not self.pdata or not self.mdata or not self.vdata or not self.xdata
+                or not self.pdims or not self.psize or not self.blo or not self.bhi):
+            self._free()
+            self.n = 0
+            raise MemoryError()
+        for i in range(n):
+            p = self.params[i]
+            self.pdata[i] = cnp.PyArray_DATA(p)
+            self.ptype[i] = cnp.PyArray_TYPE(p)
+            self.pc[i] = cnp.PyArray_IS_C_CONTIGUOUS(p)
+            self.pndim[i] = cnp.PyArray_NDIM(p)
+            for k in range(self.pndim[i]):
+                self.pdims[i * cnp.NPY_MAXDIMS + k] = cnp.PyArray_DIMS(p)[k]
+            self.psize[i] = cnp.PyArray_SIZE(p)
+            self.gid[i] = opt._group_of[i]
+        self._rebuild_state()
+
+    cdef _rebuild_state(self):
+        """Cache state pointers and the sorted spans of every written buffer."""
+        cdef Py_ssize_t i
+        cdef cnp.ndarray a
+        opt = self.opt
+        spans = []
+        steps = opt._steps
+        self.steps = <int64_t *>cnp.PyArray_DATA(<cnp.ndarray>steps)
+        for i in range(self.n):
+            m, v, x = opt._exp_avg[i], opt._exp_avg_sq[i], opt._max_exp_avg_sq[i]
+            self.mdata[i] = cnp.PyArray_DATA(<cnp.ndarray>m) if m is not None else NULL
+            self.vdata[i] = cnp.PyArray_DATA(<cnp.ndarray>v) if v is not None else NULL
+            self.xdata[i] = cnp.PyArray_DATA(<cnp.ndarray>x) if x is not None else NULL
+            for b in (self.params[i], m, v, x):
+                if b is not None:
+                    a = b
+                    if cnp.PyArray_NBYTES(a):
+                        lo = <uintptr_t>cnp.PyArray_DATA(a)
+                        spans.append((lo, lo + <uintptr_t>cnp.PyArray_NBYTES(a)))
+        spans.sort()
+        self.nbounds = len(spans)
+        for i in range(self.nbounds):
+            self.blo[i], self.bhi[i] = spans[i]
+
+    cdef bint _overlaps_written(self, cnp.ndarray g):
+        cdef uintptr_t lo, hi
+        cdef Py_ssize_t a = -1, b = self.nbounds, mid
+        if not cnp.PyArray_NBYTES(g):
+            return False
+        lo = <uintptr_t>cnp.PyArray_DATA(g)
+        hi = lo + <uintptr_t>cnp.PyArray_NBYTES(g)
+        # last span starting before hi; spans are disjoint and sorted
+        while b - a > 1:
+            mid = a + (b - a) // 2
+            if self.blo[mid] < hi:
+                a = mid
+            else:
+                b = mid
+        return a >= 0 and self.bhi[a] > lo
+
+    cdef int _group_values(self, Py_ssize_t gi, object group) except -1:
+        """Fill gvals[gi]; full validation only when a value object changed."""
+        cdef GroupVals *gv = &self.gvals[gi]
+        keys = None
+        if type(group) is dict:
+            keys = tuple([group.get(k) for k in V.HYPER_KEYS])
+            old = self.group_keys[gi]
+            if old is not None and type(keys[1]) is tuple:
+                same = True
+                for k in range(len(keys)):
+                    if keys[k] is not old[k]:
+                        same = False
+                        break
+                if same:
+                    return 0
+        vals = V.group_values(group, f"param_groups[{gi}]")
+        lr = vals[0]
+        gv.lr_is_callable = not isinstance(lr, float)
+        self.group_lr[gi] = lr
+        gv.lr = 0.0 if gv.lr_is_callable else lr
+        gv.beta1, gv.beta2, gv.eps, gv.wd = vals[1], vals[2], vals[3], vals[4]
+        (gv.amsgrad, gv.maximize, gv.decoupled, gv.bias_correction,
+         gv.eps_inside) = vals[5], vals[6], vals[7], vals[8], vals[9]
+        self.group_keys[gi] = keys
+        return 0
+
+    def step(self, grads):
+        cdef Py_ssize_t i, j, gi, n = self.n, ntask = 0, start
+        cdef int64_t t, offset = 0, prev_t = -1
+        cdef Py_ssize_t prev_g = -1
+        cdef cnp.ndarray p, ga
+        cdef list glist, groups, ps
+        cdef GroupVals *gv
+        cdef adamc_scalars *s = NULL
+        cdef adamc_task *task
+        cdef bint need_alloc = False, ok
+        cdef int nthreads
+        cdef double lr
+        opt = self.opt
+
+        # grads, in parameter order
+        if opt._names is None and (type(grads) is list or type(grads) is tuple) \
+                and len(grads) == n:
+            glist = list(grads) if type(grads) is tuple else grads
+        else:
+            glist = opt._grads_list(grads)
+
+        # param_groups: same parameters, hyperparameters (re)validated if replaced
+        groups = opt.param_groups
+        ok = type(groups) is list and len(groups) == self.ngroups
+        if ok:
+            start = 0
+            for gi in range(self.ngroups):
+                group = groups[gi]
+                ps = self.group_lists[gi]
+                if type(group) is not dict or group.get("params") is not ps:
+                    ok = False
+                    break
+                if start + len(ps) > n:
+                    ok = False
+                    break
+                for j in range(len(ps)):
+                    if ps[j] is not self.params[start + j]:
+                        ok = False
+                        break
+                if not ok:
+                    break
+                start += len(ps)
+            ok = ok and start == n
+        if not ok:
+            opt._check_structure()  # raises for a real change
+            self.group_lists = [g["params"] for g in groups]
+            self.group_keys = [None] * self.ngroups
+        for gi in range(self.ngroups):
+            self._group_values(gi, groups[gi])
+
+        # every parameter and gradient, before anything changes
+        for i in range(n):
+            g = glist[i]
+            if g is None:
+                self.active[i] = 0
+                continue
+            p = self.params[i]
+            if (cnp.PyArray_DATA(p) != self.pdata[i] or not cnp.PyArray_ISWRITEABLE(p)
+                    or not _same_shape(p, self.pndim[i], &self.pdims[i * cnp.NPY_MAXDIMS])):
+                opt._explain_param(i)
+                raise RuntimeError(f"adamc: parameter {i} failed a check (please report)")
+            if not cnp.PyArray_Check(g):
+                opt._explain_grad(i, g)
+            ga = <cnp.ndarray>g
+            if (cnp.PyArray_TYPE(ga) != self.ptype[i] or not cnp.PyArray_ISNOTSWAPPED(ga)
+                    or not cnp.PyArray_ISALIGNED(ga)
+                    or not _same_shape(ga, self.pndim[i], &self.pdims[i * cnp.NPY_MAXDIMS])
+                    or not (cnp.PyArray_IS_C_CONTIGUOUS(ga) if self.pc[i]
+                            else cnp.PyArray_IS_F_CONTIGUOUS(ga))
+                    or self._overlaps_written(ga)):
+                opt._explain_grad(i, g)
+                raise RuntimeError(f"adamc: gradient {i} failed a check (please report)")
+            self.active[i] = 1
+            gv = &self.gvals[self.gid[i]]
+            if self.mdata[i] == NULL or (gv.amsgrad and self.xdata[i] == NULL):
+                need_alloc = True
+
+        # scalars (schedules are called here: may raise, nothing changed yet)
+        for i in range(n):
+            if not self.active[i]:
+                continue
+            gi = self.gid[i]
+            t = self.steps[i] + 1
+            if gi != prev_g or t != prev_t:
+                gv = &self.gvals[gi]
+                if gv.lr_is_callable:
+                    lr = V.scheduled_lr(self.group_lr[gi], t, f"param_groups[{gi}]")
+                else:
+                    lr = gv.lr
+                s = &self.scal[i]
+                adamc_scalars_init(s, t, lr, gv.beta1, gv.beta2, gv.eps, gv.wd,
+                                   gv.decoupled, gv.amsgrad, gv.maximize,
+                                   gv.bias_correction, gv.eps_inside)
+                prev_g, prev_t = gi, t
+            self.tasks[ntask].s = s
+            ntask += 1
+        nthreads = _resolve_threads()
+
+        if need_alloc:
+            active = [i for i in range(n) if self.active[i]]
+            ams = {i for i in active if self.gvals[self.gid[i]].amsgrad}
+            opt._allocate(active, ams.__contains__)
+            self._rebuild_state()
+
+        # tasks
+        ntask = 0
+        for i in range(n):
+            if not self.active[i]:
+                continue
+            task = &self.tasks[ntask]
+            task.param = self.pdata[i]
+            task.grad = cnp.PyArray_DATA(<cnp.ndarray>glist[i])
+            task.exp_avg = self.mdata[i]
+            task.exp_avg_sq = self.vdata[i]
+            task.max_exp_avg_sq = self.xdata[i] if (task.s.flags & ADAMC_AMSGRAD) else NULL
+            task.n = self.psize[i]
+            task.offset = offset
+            task.dtype = ADAMC_F32 if self.ptype[i] == cnp.NPY_FLOAT else ADAMC_F64
+            offset += task.n
+            ntask += 1
+        with nogil:
+            adamc_multi_step(_kernel, self.tasks, ntask, nthreads)
+            for i in range(n):
+                if self.active[i]:
+                    self.steps[i] += 1

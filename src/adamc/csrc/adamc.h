@@ -1,0 +1,101 @@
+/*
+ * adamc: the C side of the fused Adam/AdamW step.  No Python in here.
+ *
+ * The Cython shim (_kernels.pyx) fills one adamc_task per parameter and calls
+ * adamc_multi_step() once per optimizer step with the GIL released.
+ */
+#ifndef ADAMC_H
+#define ADAMC_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { ADAMC_F32 = 0, ADAMC_F64 = 1 };
+
+/* Option bits of adamc_scalars.flags; each selects a specialised inner loop. */
+enum {
+    ADAMC_L2 = 1,          /* g += wd * p (coupled, "Adam" weight decay)          */
+    ADAMC_AMSGRAD = 2,     /* vmax = max(vmax, v); v_hat uses vmax               */
+    ADAMC_EPS_INSIDE = 4,  /* denom = sqrt(v / bc2 + eps)                        */
+    ADAMC_LERP_LARGE = 8   /* 1 - beta1 >= 0.5: the other branch of torch's lerp */
+};
+
+/*
+ * Everything that is constant over one parameter for one step, computed once
+ * per step in double (adamc_scalars_init) and narrowed to the buffer's dtype
+ * once per chunk by the kernel.
+ */
+typedef struct {
+    double grad_sign;   /* -1 with maximize, else 1                        */
+    double decay;       /* 1 - lr * wd with decoupled weight decay, else 1 */
+    double wd;          /* coupled (L2) weight decay, used with ADAMC_L2   */
+    double lerp_w;      /* 1 - beta1                                       */
+    double beta2;
+    double one_minus_beta2;
+    double bc2;         /* 1 - beta2^t (1 without bias correction)         */
+    double bc2_sqrt;    /* sqrt(bc2)                                        */
+    double eps;
+    double neg_step;    /* -lr / (1 - beta1^t)                              */
+    int flags;
+} adamc_scalars;
+
+/* Compute the per-step scalars (Kingma & Ba 2015, Algorithm 1, with torch's
+ * arrangement of the bias corrections).  step is t >= 1. */
+void adamc_scalars_init(adamc_scalars *s, int64_t step, double lr, double beta1,
+                        double beta2, double eps, double weight_decay,
+                        int decoupled, int amsgrad, int maximize,
+                        int bias_correction, int eps_inside_sqrt);
+
+/* One parameter's buffers: all contiguous, same dtype, same length n. */
+typedef struct {
+    void *param;              /* IN/OUT */
+    const void *grad;         /* IN     */
+    void *exp_avg;            /* IN/OUT */
+    void *exp_avg_sq;         /* IN/OUT */
+    void *max_exp_avg_sq;     /* IN/OUT, only read with ADAMC_AMSGRAD */
+    int64_t n;                /* elements */
+    int64_t offset;           /* sum of n over the tasks before this one */
+    const adamc_scalars *s;
+    int dtype;                /* ADAMC_F32 or ADAMC_F64 */
+} adamc_task;
+
+/* Per-ISA kernel: update elements [lo, hi) of one task. */
+typedef void (*adamc_range_fn)(const adamc_task *t, int64_t lo, int64_t hi);
+
+typedef struct {
+    const char *name;
+    adamc_range_fn range;
+} adamc_kernel;
+
+/*
+ * Run every task.  Tasks' offset fields must be the running sum of n.
+ * nthreads <= 1, or fewer than adamc_serial_cutoff() elements in all,
+ * never enters a parallel region.  Results are bitwise the same for any
+ * thread count: every element goes through the same sequence of IEEE
+ * operations whichever thread or loop tail handles it.
+ */
+void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
+                      int64_t ntasks, int nthreads);
+
+/* The element range [lo, hi) that thread `tid` of `nthreads` owns out of
+ * `total` elements.  Exposed for tests of the splitter at > 2^32 sizes. */
+void adamc_split(int64_t total, int nthreads, int tid, int64_t *lo, int64_t *hi);
+
+/* Threads (threads.c). */
+int adamc_openmp_enabled(void);
+void adamc_set_num_threads(int n);    /* n <= 0: forget the user's choice */
+int adamc_user_num_threads(void);
+int adamc_resolve_num_threads(void);  /* the count a step would use now */
+int adamc_available_cpus(void);
+int64_t adamc_serial_cutoff(void);
+
+/* ISA variants (dispatch.c). */
+const adamc_kernel *adamc_kernel_baseline(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,70 @@
+/*
+ * Instantiates the Adam kernel for one ISA.  A kernel_<isa>.c file defines
+ * ADAMC_ISA (the variant's name as an identifier) and, when its compiler
+ * flags provide fused multiply-add, ADAMC_USE_FMA; then includes this file.
+ * Each such file is compiled with its own flags (setup.py) and exports one
+ * symbol, adamc_kernel_<isa>().
+ */
+#include <math.h>
+#include "adamc.h"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ADAMC_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define ADAMC_ALWAYS_INLINE
+#endif
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#define restrict __restrict
+#endif
+
+#define ADAMC_CAT_(a, b) a##b
+#define ADAMC_CAT(a, b) ADAMC_CAT_(a, b)
+
+/* FMA is chosen on purpose, per variant, never by the compiler's contraction:
+ * a fused a*b+c is one rounding, which moves results by up to an ulp against
+ * the two-rounding reference; the tests' tolerances say so. */
+#ifdef ADAMC_USE_FMA
+#define ADAMC_MULADD_F32(a, b, c) fmaf((a), (b), (c))
+#define ADAMC_MULADD_F64(a, b, c) fma((a), (b), (c))
+#else
+#define ADAMC_MULADD_F32(a, b, c) ((a) * (b) + (c))
+#define ADAMC_MULADD_F64(a, b, c) ((a) * (b) + (c))
+#endif
+
+#define T float
+#define SFX(name) ADAMC_CAT(ADAMC_CAT(name, _f32_), ADAMC_ISA)
+#define MULADD ADAMC_MULADD_F32
+#define SQRT sqrtf
+#include "adam_loop.inc"
+#undef T
+#undef SFX
+#undef MULADD
+#undef SQRT
+
+#define T double
+#define SFX(name) ADAMC_CAT(ADAMC_CAT(name, _f64_), ADAMC_ISA)
+#define MULADD ADAMC_MULADD_F64
+#define SQRT sqrt
+#include "adam_loop.inc"
+#undef T
+#undef SFX
+#undef MULADD
+#undef SQRT
+
+static void ADAMC_CAT(adamc_range_, ADAMC_ISA)(const adamc_task *t, int64_t lo, int64_t hi)
+{
+    if (t->dtype == ADAMC_F32)
+        ADAMC_CAT(adamc_range_f32_, ADAMC_ISA)(t, lo, hi);
+    else
+        ADAMC_CAT(adamc_range_f64_, ADAMC_ISA)(t, lo, hi);
+}
+
+#define ADAMC_STR_(x) #x
+#define ADAMC_STR(x) ADAMC_STR_(x)
+
+const adamc_kernel *ADAMC_CAT(adamc_kernel_, ADAMC_ISA)(void)
+{
+    static const adamc_kernel k = {ADAMC_STR(ADAMC_ISA), ADAMC_CAT(adamc_range_, ADAMC_ISA)};
+    return &k;
+}

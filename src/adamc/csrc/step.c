@@ -1,0 +1,121 @@
+/* Per-step scalars and the multi-tensor driver: one parallel region per
+ * optimizer step, its elements split evenly across threads regardless of
+ * where tensors begin and end. */
+#include <math.h>
+#include "adamc.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+void adamc_scalars_init(adamc_scalars *s, int64_t step, double lr, double beta1,
+                        double beta2, double eps, double weight_decay,
+                        int decoupled, int amsgrad, int maximize,
+                        int bias_correction, int eps_inside_sqrt)
+{
+    /* Kingma & Ba 2015, Algorithm 1, arranged as torch.optim.Adam does:
+     * step_size = lr / (1 - b1^t), denom = sqrt(v) / sqrt(1 - b2^t) + eps.
+     * pow(x, (double)t) is what Python's x ** t computes. */
+    double bc1 = bias_correction ? 1.0 - pow(beta1, (double)step) : 1.0;
+    double bc2 = bias_correction ? 1.0 - pow(beta2, (double)step) : 1.0;
+    int flags = 0;
+
+    s->grad_sign = maximize ? -1.0 : 1.0;
+    s->decay = 1.0;
+    s->wd = 0.0;
+    if (weight_decay != 0.0) {
+        if (decoupled)
+            s->decay = 1.0 - lr * weight_decay;  /* Loshchilov & Hutter 2019 */
+        else {
+            s->wd = weight_decay;
+            flags |= ADAMC_L2;
+        }
+    }
+    /* torch's lerp switches formula at |weight| = 0.5 for accuracy. */
+    s->lerp_w = 1.0 - beta1;
+    if (!(fabs(s->lerp_w) < 0.5))
+        flags |= ADAMC_LERP_LARGE;
+    s->beta2 = beta2;
+    s->one_minus_beta2 = 1.0 - beta2;
+    s->bc2 = bc2;
+    s->bc2_sqrt = sqrt(bc2);
+    s->eps = eps;
+    s->neg_step = -(lr / bc1);
+    if (amsgrad)
+        flags |= ADAMC_AMSGRAD;
+    if (eps_inside_sqrt)
+        flags |= ADAMC_EPS_INSIDE;
+    s->flags = flags;
+}
+
+/* Work is handed out in blocks of this many elements, so that thread
+ * boundaries fall on cache lines of any buffer that starts on one. */
+#define ADAMC_BLOCK 64
+
+void adamc_split(int64_t total, int nthreads, int tid, int64_t *lo, int64_t *hi)
+{
+    int64_t blocks = total / ADAMC_BLOCK + (total % ADAMC_BLOCK != 0);
+    int64_t q = blocks / nthreads, r = blocks % nthreads;
+    /* Written without a blocks * tid product so that no total up to
+     * INT64_MAX overflows. */
+    int64_t b_lo = q * tid + (tid < r ? tid : r);
+    int64_t b_hi = b_lo + q + (tid < r ? 1 : 0);
+    int64_t max_blocks = total / ADAMC_BLOCK;  /* whole blocks that fit */
+    *lo = b_lo > max_blocks ? total : b_lo * ADAMC_BLOCK;
+    *hi = b_hi > max_blocks ? total : b_hi * ADAMC_BLOCK;
+}
+
+static void run_range(const adamc_kernel *k, const adamc_task *tasks,
+                      int64_t ntasks, int64_t lo, int64_t hi)
+{
+    int64_t a = 0, b = ntasks;
+    if (lo >= hi)
+        return;
+    /* Last task starting at or before lo. */
+    while (b - a > 1) {
+        int64_t mid = a + (b - a) / 2;
+        if (tasks[mid].offset <= lo)
+            a = mid;
+        else
+            b = mid;
+    }
+    for (int64_t i = a; i < ntasks && tasks[i].offset < hi; i++) {
+        const adamc_task *t = &tasks[i];
+        int64_t s = lo > t->offset ? lo - t->offset : 0;
+        int64_t e = hi - t->offset < t->n ? hi - t->offset : t->n;
+        if (s < e)
+            k->range(t, s, e);
+    }
+}
+
+void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
+                      int64_t ntasks, int nthreads)
+{
+    int64_t total, cutoff;
+    if (ntasks <= 0)
+        return;
+    total = tasks[ntasks - 1].offset + tasks[ntasks - 1].n;
+#ifdef _OPENMP
+    cutoff = adamc_serial_cutoff();
+    if (nthreads > 1 && total >= cutoff) {
+        /* Every thread gets at least cutoff / 2 elements. */
+        int64_t useful = total / (cutoff / 2 > 0 ? cutoff / 2 : 1);
+        int nt = useful < nthreads ? (int)useful : nthreads;
+        if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+            {
+                int64_t lo, hi;
+                adamc_split(total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
+                run_range(k, tasks, ntasks, lo, hi);
+            }
+            return;
+        }
+    }
+#else
+    (void)nthreads;
+    (void)cutoff;
+#endif
+    for (int64_t i = 0; i < ntasks; i++)
+        if (tasks[i].n > 0)
+            k->range(&tasks[i], 0, tasks[i].n);
+}

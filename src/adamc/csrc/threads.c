@@ -1,0 +1,154 @@
+/* The one thread-count resolver.  Read at every (parallel-sized) step, so
+ * environment changes and threadpoolctl limits apply without re-import:
+ *   adamc.set_num_threads(n) > ADAMC_NUM_THREADS > OMP_NUM_THREADS > the
+ *   CPUs this process may use (affinity mask and cgroup quota),
+ * the last two capped by omp_get_max_threads(), which is what
+ * threadpoolctl.threadpool_limits lowers. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "adamc.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__linux__)
+#include <sched.h>
+#endif
+#if defined(_WIN32)
+#include <windows.h>
+#else
+#include <unistd.h>
+#endif
+
+static int user_threads = 0;
+
+int adamc_openmp_enabled(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+void adamc_set_num_threads(int n) { user_threads = n > 0 ? n : 0; }
+int adamc_user_num_threads(void) { return user_threads; }
+
+/* Below this many elements in one step, one thread does it all: entering a
+ * parallel region costs more than it saves.  Measured on the development
+ * machine (bench/ thread_cutoff); override with ADAMC_SERIAL_CUTOFF. */
+int64_t adamc_serial_cutoff(void)
+{
+    const char *e = getenv("ADAMC_SERIAL_CUTOFF");
+    if (e && *e) {
+        char *end;
+        long long v = strtoll(e, &end, 10);
+        if (*end == '\0' && v >= 0)
+            return (int64_t)v;
+    }
+    return 65536;
+}
+
+#if defined(__linux__)
+/* cgroup v2 cpu.max ("max 100000" or "200000 100000"), else v1.  Read once. */
+static int cgroup_cpus(void)
+{
+    static int cached = -2;
+    if (cached == -2) {
+        long long quota = -1, period = 0;
+        FILE *f = fopen("/sys/fs/cgroup/cpu.max", "r");
+        cached = -1;
+        if (f) {
+            char q[32] = {0};
+            if (fscanf(f, "%31s %lld", q, &period) == 2 && strcmp(q, "max") != 0)
+                quota = atoll(q);
+            fclose(f);
+        } else {
+            f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "r");
+            if (f) {
+                if (fscanf(f, "%lld", &quota) != 1)
+                    quota = -1;
+                fclose(f);
+                f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_period_us", "r");
+                if (f) {
+                    if (fscanf(f, "%lld", &period) != 1)
+                        period = 0;
+                    fclose(f);
+                }
+            }
+        }
+        if (quota > 0 && period > 0)
+            cached = (int)((quota + period - 1) / period);
+    }
+    return cached;
+}
+#endif
+
+int adamc_available_cpus(void)
+{
+    int n = 1;
+#if defined(__linux__)
+    cpu_set_t set;
+    int cg;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0)
+        n = CPU_COUNT(&set);
+    else
+        n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    cg = cgroup_cpus();
+    if (cg > 0 && cg < n)
+        n = cg;
+#elif defined(_WIN32)
+    n = (int)GetActiveProcessorCount(ALL_PROCESSOR_GROUPS);
+#else
+    n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+#endif
+    return n > 0 ? n : 1;
+}
+
+/* A positive integer, or the first item of a list such as OMP_NUM_THREADS="4,2".
+ * Returns 0 when unset or empty, -1 when malformed. */
+static int parse_threads(const char *name)
+{
+    const char *e = getenv(name);
+    char *end;
+    long v;
+    if (!e || !*e)
+        return 0;
+    v = strtol(e, &end, 10);
+    while (*end == ' ')
+        end++;
+    if (end == e || v < 1 || v > 1 << 16 || (*end != '\0' && *end != ','))
+        return -1;
+    return (int)v;
+}
+
+/* > 0: the thread count.  -1: ADAMC_NUM_THREADS is malformed (the shim
+ * raises).  A malformed OMP_NUM_THREADS is ignored, as OpenMP runtimes do. */
+int adamc_resolve_num_threads(void)
+{
+    int n;
+#ifdef _OPENMP
+    if (user_threads > 0)
+        return user_threads;
+    n = parse_threads("ADAMC_NUM_THREADS");
+    if (n != 0)
+        return n;
+    n = parse_threads("OMP_NUM_THREADS");
+    if (n <= 0)
+        n = adamc_available_cpus();
+    {
+        int cap = omp_get_max_threads();
+        if (cap < n)
+            n = cap;
+    }
+    return n > 0 ? n : 1;
+#else
+    /* Built without OpenMP: every step is serial, whatever was asked. */
+    n = parse_threads("ADAMC_NUM_THREADS");
+    return n < 0 ? -1 : 1;
+#endif
+}
