@@ -43,7 +43,7 @@ class _AdamBase:
         self._lock = threading.Lock()
 
         groups = self._parse_params(params)
-        named = [isinstance(g["params"], Mapping) for g in groups]
+        named = [isinstance(g.get("params"), Mapping) for g in groups]
         if any(named) and not all(named):
             raise TypeError(
                 "params: either every group gives its parameters as a mapping "

@@ -1,0 +1,379 @@
+"""Bad input: a clear TypeError/ValueError naming the culprit, and nothing changed."""
+
+import copy
+
+import numpy as np
+import pytest
+
+import adamc
+from adamc import reference
+
+from conftest import like, make_array
+
+IMPLS = [adamc, reference]
+
+
+def snapshot(opt):
+    """Everything a failed call must leave as it was."""
+    return (
+        [p.copy(order="K") for p in opt._params],
+        opt.state_dict(),
+        copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]),
+    )
+
+
+def assert_unchanged(opt, snap, groups=True):
+    params, sd, _ = snap
+    for a, b in zip(opt._params, params):
+        np.testing.assert_array_equal(a, b)
+    now = opt.state_dict()
+    if groups:
+        assert now["param_groups"] == sd["param_groups"]
+    assert now["state"].keys() == sd["state"].keys()
+    for i, e in sd["state"].items():
+        assert now["state"][i]["step"] == e["step"]
+        for k in e:
+            if k != "step":
+                np.testing.assert_array_equal(now["state"][i][k], e[k])
+
+
+@pytest.fixture(params=IMPLS, ids=["adamc", "reference"])
+def impl(request):
+    return request.param
+
+
+@pytest.fixture
+def stepped(rng, impl):
+    """An optimizer with three parameters, stepped twice."""
+    ps = [make_array(rng, (5,), np.float32, "C"),
+          make_array(rng, (3, 4), np.float64, "F"),
+          make_array(rng, (7,), np.float32, "C")]
+    opt = impl.Adam(ps, lr=0.01, amsgrad=True)
+    for _ in range(2):
+        opt.step([like(rng, p) for p in ps])
+    return opt, ps
+
+
+# ---------------------------------------------------------------- construction
+
+BAD_ARRAYS = [
+    (lambda: np.ones(3, dtype=np.int64), TypeError, "float32 or float64"),
+    (lambda: np.ones(3, dtype=np.float16), TypeError, "float32 or float64"),
+    (lambda: np.array([1.0, None], dtype=object), TypeError, "float32 or float64"),
+    (lambda: np.ones(3, dtype=">f8" if np.little_endian else "<f8"), TypeError, "byte order"),
+    (lambda: [1.0, 2.0], TypeError, "numpy.ndarray"),
+    (lambda: np.ones((4, 4))[:, ::2], ValueError, "not contiguous"),
+    (lambda: np.frombuffer(bytearray(8 * 4 + 1), dtype=np.float64, count=4, offset=1),
+     ValueError, "read-only|aligned"),
+]
+
+
+@pytest.mark.parametrize("make,exc,msg", BAD_ARRAYS)
+def test_bad_param_arrays(impl, make, exc, msg):
+    with pytest.raises(exc, match=msg) as e:
+        impl.Adam([np.zeros(2), make()])
+    assert "params[1]" in str(e.value)
+
+
+def test_unaligned_writeable_param_rejected(impl):
+    buf = bytearray(8 * 4 + 1)
+    a = np.frombuffer(buf, dtype=np.uint8)[1:].view(np.float64)
+    assert not a.flags.aligned and a.flags.writeable
+    with pytest.raises(ValueError, match="aligned"):
+        impl.Adam([a])
+
+
+def test_read_only_param(impl):
+    a = np.zeros(3)
+    a.flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[0\] is read-only"):
+        impl.Adam([a])
+
+
+def test_empty_and_wrong_params(impl):
+    with pytest.raises(ValueError, match="empty"):
+        impl.Adam([])
+    with pytest.raises(TypeError, match="single array"):
+        impl.Adam(np.zeros(3))
+    with pytest.raises(TypeError, match="sequence"):
+        impl.Adam(5)
+    with pytest.raises(TypeError, match="mixes"):
+        impl.Adam([np.zeros(2), {"params": [np.zeros(2)]}])
+    with pytest.raises(ValueError, match="empty"):
+        impl.Adam([{"params": []}])
+    with pytest.raises(ValueError, match="no 'params'"):
+        impl.Adam([{"lr": 0.1}])
+
+
+def test_duplicate_and_overlapping_params(impl):
+    a = np.zeros(10)
+    with pytest.raises(ValueError, match="same array"):
+        impl.Adam([a, a])
+    with pytest.raises(ValueError, match="share memory"):
+        impl.Adam([a[:6], a[4:]])
+    with pytest.raises(ValueError, match="share memory"):
+        impl.Adam([{"params": [a]}, {"params": [a.reshape(2, 5)]}])
+    impl.Adam([a[:5], a[5:]])  # adjacent, not overlapping: fine
+
+
+@pytest.mark.parametrize("kw,exc,msg", [
+    ({"lr": -1.0}, ValueError, "lr must be >= 0"),
+    ({"lr": float("nan")}, ValueError, "lr must be finite"),
+    ({"lr": float("inf")}, ValueError, "lr must be finite"),
+    ({"lr": "0.1"}, TypeError, "lr must be a real number"),
+    ({"lr": True}, TypeError, "lr must be a real number"),
+    ({"eps": -1e-8}, ValueError, "eps must be >= 0"),
+    ({"weight_decay": -0.1}, ValueError, "weight_decay must be >= 0"),
+    ({"weight_decay": float("nan")}, ValueError, "weight_decay must be finite"),
+    ({"betas": (1.0, 0.999)}, ValueError, r"betas\[0\].*\[0, 1\)"),
+    ({"betas": (0.9, -0.1)}, ValueError, r"betas\[1\].*\[0, 1\)"),
+    ({"betas": (0.9, float("nan"))}, ValueError, "finite"),
+    ({"betas": (0.9,)}, ValueError, "exactly 2"),
+    ({"betas": (0.9, 0.99, 0.999)}, ValueError, "exactly 2"),
+    ({"betas": 0.9}, TypeError, "tuple"),
+    ({"amsgrad": 1}, TypeError, "amsgrad must be True or False"),
+    ({"maximize": None}, TypeError, "maximize must be True or False"),
+    ({"bias_correction": "yes"}, TypeError, "bias_correction"),
+    ({"eps_inside_sqrt": 0}, TypeError, "eps_inside_sqrt"),
+])
+def test_bad_hyperparameters(impl, kw, exc, msg):
+    with pytest.raises(exc, match=msg):
+        impl.Adam([np.zeros(2)], **kw)
+    with pytest.raises(exc, match=msg + r"|param_groups\[1\]"):
+        impl.Adam([{"params": [np.zeros(2)]}, {"params": [np.zeros(2)], **kw}])
+
+
+def test_unknown_keyword(impl):
+    with pytest.raises(TypeError):
+        impl.Adam([np.zeros(2)], momentum=0.9)
+    with pytest.raises(TypeError):
+        impl.AdamW([np.zeros(2)], decoupled_weight_decay=False)
+
+
+def test_duplicate_names(impl):
+    with pytest.raises(ValueError, match="duplicate"):
+        impl.Adam([{"params": {"a": np.zeros(2)}}, {"params": {"a": np.zeros(2)}}])
+
+
+# ---------------------------------------------------------------- step
+
+def bad_grads(ps, rng):
+    g = [like(rng, p) for p in ps]
+    last = len(ps) - 1
+
+    def with_last(x):
+        return g[:last] + [x]
+
+    return [
+        ("count", g[:last], ValueError, "grads has 2 entries"),
+        ("count+", g + [g[0]], ValueError, "grads has 4 entries"),
+        ("ndarray", np.stack([g[0]]), TypeError, "list"),
+        ("dict", {"a": 1}, TypeError, "list"),
+        ("shape", with_last(np.zeros(8, np.float32)), ValueError, r"grads\[2\] has shape"),
+        ("dtype", with_last(np.zeros(7, np.float64)), TypeError, r"grads\[2\] has dtype"),
+        ("int", with_last(np.zeros(7, np.int32)), TypeError, "float32 or float64"),
+        ("f16", with_last(np.zeros(7, np.float16)), TypeError, "float32 or float64"),
+        ("swapped", with_last(np.zeros(7, ">f4" if np.little_endian else "<f4")),
+         TypeError, "byte order"),
+        ("list", with_last([0.0] * 7), TypeError, "numpy.ndarray"),
+        ("strided", with_last(np.zeros(14, np.float32)[::2]), ValueError, "not contiguous"),
+        ("alias-param", with_last(ps[last]), ValueError, r"shares memory with params\[2\]"),
+    ]
+
+
+def test_bad_grads_change_nothing(rng, stepped):
+    opt, ps = stepped
+    snap = snapshot(opt)
+    for name, grads, exc, msg in bad_grads(ps, rng):
+        with pytest.raises(exc, match=msg):
+            opt.step(grads)
+        assert_unchanged(opt, snap)
+
+
+def test_grad_order_mismatch(rng, stepped):
+    opt, ps = stepped
+    snap = snapshot(opt)
+    g = [like(rng, p) for p in ps]
+    g[1] = np.ascontiguousarray(g[1])  # param 1 is F-ordered
+    with pytest.raises(ValueError, match=r"grads\[1\] is C-contiguous but params\[1\] is F"):
+        opt.step(g)
+    assert_unchanged(opt, snap)
+
+
+def test_grad_aliasing_state_buffer(rng, stepped):
+    opt, ps = stepped
+    snap = snapshot(opt)
+    g = [like(rng, p) for p in ps]
+    g[2] = opt._exp_avg_sq[0][:0]  # empty view: harmless, but wrong shape
+    with pytest.raises(ValueError, match="shape"):
+        opt.step(g)
+    big = [make_array(rng, (7,), np.float32, "C") for _ in range(2)]
+    opt2 = type(opt)(big)
+    opt2.step([like(rng, p) for p in big])
+    with pytest.raises(ValueError, match=r"exp_avg of params\[0\]"):
+        opt2.step([opt2._exp_avg[0], like(rng, big[1])])
+    with pytest.raises(ValueError, match=r"max_exp_avg_sq of params\[2\]"):
+        opt.step(g[:2] + [opt._max_exp_avg_sq[2]])
+    assert_unchanged(opt, snap)
+
+
+def test_edited_hyperparameters_checked_at_step(rng, stepped):
+    opt, ps = stepped
+    snap = snapshot(opt)
+    g = [like(rng, p) for p in ps]
+    for key, val, exc in [("lr", -0.1, ValueError), ("eps", float("nan"), ValueError),
+                          ("betas", (0.9, 1.0), ValueError), ("amsgrad", "no", TypeError),
+                          ("weight_decay", -1.0, ValueError)]:
+        old = opt.param_groups[0][key]
+        opt.param_groups[0][key] = val
+        with pytest.raises(exc, match=rf"{key}.*param_groups\[0\]|param_groups\[0\]"):
+            opt.step(g)
+        opt.param_groups[0][key] = old
+        assert_unchanged(opt, snap)
+    opt.param_groups[0]["betas"] = [0.9, 1.5]
+    with pytest.raises(ValueError, match="betas"):
+        opt.step(g)
+    opt.param_groups[0]["betas"] = (0.9, 0.999)
+    del opt.param_groups[0]["eps"]
+    with pytest.raises(ValueError, match="missing"):
+        opt.step(g)
+    opt.param_groups[0]["eps"] = 1e-8
+    opt.step(g)  # fixed again: works
+
+
+def test_schedule_error_changes_nothing(rng, stepped):
+    opt, ps = stepped
+    snap = snapshot(opt)
+    g = [like(rng, p) for p in ps]
+    opt.param_groups[0]["lr"] = lambda t: -1.0
+    with pytest.raises(ValueError, match=r"lr\(3\)"):
+        opt.step(g)
+    assert_unchanged(opt, snap, groups=False)
+
+    def boom(t):
+        raise RuntimeError("schedule failed")
+
+    opt.param_groups[0]["lr"] = boom
+    with pytest.raises(RuntimeError, match="schedule failed"):
+        opt.step(g)
+    assert_unchanged(opt, snap, groups=False)
+
+
+def test_param_list_edits_rejected(rng, stepped):
+    opt, ps = stepped
+    snap = snapshot(opt)
+    g = [like(rng, p) for p in ps]
+    opt.param_groups[0]["params"].append(np.zeros(3))
+    with pytest.raises(ValueError, match="add_param_group"):
+        opt.step(g)
+    opt.param_groups[0]["params"].pop()
+    opt.param_groups[0]["params"][0] = np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match="add_param_group"):
+        opt.step(g)
+    opt.param_groups[0]["params"][0] = ps[0]
+    opt.step(g)
+    assert opt.state_dict()["state"][0]["step"] == snap[1]["state"][0]["step"] + 1
+
+
+def test_param_made_read_only_or_reshaped(rng, stepped):
+    opt, ps = stepped
+    snap = snapshot(opt)
+    g = [like(rng, p) for p in ps]
+    ps[2].flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[2\] is read-only"):
+        opt.step(g)
+    ps[2].flags.writeable = True
+    assert_unchanged(opt, snap)
+    ps[0].shape = (5, 1)
+    with pytest.raises(ValueError, match=r"params\[0\] changed shape"):
+        opt.step([g[0].reshape(5, 1)] + g[1:])
+    ps[0].shape = (5,)
+    assert_unchanged(opt, snap)
+
+
+def test_mapping_grads_errors(rng, impl):
+    w = make_array(rng, (3,), np.float64, "C")
+    opt = impl.Adam({"w": w, "b": make_array(rng, (2,), np.float64, "C")})
+    with pytest.raises(TypeError, match="mapping"):
+        opt.step([np.zeros(3), np.zeros(2)])
+    with pytest.raises(ValueError, match=r"missing \['b'\]"):
+        opt.step({"w": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"unexpected \['c'\]"):
+        opt.step({"w": np.zeros(3), "b": np.zeros(2), "c": np.zeros(2)})
+    with pytest.raises(ValueError, match=r"grads\['b'\] has shape"):
+        opt.step({"w": np.zeros(3), "b": np.zeros(3)})
+    assert opt.state_dict()["state"] == {}
+
+
+# ---------------------------------------------------------------- load_state_dict
+
+def test_bad_state_dicts_change_nothing(rng, stepped):
+    opt, ps = stepped
+    snap = snapshot(opt)
+    good = opt.state_dict()
+
+    def edit(fn):
+        sd = copy.deepcopy(good)
+        fn(sd)
+        return sd
+
+    cases = [
+        ("not a dict", [1, 2], TypeError),
+        ("no state", {"param_groups": good["param_groups"]}, TypeError),
+        ("groups", edit(lambda s: s["param_groups"].append(dict(s["param_groups"][0]))), ValueError),
+        ("n params", edit(lambda s: s["param_groups"][0]["params"].append(9)), ValueError),
+        ("index", edit(lambda s: s["state"].__setitem__(7, s["state"].pop(0))), ValueError),
+        ("shape", edit(lambda s: s["state"][0].__setitem__("exp_avg", np.zeros(4, np.float32))),
+         ValueError),
+        ("dtype", edit(lambda s: s["state"][0].__setitem__("exp_avg", np.zeros(5))), TypeError),
+        ("not array", edit(lambda s: s["state"][0].__setitem__("exp_avg_sq", [0.0] * 5)), TypeError),
+        ("missing key", edit(lambda s: s["state"][0].pop("exp_avg_sq")), ValueError),
+        ("extra key", edit(lambda s: s["state"][0].__setitem__("momentum", 1)), ValueError),
+        ("step type", edit(lambda s: s["state"][0].__setitem__("step", 1.5)), TypeError),
+        ("step<0", edit(lambda s: s["state"][0].__setitem__("step", -1)), ValueError),
+        ("lr", edit(lambda s: s["param_groups"][0].__setitem__("lr", -1.0)), ValueError),
+        ("betas", edit(lambda s: s["param_groups"][0].__setitem__("betas", (0.9,))), ValueError),
+        ("dup index", edit(lambda s: s["param_groups"][0].__setitem__("params", [0, 0, 1])),
+         ValueError),
+    ]
+    # the last parameter's entry is the broken one wherever possible
+    cases.append(("last shape", edit(lambda s: s["state"][2].__setitem__(
+        "exp_avg", np.zeros(3, np.float32))), ValueError))
+    for name, sd, exc in cases:
+        with pytest.raises(exc):
+            opt.load_state_dict(sd)
+        assert_unchanged(opt, snap)
+
+
+def test_adamw_refuses_coupled_state(rng):
+    p = make_array(rng, (3,), np.float32, "C")
+    sd = adamc.Adam([p.copy()]).state_dict()
+    with pytest.raises(ValueError, match="decoupled_weight_decay"):
+        adamc.AdamW([p]).load_state_dict(sd)
+
+
+# ---------------------------------------------------------------- functional
+
+def test_functional_errors(impl, rng):
+    p = make_array(rng, (4,), np.float32, "C")
+    g, m, v = like(rng, p), np.zeros_like(p), np.zeros_like(p)
+    p0 = p.copy()
+    for kw, exc, msg in [
+        ({"step": 0}, ValueError, "step must be >= 1"),
+        ({"step": 1.0}, TypeError, "step must be an int"),
+        ({"step": 1, "beta1": 1.0}, ValueError, "beta1"),
+        ({"step": 1, "lr": -1}, ValueError, "lr"),
+        ({"step": 1, "amsgrad": True}, ValueError, "max_exp_avg_sq"),
+    ]:
+        with pytest.raises(exc, match=msg):
+            impl.adam_step(p, g, m, v, **kw)
+    with pytest.raises(ValueError, match="exp_avg has shape"):
+        impl.adam_step(p, g, np.zeros(5, np.float32), v, step=1)
+    with pytest.raises(TypeError, match="exp_avg_sq has dtype"):
+        impl.adam_step(p, g, m, np.zeros(4), step=1)
+    with pytest.raises(ValueError, match="share memory"):
+        impl.adam_step(p, g, m, m, step=1)
+    with pytest.raises(ValueError, match="grad shares memory with param"):
+        impl.adam_step(p, p, m, v, step=1)
+    np.testing.assert_array_equal(p, p0)
+    assert not m.any() and not v.any()

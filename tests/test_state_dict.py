@@ -1,0 +1,152 @@
+"""state_dict: torch's layout, copies, pickle and np.savez round trips, bitwise resume."""
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+
+import adamc
+
+from conftest import like, make_array
+
+
+def make_opt(rng, cls=adamc.Adam, **kw):
+    ps = [make_array(rng, (17,), np.float32, "C"), make_array(rng, (4, 6), np.float64, "F")]
+    return ps, cls([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.02}], **kw)
+
+
+def test_layout(rng):
+    ps, opt = make_opt(rng, amsgrad=True)
+    opt.step([like(rng, p) for p in ps])
+    sd = opt.state_dict()
+    assert set(sd) == {"state", "param_groups"}
+    assert sd["param_groups"][0]["params"] == [0]
+    assert sd["param_groups"][1]["params"] == [1]
+    assert sd["param_groups"][1]["lr"] == 0.02
+    e = sd["state"][1]
+    assert set(e) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert e["step"] == 1 and isinstance(e["step"], int)
+    assert e["exp_avg"].shape == (4, 6) and e["exp_avg"].dtype == np.float64
+    assert e["exp_avg"].flags.f_contiguous
+
+
+def test_saved_dict_is_a_copy(rng):
+    ps, opt = make_opt(rng)
+    opt.step([like(rng, p) for p in ps])
+    sd = opt.state_dict()
+    before = sd["state"][0]["exp_avg"].copy()
+    opt.step([like(rng, p) for p in ps])
+    np.testing.assert_array_equal(sd["state"][0]["exp_avg"], before)
+    assert sd["state"][0]["step"] == 1
+    sd["param_groups"][0]["lr"] = 123.0
+    assert opt.param_groups[0]["lr"] != 123.0
+
+
+def roundtrip_pickle(sd):
+    return pickle.loads(pickle.dumps(sd))
+
+
+def roundtrip_savez(sd):
+    buf = io.BytesIO()
+    np.savez(buf, state_dict=np.array(sd, dtype=object))
+    buf.seek(0)
+    with np.load(buf, allow_pickle=True) as f:
+        return f["state_dict"].item()
+
+
+def roundtrip_savez_flat(sd):
+    """Arrays as npz members, no pickled objects: the portable way."""
+    flat = {}
+    for i, e in sd["state"].items():
+        for k, v in e.items():
+            flat[f"state/{i}/{k}"] = np.asarray(v)
+    for gi, g in enumerate(sd["param_groups"]):
+        for k, v in g.items():
+            flat[f"group/{gi}/{k}"] = np.asarray(v)
+    buf = io.BytesIO()
+    np.savez(buf, **flat)
+    buf.seek(0)
+    out = {"state": {}, "param_groups": [dict() for _ in sd["param_groups"]]}
+    with np.load(buf) as f:
+        for name in f.files:
+            kind, a, k = name.split("/")
+            v = f[name]
+            if kind == "state":
+                e = out["state"].setdefault(int(a), {})
+                e[k] = int(v) if k == "step" else v
+            else:
+                if k in ("params",):
+                    v = [int(x) for x in v]
+                elif k == "betas":
+                    v = tuple(float(x) for x in v)
+                elif v.dtype == bool:
+                    v = bool(v)
+                else:
+                    v = float(v)
+                out["param_groups"][int(a)][k] = v
+    return out
+
+
+@pytest.mark.parametrize("trip", [roundtrip_pickle, roundtrip_savez, roundtrip_savez_flat])
+@pytest.mark.parametrize("cls", [adamc.Adam, adamc.AdamW])
+def test_bitwise_resume(rng, trip, cls):
+    grads = None
+    ps, opt = make_opt(rng, cls, amsgrad=True, weight_decay=0.01)
+    grads = [[like(rng, p) for p in ps] for _ in range(10)]
+    # uninterrupted run
+    ps_a = [p.copy(order="K") for p in ps]
+    opt_a = cls([{"params": ps_a[:1]}, {"params": ps_a[1:], "lr": 0.02}],
+                amsgrad=True, weight_decay=0.01)
+    for g in grads:
+        opt_a.step(g)
+    # run, stop at 4, save, build a fresh optimizer on copies, load, continue
+    for g in grads[:4]:
+        opt.step(g)
+    sd = trip(opt.state_dict())
+    ps_b = [p.copy(order="K") for p in ps]
+    opt_b = cls([{"params": ps_b[:1]}, {"params": ps_b[1:], "lr": 0.5}],
+                amsgrad=True, weight_decay=0.01)
+    opt_b.load_state_dict(sd)
+    assert opt_b.param_groups[1]["lr"] == 0.02
+    for g in grads[4:]:
+        opt_b.step(g)
+    for a, b in zip(ps_a, ps_b):
+        np.testing.assert_array_equal(a, b)
+    sa, sb = opt_a.state_dict(), opt_b.state_dict()
+    for i in sa["state"]:
+        for k in sa["state"][i]:
+            np.testing.assert_array_equal(sa["state"][i][k], sb["state"][i][k])
+
+
+def test_load_copies_arrays_in(rng):
+    ps, opt = make_opt(rng)
+    opt.step([like(rng, p) for p in ps])
+    sd = opt.state_dict()
+    opt.load_state_dict(sd)
+    saved = sd["state"][0]["exp_avg"].copy()
+    opt.step([like(rng, p) for p in ps])
+    np.testing.assert_array_equal(sd["state"][0]["exp_avg"], saved)
+
+
+def test_load_empty_state_resets(rng):
+    ps, opt = make_opt(rng)
+    fresh = opt.state_dict()
+    opt.step([like(rng, p) for p in ps])
+    opt.load_state_dict(fresh)
+    assert opt.state_dict()["state"] == {}
+
+
+def test_state_dict_with_none_grads_resumes(rng):
+    ps, opt = make_opt(rng)
+    opt.step([like(rng, ps[0]), None])
+    sd = opt.state_dict()
+    assert list(sd["state"]) == [0]
+    ps2 = [p.copy(order="K") for p in ps]
+    opt2 = adamc.Adam([{"params": ps2[:1]}, {"params": ps2[1:], "lr": 0.02}])
+    opt2.load_state_dict(sd)
+    g = [like(rng, p) for p in ps]
+    opt.step(g)
+    opt2.step(g)
+    for a, b in zip(ps, ps2):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,198 @@
+"""Threads: the GIL is released, one optimizer is stepped safely from many
+threads, thread counts resolve as documented and never change results."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import adamc
+from adamc import reference
+
+from conftest import like, make_array
+
+
+@pytest.fixture
+def restore_threads():
+    yield
+    adamc.set_num_threads(None)
+
+
+def test_gil_released_during_large_step(rng, restore_threads):
+    adamc.set_num_threads(1)
+    n = 4_000_000
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    opt = adamc.Adam([p])
+    opt.step([g])  # allocate state outside the timed window
+    ticks = []
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+
+    th = threading.Thread(target=spin)
+    th.start()
+    try:
+        time.sleep(0.01)
+        inside = 0
+        for _ in range(5):
+            t0 = time.perf_counter()
+            opt.step([g])
+            t1 = time.perf_counter()
+            margin = 0.2 * (t1 - t0)
+            inside += sum(t0 + margin < t < t1 - margin for t in list(ticks))
+    finally:
+        stop.set()
+        th.join()
+    # Python code ran in the other thread while the step was in C.
+    assert inside > 0
+
+
+def test_many_threads_one_optimizer(rng):
+    """Steps from 4 threads are serialized: the count and the values are those
+    of 40 sequential steps with the same gradient."""
+    p = make_array(rng, (3000,), np.float64, "C")
+    q = p.copy()
+    g = like(rng, p)
+    opt = adamc.Adam([p], lr=1e-3)
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def worker():
+        try:
+            barrier.wait()
+            for i in range(10):
+                opt.step([g])
+                if i % 3 == 0:
+                    opt.state_dict()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    ref = reference.Adam([q], lr=1e-3)
+    for _ in range(40):
+        ref.step([g])
+    sd = opt.state_dict()
+    assert sd["state"][0]["step"] == 40
+    np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-12)
+
+
+def test_separate_optimizers_in_threads(rng):
+    ps = [make_array(rng, (200_000,), np.float32, "C") for _ in range(3)]
+    qs = [p.copy() for p in ps]
+    grads = [[like(rng, p) for _ in range(5)] for p in ps]
+    opts = [adamc.Adam([p]) for p in ps]
+
+    def run(k):
+        for g in grads[k]:
+            opts[k].step([g])
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for k in range(3):
+        r = adamc.Adam([qs[k]])
+        for g in grads[k]:
+            r.step([g])
+        np.testing.assert_array_equal(ps[k], qs[k])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_bitwise_same_for_any_thread_count(rng, dtype, restore_threads):
+    """Mixed sizes, so thread chunks cross tensor boundaries mid-tensor."""
+    shapes = [(70_001,), (3,), (130, 257), (0,), (65_537,), (1,)]
+    base = [make_array(rng, s, dtype, "C") for s in shapes]
+    grads = [[like(rng, p) for p in base] for _ in range(3)]
+    results = []
+    for n in (1, 2, 3, 5):
+        adamc.set_num_threads(n)
+        ps = [p.copy() for p in base]
+        opt = adamc.Adam(ps, amsgrad=True, weight_decay=0.01)
+        for g in grads:
+            opt.step(g)
+        results.append(ps)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_set_get_num_threads(restore_threads):
+    adamc.set_num_threads(3)
+    assert adamc.get_num_threads() == 3
+    assert adamc.cpu_info()["num_threads"] == 3
+    adamc.set_num_threads(None)
+    assert adamc.get_num_threads() >= 1
+    with pytest.raises(ValueError):
+        adamc.set_num_threads(0)
+    with pytest.raises(TypeError):
+        adamc.set_num_threads(2.0)
+
+
+def run_py(code, **env):
+    full = dict(os.environ)
+    for k in ("ADAMC_NUM_THREADS", "OMP_NUM_THREADS"):
+        full.pop(k, None)
+    full.update(env)
+    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True,
+                         text=True, timeout=120)
+    return out
+
+
+@pytest.mark.skipif(not adamc.cpu_info()["openmp"], reason="built without OpenMP")
+def test_thread_resolution_order():
+    code = ("import os, adamc; a = adamc.get_num_threads(); "
+            "os.environ['ADAMC_NUM_THREADS'] = '5'; b = adamc.get_num_threads(); "
+            "adamc.set_num_threads(2); c = adamc.get_num_threads(); print(a, b, c)")
+    out = run_py(code, OMP_NUM_THREADS="3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "5", "2"]
+    out = run_py("import adamc; print(adamc.get_num_threads(), adamc.cpu_info()['available_cpus'])")
+    n, cpus = out.stdout.split()
+    assert n == cpus
+
+
+def test_bad_thread_env_is_a_clear_error():
+    out = run_py("import adamc, numpy as np; adamc.Adam([np.zeros(3)]).step([np.ones(3)])",
+                 ADAMC_NUM_THREADS="many")
+    assert out.returncode != 0
+    assert "ADAMC_NUM_THREADS must be a positive integer" in out.stderr
+
+
+@pytest.mark.skipif(not adamc.cpu_info()["openmp"], reason="built without OpenMP")
+def test_threadpoolctl_limits_apply():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    code = ("import adamc, threadpoolctl\n"
+            "with threadpoolctl.threadpool_limits(1, user_api='openmp'):\n"
+            "    print(adamc.get_num_threads())\n")
+    out = run_py(code, OMP_NUM_THREADS="2")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+    del threadpoolctl
+
+
+def test_splitter_covers_large_totals():
+    """64-bit element ranges: contiguous, disjoint, covering, without allocating."""
+    from adamc import _kernels
+
+    for total in (0, 1, 63, 64, 65, 2**31 + 7, 2**32 + 1, 2**40 + 3, 2**62):
+        for nt in (1, 2, 3, 7, 64):
+            spans = [_kernels.split(total, nt, t) for t in range(nt)]
+            assert spans[0][0] == 0 and spans[-1][1] == total
+            for (a, b), (c, d) in zip(spans, spans[1:]):
+                assert b == c and a <= b
+            if total >= 64 * nt:
+                sizes = [b - a for a, b in spans]
+                assert max(sizes) - min(sizes) < 2 * 64  # a block, plus a partial last one
