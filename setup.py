@@ -10,6 +10,7 @@ Environment switches (build time):
 """
 
 import os
+import platform
 import sys
 import tempfile
 import textwrap
@@ -21,7 +22,18 @@ from setuptools.command.build_ext import build_ext
 
 CSRC = os.path.join("src", "adamc", "csrc")
 # Files compiled with the common flags only.
-COMMON_SOURCES = ["step.c", "threads.c", "kernel_baseline.c"]
+COMMON_SOURCES = ["step.c", "threads.c", "dispatch.c", "kernel_baseline.c"]
+# x86-64 variants: file, GCC/Clang flags, MSVC flags.  Chosen at run time
+# (csrc/dispatch.c), so a wheel built anywhere keeps them all.
+X86_VARIANTS = [
+    ("avx2", ["-mavx2", "-mfma"], ["/arch:AVX2"]),
+    ("avx512", ["-mavx512f", "-mfma", "-mprefer-vector-width=512"], ["/arch:AVX512"]),
+]
+
+
+def _is_x86_64():
+    target = os.environ.get("ADAMC_TARGET_ARCH") or platform.machine()
+    return target.lower() in ("x86_64", "amd64")
 
 
 def _msvc(compiler):
@@ -99,7 +111,13 @@ class BuildExt(build_ext):
 
     def c_sources(self):
         """(file, extra flags) for every C file of the extension."""
-        return [(name, []) for name in COMMON_SOURCES]
+        msvc = _msvc(self.compiler)
+        variants = X86_VARIANTS if _is_x86_64() else []
+        defines = [("/D" if msvc else "-D") + f"ADAMC_HAVE_{v.upper()}" for v, _, _ in variants]
+        out = [(name, defines if name == "dispatch.c" else []) for name in COMMON_SOURCES]
+        for name, gcc, cl in variants:
+            out.append((f"kernel_{name}.c", cl if msvc else gcc))
+        return out
 
 
 extensions = [

@@ -108,3 +108,20 @@ def assert_matches(actual, expected, steps, what=""):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def _runnable_variants():
+    from adamc import _kernels
+
+    return _kernels.variants()[1]
+
+
+@pytest.fixture(params=_runnable_variants())
+def variant(request):
+    """Run the test once per kernel variant this CPU can run, then restore."""
+    from adamc import _kernels
+
+    before = _kernels.kernel_name()
+    _kernels.use_variant(request.param)
+    yield request.param
+    _kernels.use_variant(before)

@@ -10,6 +10,9 @@ from conftest import DTYPES, LAYOUTS, OPTIONS, assert_matches, like, make_array,
 
 STEPS = 12
 
+# every test here runs once per kernel variant the CPU can run
+pytestmark = pytest.mark.usefixtures("variant")
+
 
 def functional_kwargs(opt):
     kw = dict(opt)

@@ -111,7 +111,7 @@ def test_separate_optimizers_in_threads(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_results_bitwise_same_for_any_thread_count(rng, dtype, restore_threads):
+def test_results_bitwise_same_for_any_thread_count(rng, dtype, restore_threads, variant):
     """Mixed sizes, so thread chunks cross tensor boundaries mid-tensor."""
     shapes = [(70_001,), (3,), (130, 257), (0,), (65_537,), (1,)]
     base = [make_array(rng, s, dtype, "C") for s in shapes]

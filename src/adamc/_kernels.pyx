@@ -52,9 +52,54 @@ cdef extern from "csrc/adamc.h" nogil:
     int adamc_available_cpus()
     int64_t adamc_serial_cutoff()
     const adamc_kernel *adamc_kernel_baseline()
+    int adamc_variants(const adamc_kernel **out, int *cpu_ok, int max)
+    enum:
+        ADAMC_PROBE
 
 
-cdef const adamc_kernel *_kernel = adamc_kernel_baseline()
+# --------------------------------------------------------------------------
+# kernel variants: chosen once at import (ADAMC_ISA may force a lower one)
+
+cdef const adamc_kernel *_variants[8]
+cdef int _cpu_ok[8]
+cdef int _nvariants = adamc_variants(_variants, _cpu_ok, 8)
+cdef const adamc_kernel *_kernel = NULL
+
+
+def variants():
+    """(compiled-in variant names, the ones this CPU can run), lowest first."""
+    names = [_variants[i].name.decode() for i in range(_nvariants)]
+    return names, [names[i] for i in range(_nvariants) if _cpu_ok[i]]
+
+
+def use_variant(name):
+    """Switch the kernel variant (tests use this; users set ADAMC_ISA)."""
+    global _kernel
+    compiled, runnable = variants()
+    if name not in compiled:
+        raise ValueError(
+            f"unknown kernel variant {name!r}; this build has {', '.join(compiled)}")
+    if name not in runnable:
+        raise ValueError(
+            f"kernel variant {name!r} needs instructions this CPU (or OS) lacks; "
+            f"available here: {', '.join(runnable)}")
+    _kernel = _variants[compiled.index(name)]
+
+
+def _select_at_import():
+    import os
+    forced = os.environ.get("ADAMC_ISA", "").strip().lower()
+    if forced:
+        try:
+            use_variant(forced)
+        except ValueError as e:
+            raise ImportError(f"ADAMC_ISA={forced!r}: {e}") from None
+    else:
+        runnable = variants()[1]
+        use_variant(runnable[len(runnable) - 1])  # the widest (wraparound is off)
+
+
+_select_at_import()
 
 
 def kernel_name():
@@ -140,6 +185,38 @@ def step_buffers(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     t.dtype = _dtype_code(param)
     with nogil:
         adamc_multi_step(_kernel, &t, 1, nthreads)
+
+
+def probe_buffers(list quads):
+    """Roofline probe over [(p, g, m, v), ...]: exactly Adam's memory traffic
+    (read 4, write 3) with one add per array, through the same multi-tensor
+    driver and threads as a step.  The arrays must be contiguous and alike
+    (benchmarks only: not validated)."""
+    cdef Py_ssize_t i, k = len(quads)
+    cdef adamc_scalars s
+    cdef adamc_task *tasks = <adamc_task *>malloc(max(k, 1) * sizeof(adamc_task))
+    cdef int64_t offset = 0
+    cdef int nthreads = _resolve_threads()
+    if tasks == NULL:
+        raise MemoryError()
+    s.flags = ADAMC_PROBE
+    try:
+        for i in range(k):
+            p, g, m, v = quads[i]
+            tasks[i].param = cnp.PyArray_DATA(<cnp.ndarray>p)
+            tasks[i].grad = cnp.PyArray_DATA(<cnp.ndarray>g)
+            tasks[i].exp_avg = cnp.PyArray_DATA(<cnp.ndarray>m)
+            tasks[i].exp_avg_sq = cnp.PyArray_DATA(<cnp.ndarray>v)
+            tasks[i].max_exp_avg_sq = NULL
+            tasks[i].n = cnp.PyArray_SIZE(<cnp.ndarray>p)
+            tasks[i].offset = offset
+            tasks[i].s = &s
+            tasks[i].dtype = _dtype_code(<cnp.ndarray>p)
+            offset += tasks[i].n
+        with nogil:
+            adamc_multi_step(_kernel, tasks, k, nthreads)
+    finally:
+        free(tasks)
 
 
 # --------------------------------------------------------------------------

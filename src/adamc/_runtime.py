@@ -11,13 +11,17 @@ def cpu_info():
     Returns
     -------
     dict
-        ``isa``: the kernel variant in use; ``num_threads``: the threads a
+        ``isa``: the kernel variant in use; ``isa_available``: the variants
+        this CPU can run (``ADAMC_ISA`` may force any of them);
+        ``isa_compiled``: the variants in this build; ``num_threads``: the threads a
         large step uses now; ``openmp``: whether the build has OpenMP;
         ``available_cpus``: CPUs this process may run on (affinity and
         cgroup quota); ``serial_cutoff``: steps with fewer elements run on
         one thread.
     """
-    info = {"isa": _kernels.kernel_name()}
+    compiled, runnable = _kernels.variants()
+    info = {"isa": _kernels.kernel_name(), "isa_available": runnable,
+            "isa_compiled": compiled}
     info["num_threads"] = _kernels.get_num_threads()
     info.update(_kernels.thread_info())
     return info

@@ -20,7 +20,8 @@ enum {
     ADAMC_L2 = 1,          /* g += wd * p (coupled, "Adam" weight decay)          */
     ADAMC_AMSGRAD = 2,     /* vmax = max(vmax, v); v_hat uses vmax               */
     ADAMC_EPS_INSIDE = 4,  /* denom = sqrt(v / bc2 + eps)                        */
-    ADAMC_LERP_LARGE = 8   /* 1 - beta1 >= 0.5: the other branch of torch's lerp */
+    ADAMC_LERP_LARGE = 8,  /* 1 - beta1 >= 0.5: the other branch of torch's lerp */
+    ADAMC_PROBE = 16       /* roofline probe: Adam's memory traffic, trivial math */
 };
 
 /*
@@ -92,8 +93,11 @@ int adamc_resolve_num_threads(void);  /* the count a step would use now */
 int adamc_available_cpus(void);
 int64_t adamc_serial_cutoff(void);
 
-/* ISA variants (dispatch.c). */
+/* ISA variants (kernel_<isa>.c, dispatch.c). */
 const adamc_kernel *adamc_kernel_baseline(void);
+/* Fill out[] with the compiled-in variants, lowest first, and cpu_ok[] with
+ * whether this CPU and OS can run each; returns how many. */
+int adamc_variants(const adamc_kernel **out, int *cpu_ok, int max);
 
 #ifdef __cplusplus
 }

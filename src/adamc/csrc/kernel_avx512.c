@@ -1,0 +1,6 @@
+/* AVX-512F variant (x86-64 only): compiled with -mavx512f -mfma and 512-bit
+ * vectors preferred, selected at run time when CPUID and XGETBV say the CPU
+ * and OS support it. */
+#define ADAMC_ISA avx512
+#define ADAMC_USE_FMA 1
+#include "kernel_body.h"
