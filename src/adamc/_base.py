@@ -258,8 +258,19 @@ class _AdamBase:
                 "cannot be removed from an optimizer"
             )
 
-    def _explain_grad(self, i, g):
-        """Raise the error for grad i (called when a fast check failed)."""
+    def _written_spans(self):
+        """Sorted spans of every buffer a step writes (parameters and state)."""
+        arrays, labels = [], []
+        for j, q in enumerate(self._params):
+            lab = self._label(j)
+            arrays += [q, self._exp_avg[j], self._exp_avg_sq[j], self._max_exp_avg_sq[j]]
+            labels += [lab, f"the exp_avg of {lab}", f"the exp_avg_sq of {lab}",
+                       f"the max_exp_avg_sq of {lab}"]
+        return V.spans_of(arrays, labels)
+
+    def _explain_grad(self, i, g, spans=None):
+        """Raise the error for grad i, if it has one (the compiled step calls
+        this only after its fast checks failed)."""
         p = self._params[i]
         plab = self._label(i)
         glab = "g" + plab[1:].replace("arams", "rads", 1)
@@ -267,18 +278,7 @@ class _AdamBase:
         V.check_writeable(p, plab)
         V.check_array(g, glab)
         V.check_like(g, p, glab, plab)
-        written, labels = [], []
-        for j, q in enumerate(self._params):
-            lab = self._label(j)
-            for buf, what in (
-                (q, lab),
-                (self._exp_avg[j], f"the exp_avg of {lab}"),
-                (self._exp_avg_sq[j], f"the exp_avg_sq of {lab}"),
-                (self._max_exp_avg_sq[j], f"the max_exp_avg_sq of {lab}"),
-            ):
-                written.append(buf)
-                labels.append(what)
-        V.check_no_overlap(g, glab, written, labels)
+        V.check_no_overlap(g, glab, self._written_spans() if spans is None else spans)
 
     def _explain_param(self, i):
         """Raise the error for a parameter that changed since construction."""

@@ -8,6 +8,7 @@ the last validated values and compares identities first).
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 
@@ -197,12 +198,17 @@ def bounds(a):
     return lo, lo + a.nbytes
 
 
-def check_disjoint(arrays, labels):
-    """No two of the (contiguous) arrays share a byte of memory."""
-    spans = sorted(
-        (bounds(a) + (lab,) for a, lab in zip(arrays, labels) if a.nbytes),
+def spans_of(arrays, labels):
+    """Sorted (start, end, label) of the non-empty arrays' buffers."""
+    return sorted(
+        (bounds(a) + (lab,) for a, lab in zip(arrays, labels) if a is not None and a.nbytes),
         key=lambda s: s[0],
     )
+
+
+def check_disjoint(arrays, labels):
+    """No two of the (contiguous) arrays share a byte of memory."""
+    spans = spans_of(arrays, labels)
     for (lo0, hi0, lab0), (lo1, hi1, lab1) in zip(spans, spans[1:]):
         if lo1 < hi0:
             raise ValueError(
@@ -211,19 +217,18 @@ def check_disjoint(arrays, labels):
             )
 
 
-def check_no_overlap(a, label, written, written_labels):
-    """a (read only) must not share memory with any written buffer."""
+def check_no_overlap(a, label, spans):
+    """a (read only) must not share memory with any of the sorted, disjoint
+    written spans (from spans_of)."""
     if not a.nbytes:
         return
     lo, hi = bounds(a)
-    for w, wl in zip(written, written_labels):
-        if w is not None and w.nbytes:
-            wlo, whi = bounds(w)
-            if lo < whi and wlo < hi:
-                raise ValueError(
-                    f"{label} shares memory with {wl}, which the step writes; "
-                    "pass a separate gradient array (for example a copy)"
-                )
+    k = bisect.bisect_left(spans, hi, key=lambda s: s[0]) - 1  # last span starting before hi
+    if k >= 0 and spans[k][1] > lo:
+        raise ValueError(
+            f"{label} shares memory with {spans[k][2]}, which the step writes; "
+            "pass a separate gradient array (for example a copy)"
+        )
 
 
 def check_step_buffers(param, grad, exp_avg, exp_avg_sq, amsgrad, max_exp_avg_sq):
@@ -247,7 +252,7 @@ def check_step_buffers(param, grad, exp_avg, exp_avg_sq, amsgrad, max_exp_avg_sq
     written = [param] + [a for _, a in named]
     labels = ["param"] + [name for name, _ in named]
     check_disjoint(written, labels)
-    check_no_overlap(grad, "grad", written, labels)
+    check_no_overlap(grad, "grad", spans_of(written, labels))
 
 
 def check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,

@@ -45,10 +45,12 @@ def _update(p, grad, m, v, vmax, t, lr, beta1, beta2, eps, wd, decoupled,
         vv = vmax
     else:
         vv = v
+    # torch divides by sqrt(bc2); multiplying by its reciprocal (computed
+    # once, in double) differs by rounding only and is what the kernel does.
     if eps_inside_sqrt:
-        denom = np.sqrt(vv / dt(bc2) + dt(eps))
+        denom = np.sqrt(vv * dt(1.0 / bc2) + dt(eps))
     else:
-        denom = np.sqrt(vv) / dt(math.sqrt(bc2)) + dt(eps)
+        denom = np.sqrt(vv) * dt(1.0 / math.sqrt(bc2)) + dt(eps)
     p += dt(-(lr / bc1)) * (m / denom)
 
 
@@ -86,10 +88,11 @@ class Adam(_AdamBase):
         vals = [V.group_values(g, f"param_groups[{gi}]")
                 for gi, g in enumerate(self.param_groups)]
         active = []
+        spans = self._written_spans()
         for i, g in enumerate(glist):
             if g is not None:
                 self._explain_param(i)
-                self._explain_grad(i, g)
+                self._explain_grad(i, g, spans)
                 active.append(i)
         lrs = {}
         for i in active:

@@ -36,8 +36,8 @@ typedef struct {
     double lerp_w;      /* 1 - beta1                                       */
     double beta2;
     double one_minus_beta2;
-    double bc2;         /* 1 - beta2^t (1 without bias correction)         */
-    double bc2_sqrt;    /* sqrt(bc2)                                        */
+    double inv_bc2;      /* 1 / (1 - beta2^t) (1 without bias correction)  */
+    double inv_bc2_sqrt; /* 1 / sqrt(1 - beta2^t)                           */
     double eps;
     double neg_step;    /* -lr / (1 - beta1^t)                              */
     int flags;

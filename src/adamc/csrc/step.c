@@ -14,7 +14,7 @@ void adamc_scalars_init(adamc_scalars *s, int64_t step, double lr, double beta1,
                         int bias_correction, int eps_inside_sqrt)
 {
     /* Kingma & Ba 2015, Algorithm 1, arranged as torch.optim.Adam does:
-     * step_size = lr / (1 - b1^t), denom = sqrt(v) / sqrt(1 - b2^t) + eps.
+     * step_size = lr / (1 - b1^t), denom = sqrt(v) * (1 / sqrt(1 - b2^t)) + eps.
      * pow(x, (double)t) is what Python's x ** t computes. */
     double bc1 = bias_correction ? 1.0 - pow(beta1, (double)step) : 1.0;
     double bc2 = bias_correction ? 1.0 - pow(beta2, (double)step) : 1.0;
@@ -37,8 +37,11 @@ void adamc_scalars_init(adamc_scalars *s, int64_t step, double lr, double beta1,
         flags |= ADAMC_LERP_LARGE;
     s->beta2 = beta2;
     s->one_minus_beta2 = 1.0 - beta2;
-    s->bc2 = bc2;
-    s->bc2_sqrt = sqrt(bc2);
+    /* Multiplying by these once-per-step reciprocals instead of dividing by
+     * sqrt(bc2) (as torch does) frees the divider, which bounds the step's
+     * speed in cache and for float64; it moves results by rounding only. */
+    s->inv_bc2 = 1.0 / bc2;
+    s->inv_bc2_sqrt = 1.0 / sqrt(bc2);
     s->eps = eps;
     s->neg_step = -(lr / bc1);
     if (amsgrad)
@@ -91,17 +94,20 @@ static void run_range(const adamc_kernel *k, const adamc_task *tasks,
 void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
                       int64_t ntasks, int nthreads)
 {
-    int64_t total, cutoff;
+    int64_t total;
     if (ntasks <= 0)
         return;
     total = tasks[ntasks - 1].offset + tasks[ntasks - 1].n;
 #ifdef _OPENMP
-    cutoff = adamc_serial_cutoff();
-    if (nthreads > 1 && total >= cutoff) {
-        /* Every thread gets at least cutoff / 2 elements. */
-        int64_t useful = total / (cutoff / 2 > 0 ? cutoff / 2 : 1);
-        int nt = useful < nthreads ? (int)useful : nthreads;
-        if (nt > 1) {
+    if (nthreads > 1) {
+        /* The cutoff counts float32-equivalent elements: a float64 element
+         * costs about twice as much (bench/thread_cutoff.py). */
+        int64_t work = 0, cutoff = adamc_serial_cutoff();
+        int64_t per_thread = cutoff / 2 > 0 ? cutoff / 2 : 1;
+        for (int64_t i = 0; i < ntasks; i++)
+            work += tasks[i].dtype == ADAMC_F64 ? 2 * tasks[i].n : tasks[i].n;
+        if (work >= cutoff && work / per_thread > 1) {
+            int nt = work / per_thread < nthreads ? (int)(work / per_thread) : nthreads;
 #pragma omp parallel num_threads(nt)
             {
                 int64_t lo, hi;
@@ -113,7 +119,6 @@ void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
     }
 #else
     (void)nthreads;
-    (void)cutoff;
 #endif
     for (int64_t i = 0; i < ntasks; i++)
         if (tasks[i].n > 0)

@@ -38,9 +38,12 @@ int adamc_openmp_enabled(void)
 void adamc_set_num_threads(int n) { user_threads = n > 0 ? n : 0; }
 int adamc_user_num_threads(void) { return user_threads; }
 
-/* Below this many elements in one step, one thread does it all: entering a
- * parallel region costs more than it saves.  Measured on the development
- * machine (bench/ thread_cutoff); override with ADAMC_SERIAL_CUTOFF. */
+/* Below this much work in one step (float32 elements; a float64 element
+ * counts twice), one thread does it all: entering a parallel region costs
+ * more than it saves, and each thread gets at least half of it.  Measured
+ * with bench/thread_cutoff.py on the 2-core development machine, where two
+ * threads first beat one at about 12k float32 / 3k float64 elements.
+ * Override with ADAMC_SERIAL_CUTOFF (read at every step). */
 int64_t adamc_serial_cutoff(void)
 {
     const char *e = getenv("ADAMC_SERIAL_CUTOFF");
@@ -50,7 +53,7 @@ int64_t adamc_serial_cutoff(void)
         if (*end == '\0' && v >= 0)
             return (int64_t)v;
     }
-    return 65536;
+    return 16384;
 }
 
 #if defined(__linux__)
