@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import baselines  # noqa: E402
-
-import adamc  # noqa: E402
-from adamc import _bench  # noqa: E402
+from adamc._bench import (available_contenders, case_label, describe_machine, markdown,
+                          run_case, table, text, times_table)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -34,83 +29,6 @@ FULL_CASES = [("one", "float32", n) for n in (10**3, 10**4, 10**5, 10**6, 10**7,
     ("transformer", "float32", None), ("tiny", "float32", None)]
 QUICK_CASES = [("one", "float32", n) for n in (10**3, 10**6, 10**7)] + [
     ("tiny", "float32", None)]
-
-
-def run_case(layout, dtype, n, rounds, names, pause):
-    shapes = baselines.layout_shapes(layout, n)
-    total = sum(int(np.prod(s)) for s in shapes)
-    itemsize = np.dtype(dtype).itemsize
-    fns = {}
-    for name in names:
-        maker, limit = baselines.CONTENDERS[name]
-        if limit is not None and total > limit:
-            continue
-        params, grads = baselines.make_problem(shapes, dtype)
-        fns[name] = maker(params, grads)
-    big = total * itemsize * 7 > 100e6
-    times = _bench.interleaved(fns, rounds=rounds, target=0.3 if big else 0.05, pause=pause)
-    return {"layout": layout, "dtype": dtype, "n": total, "tensors": len(shapes),
-            "bytes": _bench.adam_bytes(total, itemsize), "times": times}
-
-
-def describe_machine():
-    info = adamc.cpu_info()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    parts = [cpu, f"{info['available_cpus']} CPUs", f"adamc {adamc.__version__} "
-             f"({info['isa']}, {info['num_threads']} threads)", f"NumPy {np.__version__}",
-             f"Python {platform.python_version()}"]
-    if baselines.torch_available():
-        import torch
-
-        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    return ", ".join(parts)
-
-
-def case_label(r):
-    if r["layout"] == "one":
-        return f"{r['dtype']} {_bench.fmt_size(r['n'])}"
-    return f"{r['dtype']} {r['layout']} ({r['tensors']} tensors, {_bench.fmt_size(r['n'])})"
-
-
-def table(results, names):
-    peers = [n for n in names if n not in ("adamc", "probe")]
-    head = ["case", "adamc", "GB/s", "adamc/probe"] + [f"adamc/{p}" for p in peers]
-    rows = []
-    for r in results:
-        t = r["times"]
-        a = t["adamc"]
-        row = [case_label(r), _bench.fmt_time(a).strip(), f"{r['bytes'] / a / 1e9:.1f}",
-               f"{a / t['probe']:.2f}"]
-        row += [f"{a / t[p]:.3f}" if p in t else "-" for p in peers]
-        rows.append(row)
-    return head, rows
-
-
-def markdown(head, rows):
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def text(head, rows):
-    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-    fmt = lambda r: "  ".join(x.rjust(w) for x, w in zip(r, widths))  # noqa: E731
-    return "\n".join([fmt(head), "-" * len(fmt(head))] + [fmt(r) for r in rows])
-
-
-def times_table(results, names):
-    head = ["case"] + [n for n in names]
-    rows = [[case_label(r)] + [_bench.fmt_time(r["times"][n]).strip() if n in r["times"]
-                               else "-" for n in names] for r in results]
-    return head, rows
 
 
 def plot(results, names, path):
@@ -149,7 +67,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cases = QUICK_CASES if args.quick else FULL_CASES
     rounds = args.rounds or (3 if args.quick else 7)
-    names = baselines.available_contenders()
+    names = available_contenders()
     print(describe_machine())
     results = []
     for layout, dtype, n in cases:

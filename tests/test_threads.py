@@ -164,9 +164,14 @@ def test_thread_resolution_order():
     assert n == cpus
 
 
-def test_bad_thread_env_is_a_clear_error():
-    out = run_py("import adamc, numpy as np; adamc.Adam([np.zeros(3)]).step([np.ones(3)])",
-                 ADAMC_NUM_THREADS="many")
+@pytest.mark.parametrize("code", [
+    # a step large enough to go parallel reads the variable...
+    "import adamc, numpy as np; adamc.Adam([np.zeros(10**5)]).step([np.ones(10**5)])",
+    # ...and so does asking for the thread count (small steps never need it)
+    "import adamc; adamc.get_num_threads()",
+])
+def test_bad_thread_env_is_a_clear_error(code):
+    out = run_py(code, ADAMC_NUM_THREADS="many")
     assert out.returncode != 0
     assert "ADAMC_NUM_THREADS must be a positive integer" in out.stderr
 

@@ -2,8 +2,9 @@
 
 Prints the kernel variant and thread count in use, checks the compiled
 step against ``adamc.reference`` on random data (exit status 1 if it
-disagrees), then times one optimizer step of adamc against the NumPy
-reference at a few sizes, side by side.
+disagrees), then times one optimizer step of adamc side by side with the
+roofline probe, the NumPy Adams and, when installed, torch, at a few sizes
+(the same table as bench/compare.py).
 """
 
 from __future__ import annotations
@@ -45,35 +46,25 @@ def check(rng):
 
 
 def timing_table(sizes, dtype, rounds):
-    rng = np.random.default_rng(0)
-    itemsize = np.dtype(dtype).itemsize
-    rows = []
-    for n in sizes:
-        p = rng.standard_normal(n).astype(dtype)
-        q = p.copy()
-        g = (rng.standard_normal(n) * 1e-3).astype(dtype)
-        fast, slow = adamc.Adam([p], lr=1e-9), reference.Adam([q], lr=1e-9)
-        t = _bench.interleaved(
-            {"adamc": lambda: fast.step([g]), "reference": lambda: slow.step([g])},
-            rounds=rounds, target=0.05 if n < 10**7 else 0.2)
-        rows.append((n, t["adamc"], t["reference"]))
-    gbs = lambda sec, n: _bench.adam_bytes(n, itemsize) / sec / 1e9  # noqa: E731
-    print(f"\nOne optimizer step, {np.dtype(dtype).name}, one parameter "
-          f"(median of {rounds} interleaved rounds):")
-    print(f"{'size':>8} | {'adamc':>11} {'GB/s':>6} | {'NumPy reference':>15} {'GB/s':>6} | "
-          f"{'adamc / reference':>17}")
-    for n, ta, tr in rows:
-        print(f"{_bench.fmt_size(n):>8} | {_bench.fmt_time(ta):>11} {gbs(ta, n):6.1f} | "
-              f"{_bench.fmt_time(tr):>15} {gbs(tr, n):6.1f} | {ta / tr:17.3f}")
+    """The bench/compare.py table at a few sizes (torch columns when installed)."""
+    names = _bench.available_contenders()
+    cases = [("one", dtype, n) for n in sizes] + [("tiny", dtype, None)]
+    results = [_bench.run_case(layout, dt, n, rounds, names, pause=0.02)
+               for layout, dt, n in cases]
+    print(f"\nOne optimizer step, median of {rounds} interleaved rounds; ratios < 1 mean "
+          "adamc is faster ('probe' moves Adam's bytes with no arithmetic):")
+    print(_bench.text(*_bench.table(results, names)))
+    print()
+    print(_bench.text(*_bench.times_table(results, names)))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m adamc", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=lambda s: [int(float(x)) for x in s.split(",")],
-                    default=[10**3, 10**5, 10**6, 10**7],
-                    help="comma-separated element counts (default 1e3,1e5,1e6,1e7)")
+                    default=[10**3, 10**6, 10**7],
+                    help="comma-separated element counts (default 1e3,1e6,1e7)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-bench", action="store_true", help="only the check")
     args = ap.parse_args(argv)
 
@@ -88,7 +79,8 @@ def main(argv=None):
     if not ok:
         return 1
     if not args.no_bench:
-        timing_table(args.sizes, np.dtype(args.dtype).type, args.rounds)
+        print(_bench.describe_machine())
+        timing_table(args.sizes, args.dtype, args.rounds)
     return 0
 
 

@@ -14,6 +14,8 @@ raise when a test fails.
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uintptr_t
 from libc.stdlib cimport malloc, free
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
 
 from . import _validation as V
 
@@ -222,6 +224,10 @@ def probe_buffers(list quads):
 # --------------------------------------------------------------------------
 # the optimizer's step
 
+cdef tuple _HYPER_KEYS = tuple(V.HYPER_KEYS)
+cdef Py_ssize_t _NKEYS = len(_HYPER_KEYS)
+
+
 cdef struct GroupVals:
     double lr, beta1, beta2, eps, wd
     bint amsgrad, maximize, decoupled, bias_correction, eps_inside, lr_is_callable
@@ -372,20 +378,22 @@ cdef class Engine:
         return a >= 0 and self.bhi[a] > lo
 
     cdef int _group_values(self, Py_ssize_t gi, object group) except -1:
-        """Fill gvals[gi]; full validation only when a value object changed."""
+        """Fill gvals[gi]; full validation only when a value object changed
+        (compared by identity through borrowed dict lookups: no allocation)."""
         cdef GroupVals *gv = &self.gvals[gi]
-        keys = None
-        if type(group) is dict:
-            keys = tuple([group.get(k) for k in V.HYPER_KEYS])
-            old = self.group_keys[gi]
-            if old is not None and type(keys[1]) is tuple:
-                same = True
-                for k in range(len(keys)):
-                    if keys[k] is not old[k]:
-                        same = False
-                        break
-                if same:
-                    return 0
+        cdef PyObject *item
+        cdef Py_ssize_t k
+        cdef tuple old = self.group_keys[gi]
+        cdef bint same
+        if old is not None and type(group) is dict and type(old[1]) is tuple:
+            same = True
+            for k in range(_NKEYS):
+                item = PyDict_GetItem(group, _HYPER_KEYS[k])
+                if item == NULL or item != <PyObject *>old[k]:
+                    same = False
+                    break
+            if same:
+                return 0
         vals = V.group_values(group, f"param_groups[{gi}]")
         lr = vals[0]
         gv.lr_is_callable = not isinstance(lr, float)
@@ -394,12 +402,12 @@ cdef class Engine:
         gv.beta1, gv.beta2, gv.eps, gv.wd = vals[1], vals[2], vals[3], vals[4]
         (gv.amsgrad, gv.maximize, gv.decoupled, gv.bias_correction,
          gv.eps_inside) = vals[5], vals[6], vals[7], vals[8], vals[9]
-        self.group_keys[gi] = keys
+        self.group_keys[gi] = tuple([group[key] for key in _HYPER_KEYS]) if type(group) is dict else None
         return 0
 
     def step(self, grads):
         cdef Py_ssize_t i, j, gi, n = self.n, ntask = 0, start
-        cdef int64_t t, offset = 0, prev_t = -1
+        cdef int64_t t, offset = 0, prev_t = -1, work = 0
         cdef Py_ssize_t prev_g = -1
         cdef cnp.ndarray p, ga
         cdef list glist, groups, ps
@@ -493,7 +501,10 @@ cdef class Engine:
                 prev_g, prev_t = gi, t
             self.tasks[ntask].s = s
             ntask += 1
-        nthreads = _resolve_threads()
+            work += self.psize[i] * (2 if self.ptype[i] == cnp.NPY_DOUBLE else 1)
+        # Resolving the thread count reads the environment and the affinity
+        # mask: only worth it when the step is big enough to go parallel.
+        nthreads = _resolve_threads() if work >= adamc_serial_cutoff() else 1
 
         if need_alloc:
             active = [i for i in range(n) if self.active[i]]
