@@ -48,6 +48,10 @@ void adamc_scalars_init(adamc_scalars *s, int64_t step, double lr, double beta1,
         flags |= ADAMC_AMSGRAD;
     if (eps_inside_sqrt)
         flags |= ADAMC_EPS_INSIDE;
+    /* Multiplying by exactly 1 changes nothing, so the common case skips
+     * both products (their own loop; fewer instructions per element). */
+    if (s->grad_sign != 1.0 || s->decay != 1.0)
+        flags |= ADAMC_SCALE;
     s->flags = flags;
 }
 
