@@ -3,6 +3,7 @@
 from . import reference
 from ._kernels import get_num_threads, set_num_threads
 from ._runtime import cpu_info
+from .checkpoint import load_state, save_state
 from .optim import Adam, AdamW, adam_step
 
 __version__ = "0.1.0"
@@ -15,5 +16,7 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "cpu_info",
+    "save_state",
+    "load_state",
     "__version__",
 ]

@@ -53,6 +53,8 @@ cdef extern from "csrc/adamc.h" nogil:
     int adamc_resolve_num_threads()
     int adamc_available_cpus()
     int64_t adamc_serial_cutoff()
+    void adamc_threads_init()
+    int adamc_forked_child()
     const adamc_kernel *adamc_kernel_baseline()
     int adamc_variants(const adamc_kernel **out, int *cpu_ok, int max)
     enum:
@@ -61,6 +63,8 @@ cdef extern from "csrc/adamc.h" nogil:
 
 # --------------------------------------------------------------------------
 # kernel variants: chosen once at import (ADAMC_ISA may force a lower one)
+
+adamc_threads_init()
 
 cdef const adamc_kernel *_variants[8]
 cdef int _cpu_ok[8]
@@ -145,6 +149,7 @@ def thread_info():
         "available_cpus": adamc_available_cpus(),
         "user_num_threads": adamc_user_num_threads() or None,
         "serial_cutoff": int(adamc_serial_cutoff()),
+        "forked_child_serial": bool(adamc_forked_child()),
     }
 
 

@@ -16,8 +16,10 @@ def cpu_info():
         ``isa_compiled``: the variants in this build; ``num_threads``: the threads a
         large step uses now; ``openmp``: whether the build has OpenMP;
         ``available_cpus``: CPUs this process may run on (affinity and
-        cgroup quota); ``serial_cutoff``: steps with fewer elements run on
-        one thread.
+        cgroup quota); ``serial_cutoff``: steps with less work (float32
+        elements; float64 count twice) run on one thread;
+        ``forked_child_serial``: this process was forked after adamc ran
+        threads, so it steps serially (OpenMP pools do not survive fork).
     """
     compiled, runnable = _kernels.variants()
     info = {"isa": _kernels.kernel_name(), "isa_available": runnable,

@@ -93,6 +93,9 @@ int adamc_user_num_threads(void);
 int adamc_resolve_num_threads(void);  /* the count a step would use now */
 int adamc_available_cpus(void);
 int64_t adamc_serial_cutoff(void);
+void adamc_threads_init(void);      /* once, at import: fork handler */
+void adamc_note_parallel(void);     /* a parallel region has run     */
+int adamc_forked_child(void);       /* forked after one: stay serial */
 
 /* ISA variants (kernel_<isa>.c, dispatch.c). */
 const adamc_kernel *adamc_kernel_baseline(void);

@@ -103,7 +103,7 @@ void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
         return;
     total = tasks[ntasks - 1].offset + tasks[ntasks - 1].n;
 #ifdef _OPENMP
-    if (nthreads > 1) {
+    if (nthreads > 1 && !adamc_forked_child()) {
         /* The cutoff counts float32-equivalent elements: a float64 element
          * costs about twice as much (bench/thread_cutoff.py). */
         int64_t work = 0, cutoff = adamc_serial_cutoff();
@@ -112,6 +112,7 @@ void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
             work += tasks[i].dtype == ADAMC_F64 ? 2 * tasks[i].n : tasks[i].n;
         if (work >= cutoff && work / per_thread > 1) {
             int nt = work / per_thread < nthreads ? (int)(work / per_thread) : nthreads;
+            adamc_note_parallel();
 #pragma omp parallel num_threads(nt)
             {
                 int64_t lo, hi;

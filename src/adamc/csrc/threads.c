@@ -21,10 +21,41 @@
 #if defined(_WIN32)
 #include <windows.h>
 #else
+#include <pthread.h>
 #include <unistd.h>
 #endif
 
 static int user_threads = 0;
+
+/* Fork safety.  GNU libgomp keeps its worker pool across fork() although the
+ * workers do not exist in the child, so the child's first parallel region
+ * hangs.  Once a process has run a parallel region, a child forked from it
+ * runs every step serially (use multiprocessing's spawn or forkserver for
+ * parallel children). */
+static volatile int parallel_used = 0;
+static volatile int forked_after_parallel = 0;
+
+#if !defined(_WIN32)
+static void on_fork_child(void)
+{
+    if (parallel_used)
+        forked_after_parallel = 1;
+}
+#endif
+
+void adamc_threads_init(void)
+{
+    static int done = 0;
+    if (done)
+        return;
+    done = 1;
+#if !defined(_WIN32)
+    pthread_atfork(NULL, NULL, on_fork_child);
+#endif
+}
+
+void adamc_note_parallel(void) { parallel_used = 1; }
+int adamc_forked_child(void) { return forked_after_parallel; }
 
 int adamc_openmp_enabled(void)
 {
@@ -135,6 +166,10 @@ int adamc_resolve_num_threads(void)
 {
     int n;
 #ifdef _OPENMP
+    if (forked_after_parallel) {
+        /* still report a malformed variable, but never go parallel */
+        return parse_threads("ADAMC_NUM_THREADS") < 0 ? -1 : 1;
+    }
     if (user_threads > 0)
         return user_threads;
     n = parse_threads("ADAMC_NUM_THREADS");

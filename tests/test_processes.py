@@ -1,0 +1,137 @@
+"""Processes and signals: fork after threads, spawn, forkserver, Ctrl-C mid-step.
+
+Each scenario runs in a fresh interpreter with a timeout, so a deadlock
+(GNU libgomp hangs in a child forked after a parallel region unless adamc
+stays serial there) fails the test instead of hanging the suite.
+"""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import adamc
+
+TIMEOUT = 120
+
+COMMON = textwrap.dedent("""
+    import numpy as np, adamc
+    N = 400_000   # above the serial cutoff: the parent really runs threads
+
+    def trajectory(steps):
+        p = np.linspace(-1, 1, N, dtype=np.float32)
+        g = np.cos(np.arange(N, dtype=np.float32))
+        o = adamc.Adam([p], lr=1e-2)
+        for _ in range(steps):
+            o.step([g])
+        return p
+
+    def child_job(_=None):
+        # the child steps, and its result must equal the serial reference
+        p = trajectory(3)
+        q = np.linspace(-1, 1, N, dtype=np.float32)
+        g = np.cos(np.arange(N, dtype=np.float32))
+        r = adamc.reference.Adam([q], lr=1e-2)
+        for _ in range(3):
+            r.step([g])
+        return float(np.max(np.abs(p - q)))
+""")
+
+
+def run(code, timeout=TIMEOUT):
+    # A script file, not "python -c": spawn and forkserver children import the
+    # main module by path to find child_job.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/scenario.py"
+        with open(path, "w") as f:
+            f.write(COMMON + textwrap.dedent(code))
+        out = subprocess.run([sys.executable, path], capture_output=True, text=True,
+                             timeout=timeout, cwd=d)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fork on Windows")
+def test_os_fork_after_threads():
+    out = run("""
+        import os
+        adamc.set_num_threads(2)
+        trajectory(2)                      # parent: parallel region, pool alive
+        pid = os.fork()
+        if pid == 0:
+            err = child_job()
+            info = adamc.cpu_info()
+            print("child", err, info["num_threads"], info["forked_child_serial"], flush=True)
+            os._exit(0 if err < 1e-5 else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        print("parent threads", adamc.get_num_threads())
+        trajectory(1)                      # and the parent still runs in parallel
+    """)
+    lines = out.split("\n")
+    assert lines[0].split()[2:] == ["1", "True"]
+    assert lines[1] == "parent threads 2"
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_multiprocessing_start_methods(method):
+    import multiprocessing as mp
+
+    if method not in mp.get_all_start_methods():
+        pytest.skip(f"{method} not available here")
+    out = run(f"""
+        import multiprocessing as mp
+        if __name__ == "__main__":
+            adamc.set_num_threads(2)
+            trajectory(2)
+            with mp.get_context("{method}").Pool(2) as pool:
+                errs = pool.map(child_job, range(4))
+            print(max(errs))
+    """)
+    assert float(out.strip()) < 1e-5
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="signal delivery differs on Windows")
+def test_ctrl_c_never_half_applies_a_step():
+    """SIGINT at random moments during long steps: KeyboardInterrupt arrives,
+    and the state is always that of a whole number of steps."""
+    out = run("""
+        import os, signal, threading, time, random
+        adamc.set_num_threads(1)            # long steps: 6e6 elements
+        M = 6_000_000
+        p = np.linspace(-1, 1, M, dtype=np.float32)
+        g = np.cos(np.arange(M, dtype=np.float32))
+        opt = adamc.Adam([p], lr=1e-2)
+        interrupts = 0
+        rnd = random.Random(0)
+        stop = time.time() + 6
+        while time.time() < stop and interrupts < 8:
+            timer = threading.Timer(rnd.uniform(0.0, 0.05), os.kill, (os.getpid(), signal.SIGINT))
+            timer.start()
+            try:
+                for _ in range(20):
+                    opt.step([g])
+                timer.join()
+            except KeyboardInterrupt:
+                interrupts += 1
+            timer.cancel()
+        sd = opt.state_dict()
+        steps = sd["state"][0]["step"]
+        q = np.linspace(-1, 1, M, dtype=np.float32)
+        o2 = adamc.Adam([q], lr=1e-2)
+        for _ in range(steps):
+            o2.step([g])
+        same = bool(np.array_equal(p, q)) and bool(np.array_equal(
+            sd["state"][0]["exp_avg"], o2.state_dict()["state"][0]["exp_avg"]))
+        print(interrupts, steps, same)
+    """)
+    interrupts, steps, same = out.split()
+    assert int(interrupts) >= 1 and int(steps) >= 1
+    assert same == "True"
+
+
+def test_forked_child_flag_false_in_parent():
+    assert adamc.cpu_info()["forked_child_serial"] is False
