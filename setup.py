@@ -7,6 +7,9 @@ needs its own flags (kernel_<isa>.c), and OpenMP is probed, not assumed.
 Environment switches (build time):
   ADAMC_NATIVE=1     add -march=native to every file (local builds only)
   ADAMC_NO_OPENMP=1  build without OpenMP (serial steps)
+  ADAMC_SANITIZE=address,undefined
+                     build with those sanitizers (tools/sanitize.sh runs the
+                     test suite so; never for a release)
 """
 
 import os
@@ -50,7 +53,16 @@ def _base_flags(compiler):
     flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=c99"]
     if os.environ.get("ADAMC_NATIVE") == "1":
         flags.append("-march=native")
-    return flags
+    return flags + _sanitize_flags(compiler)
+
+
+def _sanitize_flags(compiler):
+    """ASan/UBSan for the test build: every report is fatal."""
+    wanted = os.environ.get("ADAMC_SANITIZE", "").strip()
+    if not wanted or _msvc(compiler):
+        return []
+    return [f"-fsanitize={wanted}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+            "-g"]
 
 
 def _openmp_flags(compiler):
@@ -106,7 +118,7 @@ class BuildExt(build_ext):
                 )
             ext.extra_objects = objects + ext.extra_objects
             ext.extra_compile_args = cflags
-            ext.extra_link_args = omp[1] if omp else []
+            ext.extra_link_args = (omp[1] if omp else []) + _sanitize_flags(self.compiler)
         super().build_extensions()
 
     def c_sources(self):

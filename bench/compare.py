@@ -40,7 +40,7 @@ def plot(results, names, path):
     except ImportError:
         print("(matplotlib not installed: no plot)")
         return
-    fig, ax = plt.subplots(figsize=(10, 5))
+    fig, ax = plt.subplots(figsize=(12, 5))
     labels = [case_label(r) for r in results]
     x = np.arange(len(results))
     w = 0.8 / len(names)
@@ -51,7 +51,7 @@ def plot(results, names, path):
     ax.set_ylabel("GB/s of Adam traffic (higher is better)")
     ax.set_yscale("log")
     ax.set_title("One optimizer step, median of interleaved rounds")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # clear of the bars
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
