@@ -359,7 +359,8 @@ def test_functional_errors(impl, rng):
     g, m, v = like(rng, p), np.zeros_like(p), np.zeros_like(p)
     p0 = p.copy()
     for kw, exc, msg in [
-        ({"step": 0}, ValueError, "step must be >= 1"),
+        ({"step": 0}, ValueError, r"step must be between 1 and 2\*\*62"),
+        ({"step": 2**62 + 1}, ValueError, r"step must be between 1 and 2\*\*62"),
         ({"step": 1.0}, TypeError, "step must be an int"),
         ({"step": 1, "beta1": 1.0}, ValueError, "beta1"),
         ({"step": 1, "lr": -1}, ValueError, "lr"),

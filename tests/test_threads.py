@@ -4,6 +4,7 @@ threads, thread counts resolve as documented and never change results."""
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -201,3 +202,78 @@ def test_splitter_covers_large_totals():
             if total >= 64 * nt:
                 sizes = [b - a for a, b in spans]
                 assert max(sizes) - min(sizes) < 2 * 64  # a block, plus a partial last one
+
+
+def test_threads_under_load_random_operations():
+    """4 Python threads, 3 optimizers each (two shared, one private), random
+    steps / state_dict snapshots (round trips on the private one) / thread-count changes
+    for a bounded time.  Each step uses its optimizer's fixed gradient, so
+    any interleaving must end where that many sequential steps end; a lost
+    update, a torn step or a deadlock (subprocess timeout) fails the test."""
+    code = textwrap.dedent('''
+        import random, threading, time
+        import numpy as np, adamc
+
+        def build(seed, n):
+            rng = np.random.default_rng(seed)
+            ps = [rng.standard_normal(s).astype(np.float32) for s in ((n,), (7, 3), ())]
+            gs = [rng.standard_normal(p.shape).astype(np.float32) for p in ps]
+            return ps, gs
+
+        shared = [build(k, 50_000) for k in range(2)]
+        shared_opts = [adamc.Adam(ps, lr=1e-3, amsgrad=True) for ps, _ in shared]
+        private = [build(10 + k, 20_000) for k in range(4)]
+        private_opts = [adamc.AdamW(ps, lr=1e-3) for ps, _ in private]
+        counts = {}
+        lock = threading.Lock()
+        deadline = time.time() + 3.0
+
+        def worker(k):
+            rnd = random.Random(k)
+            mine = [(shared_opts[0], shared[0][1]), (shared_opts[1], shared[1][1]),
+                    (private_opts[k], private[k][1])]
+            while time.time() < deadline:
+                opt, grads = rnd.choice(mine)
+                op = rnd.random()
+                if op < 0.8:
+                    opt.step(grads)
+                    with lock:
+                        counts[id(opt)] = counts.get(id(opt), 0) + 1
+                elif op < 0.9:
+                    sd = opt.state_dict()
+                    # a snapshot is never torn: every parameter at the same step
+                    steps = {e["step"] for e in sd["state"].values()}
+                    assert len(steps) <= 1, steps
+                    if opt is private_opts[k]:
+                        # a round trip is only atomic where no other thread steps
+                        opt.load_state_dict(sd)
+                else:
+                    adamc.set_num_threads(rnd.choice([1, 2, None]))
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        adamc.set_num_threads(None)
+
+        def replay(seed, n, cls, kw, steps):
+            ps, gs = build(seed, n)
+            o = cls(ps, lr=1e-3, **kw)
+            for _ in range(steps):
+                o.step(gs)
+            return ps
+
+        ok = True
+        for k, (opt, (ps, _)) in enumerate(zip(shared_opts, shared)):
+            want = replay(k, 50_000, adamc.Adam, {"amsgrad": True}, counts.get(id(opt), 0))
+            ok &= all(np.array_equal(a, b) for a, b in zip(ps, want))
+            ok &= opt.state_dict()["state"][0]["step"] == counts.get(id(opt), 0)
+        for k, (opt, (ps, _)) in enumerate(zip(private_opts, private)):
+            want = replay(10 + k, 20_000, adamc.AdamW, {}, counts.get(id(opt), 0))
+            ok &= all(np.array_equal(a, b) for a, b in zip(ps, want))
+        print(ok, sum(counts.values()))
+    ''')
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    ok, total = out.stdout.split()
+    assert ok == "True" and int(total) > 50

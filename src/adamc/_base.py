@@ -36,6 +36,7 @@ class _AdamBase:
         self._params = []  # flat, in group order
         self._names = None  # flat names when built from mappings
         self._group_of = []
+        self._n_groups = 0
         self._steps = np.zeros(0, dtype=np.int64)
         self._exp_avg = []
         self._exp_avg_sq = []
@@ -153,6 +154,7 @@ class _AdamBase:
             self._names = (self._names or []) + list(g["param_names"])
         n = len(g["params"])
         self.param_groups.append(g)
+        self._n_groups += 1
         self._params.extend(g["params"])
         self._group_of.extend([gi] * n)
         self._steps = np.concatenate([self._steps, np.zeros(n, dtype=np.int64)])
@@ -241,8 +243,19 @@ class _AdamBase:
 
     def _check_structure(self):
         """param_groups may have new hyperparameters, not new parameters."""
+        groups = self.param_groups
+        if not isinstance(groups, list) or len(groups) != self._n_groups:
+            raise ValueError(
+                f"param_groups must stay a list of the optimizer's {self._n_groups} "
+                "group(s); add groups with add_param_group"
+            )
         i = 0
-        for gi, g in enumerate(self.param_groups):
+        for gi, g in enumerate(groups):
+            if not isinstance(g, Mapping):
+                raise TypeError(
+                    f"param_groups[{gi}] must be a dict, got {type(g).__name__}; "
+                    "edit its values instead of replacing it"
+                )
             ps = g.get("params")
             if not isinstance(ps, list) or any(
                 a is not b for a, b in zip(ps, self._params[i : i + len(ps)])
@@ -280,18 +293,25 @@ class _AdamBase:
         V.check_like(g, p, glab, plab)
         V.check_no_overlap(g, glab, self._written_spans() if spans is None else spans)
 
-    def _explain_param(self, i):
-        """Raise the error for a parameter that changed since construction."""
+    def _explain_param(self, i, changed=False):
+        """Raise the error for parameter i, if it has one.  With changed=True
+        (the compiled step saw it differ from construction) always raise."""
         p = self._params[i]
         lab = self._label(i)
         V.check_array(p, lab)
         V.check_writeable(p, lab)
         m = self._exp_avg[i]
-        if m is not None and (m.shape != p.shape or m.dtype != p.dtype):
+        if m is not None and (m.shape != p.shape or m.dtype != p.dtype
+                              or (p.size > 1 and V.order_of(m) != V.order_of(p))):
             raise ValueError(
-                f"{lab} changed shape or dtype since its state was created "
-                f"(now {p.shape} {p.dtype}, state {m.shape} {m.dtype}); "
-                "parameters must keep their shape and dtype"
+                f"{lab} changed shape, dtype or memory order since its state was "
+                f"created (now {p.shape} {p.dtype}, state {m.shape} {m.dtype}); "
+                "parameters must keep their shape, dtype and layout"
+            )
+        if changed:
+            raise ValueError(
+                f"{lab} changed shape, dtype or memory order since the optimizer was "
+                "built; parameters must keep their shape, dtype and layout"
             )
 
     def _allocate(self, active, amsgrad_of):
@@ -334,6 +354,7 @@ class _AdamBase:
         parameters that have stepped have an entry in ``state``.
         """
         with self._lock:
+            self._check_structure()
             state = {}
             for i in range(len(self._params)):
                 if self._exp_avg[i] is None:
@@ -365,7 +386,9 @@ class _AdamBase:
         """
         with self._lock:
             groups, state = self._check_state_dict(state_dict)
+            # Build every new buffer first; assignments below cannot fail.
             n = len(self._params)
+            steps = np.zeros(n, dtype=np.int64)
             new = [None] * n
             for i, e in state.items():
                 p = self._params[i]
@@ -377,19 +400,19 @@ class _AdamBase:
                         bufs.append(b)
                     else:
                         bufs.append(None)
-                new[i] = (int(e["step"]), *bufs)
-            steps = np.zeros(n, dtype=np.int64)
-            for i in range(n):
-                if new[i] is None:
-                    self._exp_avg[i] = self._exp_avg_sq[i] = self._max_exp_avg_sq[i] = None
-                else:
-                    steps[i], self._exp_avg[i], self._exp_avg_sq[i], self._max_exp_avg_sq[i] = new[i]
-            self._steps = steps
-            for g, saved in zip(self.param_groups, groups):
-                for k, v in saved.items():
-                    if k not in ("params", "param_names"):
-                        g[k] = tuple(v) if k == "betas" else v
-            self._rebuild()
+                steps[i] = int(e["step"])
+                new[i] = bufs
+            hypers = [{k: (tuple(v) if k == "betas" else v) for k, v in saved.items()
+                       if k not in ("params", "param_names")} for saved in groups]
+            try:
+                for i in range(n):
+                    m, v, x = new[i] if new[i] is not None else (None, None, None)
+                    self._exp_avg[i], self._exp_avg_sq[i], self._max_exp_avg_sq[i] = m, v, x
+                self._steps = steps
+                for g, h in zip(self.param_groups, hypers):
+                    g.update(h)
+            finally:
+                self._rebuild()  # the compiled engine must never see stale buffers
 
     def _check_state_dict(self, sd):
         if not isinstance(sd, Mapping) or "state" not in sd or "param_groups" not in sd:
@@ -457,8 +480,9 @@ class _AdamBase:
             step = e["step"]
             if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
                 raise TypeError(f"{where}['step'] must be an int, got {type(step).__name__}")
-            if step < 0:
-                raise ValueError(f"{where}['step'] must be >= 0, got {step}")
+            if not 0 <= step < V.MAX_STEP:
+                raise ValueError(
+                    f"{where}['step'] must be between 0 and 2**62 - 1, got {step}")
             p = self._params[i]
             for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
                 if key not in e:

@@ -467,10 +467,14 @@ cdef class Engine:
                 self.active[i] = 0
                 continue
             p = self.params[i]
+            # the parameter is still what it was at construction (arrays can be
+            # reshaped, re-typed or made read-only in place)
             if (cnp.PyArray_DATA(p) != self.pdata[i] or not cnp.PyArray_ISWRITEABLE(p)
-                    or not _same_shape(p, self.pndim[i], &self.pdims[i * cnp.NPY_MAXDIMS])):
-                opt._explain_param(i)
-                raise RuntimeError(f"adamc: parameter {i} failed a check (please report)")
+                    or cnp.PyArray_TYPE(p) != self.ptype[i] or not cnp.PyArray_ISNOTSWAPPED(p)
+                    or not _same_shape(p, self.pndim[i], &self.pdims[i * cnp.NPY_MAXDIMS])
+                    or not (cnp.PyArray_IS_C_CONTIGUOUS(p) if self.pc[i]
+                            else cnp.PyArray_IS_F_CONTIGUOUS(p))):
+                opt._explain_param(i, changed=True)
             if not cnp.PyArray_Check(g):
                 opt._explain_grad(i, g)
             ga = <cnp.ndarray>g

@@ -43,7 +43,10 @@ def check_real(value, name, where="", *, beta=False):
             f"{name} must be a real number, got {type(value).__name__}"
             f"{_where(where)}; pass a Python float"
         )
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:  # a Python int beyond float range
+        x = math.inf
     if not math.isfinite(x):
         raise ValueError(f"{name} must be finite, got {x!r}{_where(where)}")
     if beta:
@@ -114,13 +117,18 @@ def group_values(group, where=""):
     ) + tuple(check_bool(group[k], k, where) for k in BOOL_KEYS)
 
 
+# Timesteps stay far from int64 overflow (t + 1 is computed in C).
+MAX_STEP = 2**62
+
+
 def check_step(step, where=""):
     if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
         raise TypeError(f"step must be an int, got {type(step).__name__}{_where(where)}")
     step = int(step)
-    if step < 1:
+    if not 1 <= step <= MAX_STEP:
         raise ValueError(
-            f"step must be >= 1 (the timestep t of this update), got {step}{_where(where)}"
+            f"step must be between 1 and 2**62 (the timestep t of this update), "
+            f"got {step}{_where(where)}"
         )
     return step
 
