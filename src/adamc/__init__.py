@@ -1,8 +1,10 @@
 """adamc: fused Adam/AdamW optimizer steps for NumPy arrays, in C."""
 
+# _runtime loads the compiled extension (with the OpenMP wait policy it
+# needs), so it comes before anything that imports _kernels.
+from ._runtime import cpu_info  # isort: skip
 from . import reference
 from ._kernels import get_num_threads, set_num_threads
-from ._runtime import cpu_info
 from .checkpoint import load_state, save_state
 from .optim import Adam, AdamW, adam_step
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -171,7 +172,7 @@ class _AdamBase:
     # ------------------------------------------------------------------
     # public API
 
-    def add_param_group(self, param_group):
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
         """Add a group of parameters (a dict as in the constructor's list form).
 
         Its arrays must be new to this optimizer; unspecified hyperparameters
@@ -194,7 +195,7 @@ class _AdamBase:
             self._add_group(g)
             self._rebuild()
 
-    def step(self, grads):
+    def step(self, grads) -> None:
         """Update every parameter in place from its gradient.
 
         Parameters
@@ -346,7 +347,7 @@ class _AdamBase:
     # ------------------------------------------------------------------
     # state_dict
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """The optimizer's state in torch.optim's layout, with NumPy copies.
 
         ``{"state": {index: {"step", "exp_avg", "exp_avg_sq"[, "max_exp_avg_sq"]}},
@@ -378,7 +379,7 @@ class _AdamBase:
                 groups.append(d)
             return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a state_dict; validated whole before anything changes.
 
         Arrays are copied in (the dict stays the caller's).  Resuming from

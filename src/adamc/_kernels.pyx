@@ -117,7 +117,21 @@ def kernel_name():
 # threads
 
 def set_num_threads(n):
-    """Use ``n`` threads for every following step (``None`` restores the default)."""
+    """Use ``n`` threads for every following step (``None`` restores the default).
+
+    Parameters
+    ----------
+    n : int or None
+        1 to 65536.  Overrides ``ADAMC_NUM_THREADS`` and ``OMP_NUM_THREADS``.
+        Steps with less work than the serial cutoff still use one thread.
+
+    Examples
+    --------
+    >>> import adamc
+    >>> adamc.set_num_threads(1); adamc.get_num_threads()
+    1
+    >>> adamc.set_num_threads(None)
+    """
     if n is None:
         adamc_set_num_threads(0)
         return
@@ -139,7 +153,13 @@ cdef int _resolve_threads() except -1:
 
 
 def get_num_threads():
-    """The number of threads a large step would use now (see set_num_threads)."""
+    """The number of threads a large step would use now.
+
+    Resolved at call time: ``set_num_threads``, else ``ADAMC_NUM_THREADS``,
+    else ``OMP_NUM_THREADS``, else the CPUs this process may use; the last
+    two capped by ``omp_get_max_threads()`` (which threadpoolctl lowers).
+    1 in a build without OpenMP and in a child forked after threads ran.
+    """
     return _resolve_threads()
 
 

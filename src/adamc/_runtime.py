@@ -1,11 +1,37 @@
-"""Run-time facts about the compiled kernels: variant, threads, OpenMP."""
+"""Loading the compiled kernels, and run-time facts about them.
+
+OpenMP wait policy.  GNU libgomp's workers spin for a while after each
+parallel region by default.  A training loop alternates adamc steps with
+NumPy's BLAS calls, whose own threads then fight the spinning workers for
+the cores: on the 2-core development machine a 20k-element step after a
+small matmul took 15 ms instead of 80 us (bench/thread_contention.py).
+Sleeping workers cost a wake-up per step instead, which the serial cutoff
+accounts for.  libgomp reads OMP_WAIT_POLICY once, when it is loaded, so
+adamc sets PASSIVE for exactly the load of its extension, unless the user
+chose a policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT), and restores the
+environment afterwards so that nothing else sees the change.  A wheel
+bundles its own copy of libgomp, so this always applies there; a source
+build sharing the system libgomp with a library loaded earlier keeps
+whatever policy that library started it with.
+"""
 
 from __future__ import annotations
 
-from . import _kernels
+import os
+
+_USER_POLICY = os.environ.get("OMP_WAIT_POLICY") or (
+    "GOMP_SPINCOUNT=" + os.environ["GOMP_SPINCOUNT"] if "GOMP_SPINCOUNT" in os.environ else None
+)
+if _USER_POLICY is None:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+try:
+    from . import _kernels
+finally:
+    if _USER_POLICY is None:
+        del os.environ["OMP_WAIT_POLICY"]
 
 
-def cpu_info():
+def cpu_info() -> dict:
     """What adamc runs on here.
 
     Returns
@@ -13,17 +39,28 @@ def cpu_info():
     dict
         ``isa``: the kernel variant in use; ``isa_available``: the variants
         this CPU can run (``ADAMC_ISA`` may force any of them);
-        ``isa_compiled``: the variants in this build; ``num_threads``: the threads a
-        large step uses now; ``openmp``: whether the build has OpenMP;
+        ``isa_compiled``: the variants in this build; ``num_threads``: the
+        threads a large step uses now; ``openmp``: whether the build has
+        OpenMP; ``openmp_wait_policy``: how idle workers wait (``"passive"``
+        unless the environment chose otherwise when adamc was imported);
         ``available_cpus``: CPUs this process may run on (affinity and
         cgroup quota); ``serial_cutoff``: steps with less work (float32
         elements; float64 count twice) run on one thread;
         ``forked_child_serial``: this process was forked after adamc ran
         threads, so it steps serially (OpenMP pools do not survive fork).
+
+    Examples
+    --------
+    >>> import adamc
+    >>> info = adamc.cpu_info()
+    >>> info["isa"] in info["isa_available"]
+    True
     """
     compiled, runnable = _kernels.variants()
     info = {"isa": _kernels.kernel_name(), "isa_available": runnable,
             "isa_compiled": compiled}
     info["num_threads"] = _kernels.get_num_threads()
     info.update(_kernels.thread_info())
+    info["openmp_wait_policy"] = (
+        "passive" if _USER_POLICY is None else f"from the environment ({_USER_POLICY})")
     return info

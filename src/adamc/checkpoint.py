@@ -325,6 +325,19 @@ def save_state(opt, path):
     anything is written.  A callable ``lr`` is stored as a marker, and
     :func:`load_state` requires the target optimizer to have a schedule in
     that group.  See the module docstring for the format.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, adamc
+    >>> w = np.ones(3, dtype=np.float32)
+    >>> opt = adamc.Adam([w], lr=0.1)
+    >>> opt.step([np.ones(3, dtype=np.float32)])
+    >>> path = os.path.join(tempfile.mkdtemp(), "opt.npz")
+    >>> adamc.save_state(opt, path)
+    >>> fresh = adamc.Adam([w], lr=0.1)
+    >>> adamc.load_state(fresh, path)
+    >>> fresh.state_dict()["state"][0]["step"]
+    1
     """
     path = os.fspath(path)
     header, arrays, orders = _encode(opt, opt.state_dict())

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
+
+import numpy as np
+
 from . import _kernels
 from . import _validation as V
 from ._base import _AdamBase
 
 __all__ = ["Adam", "AdamW", "adam_step"]
+
+#: What ``params`` may be: arrays, param-group dicts, or a mapping name -> array.
+Params = Union[Sequence[np.ndarray], Sequence[Mapping[str, Any]], Mapping[str, np.ndarray]]
+#: A learning rate: a number, or a schedule called with the timestep t >= 1.
+LR = Union[float, Callable[[int], float]]
+#: One gradient per parameter (None skips it), or a mapping for named parameters.
+Grads = Union[Sequence[Union[np.ndarray, None]], Mapping[str, Union[np.ndarray, None]]]
 
 
 class Adam(_AdamBase):
@@ -59,18 +71,18 @@ class Adam(_AdamBase):
 
     def __init__(
         self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0.0,
+        params: Params,
+        lr: LR = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
         *,
-        amsgrad=False,
-        maximize=False,
-        decoupled_weight_decay=False,
-        bias_correction=True,
-        eps_inside_sqrt=False,
-    ):
+        amsgrad: bool = False,
+        maximize: bool = False,
+        decoupled_weight_decay: bool = False,
+        bias_correction: bool = True,
+        eps_inside_sqrt: bool = False,
+    ) -> None:
         super().__init__(
             params,
             dict(
@@ -92,7 +104,7 @@ class Adam(_AdamBase):
         else:
             self._engine.rebuild()
 
-    def step(self, grads):
+    def step(self, grads: Grads) -> None:
         with self._lock:  # the base class's step, minus one call: this is the hot path
             self._engine.step(grads)
 
@@ -122,17 +134,17 @@ class AdamW(Adam):
 
     def __init__(
         self,
-        params,
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=1e-2,
+        params: Params,
+        lr: LR = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
         *,
-        amsgrad=False,
-        maximize=False,
-        bias_correction=True,
-        eps_inside_sqrt=False,
-    ):
+        amsgrad: bool = False,
+        maximize: bool = False,
+        bias_correction: bool = True,
+        eps_inside_sqrt: bool = False,
+    ) -> None:
         super().__init__(
             params,
             lr,
@@ -148,24 +160,24 @@ class AdamW(Adam):
 
 
 def adam_step(
-    param,
-    grad,
-    exp_avg,
-    exp_avg_sq,
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
     *,
-    step,
-    lr=1e-3,
-    beta1=0.9,
-    beta2=0.999,
-    eps=1e-8,
-    weight_decay=0.0,
-    decoupled_weight_decay=False,
-    amsgrad=False,
-    max_exp_avg_sq=None,
-    maximize=False,
-    bias_correction=True,
-    eps_inside_sqrt=False,
-):
+    step: int,
+    lr: float = 1e-3,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    amsgrad: bool = False,
+    max_exp_avg_sq: np.ndarray | None = None,
+    maximize: bool = False,
+    bias_correction: bool = True,
+    eps_inside_sqrt: bool = False,
+) -> None:
     """One fused Adam/AdamW update of one parameter, in place.
 
     Parameters

@@ -58,7 +58,17 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9,
               beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
               amsgrad=False, max_exp_avg_sq=None, maximize=False,
               bias_correction=True, eps_inside_sqrt=False):
-    """The NumPy twin of :func:`adamc.adam_step` (same arguments and checks)."""
+    """The NumPy twin of :func:`adamc.adam_step` (same arguments and checks).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from adamc import reference
+    >>> p = np.array([1.0, 2.0]); m = np.zeros(2); v = np.zeros(2)
+    >>> reference.adam_step(p, np.array([0.5, -0.5]), m, v, step=1, lr=0.01)
+    >>> p
+    array([0.99, 2.01])
+    """
     vals = V.check_functional(
         param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
         eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
