@@ -435,7 +435,7 @@ cdef class Engine:
         cdef int64_t t, offset = 0, prev_t = -1, work = 0
         cdef Py_ssize_t prev_g = -1
         cdef cnp.ndarray p, ga
-        cdef list glist, groups, ps
+        cdef list glist, ps
         cdef GroupVals *gv
         cdef adamc_scalars *s = NULL
         cdef adamc_task *task
@@ -452,7 +452,7 @@ cdef class Engine:
             glist = opt._grads_list(grads)
 
         # param_groups: same parameters, hyperparameters (re)validated if replaced
-        groups = opt.param_groups
+        groups = opt.param_groups  # untyped: a replaced non-list gets _check_structure's error
         ok = type(groups) is list and len(groups) == self.ngroups
         if ok:
             start = 0
