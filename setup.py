@@ -7,6 +7,9 @@ needs its own flags (kernel_<isa>.c), and OpenMP is probed, not assumed.
 Environment switches (build time):
   ADAMC_NATIVE=1     add -march=native to every file (local builds only)
   ADAMC_NO_OPENMP=1  build without OpenMP (serial steps)
+  ADAMC_REQUIRE_OPENMP=1
+                     fail instead of falling back to a serial build (release
+                     wheels set it, so none ships serial by accident)
   ADAMC_SANITIZE=address,undefined
                      build with those sanitizers (tools/sanitize.sh runs the
                      test suite so; never for a release)
@@ -14,6 +17,7 @@ Environment switches (build time):
 
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import textwrap
@@ -90,7 +94,11 @@ def _openmp_flags(compiler):
             f.write(src)
         try:
             objs = compiler.compile([path], output_dir=d, extra_postargs=cand[0])
-            compiler.link_executable(objs, "probe", output_dir=d, extra_postargs=cand[1])
+            # distutils leaves $LDFLAGS out of link_executable; a Homebrew
+            # libomp is found only through it.
+            ldflags = shlex.split(os.environ.get("LDFLAGS", ""))
+            compiler.link_executable(objs, "probe", output_dir=d,
+                                     extra_postargs=cand[1] + ldflags)
         except Exception:
             return None
     return cand
@@ -99,6 +107,10 @@ def _openmp_flags(compiler):
 class BuildExt(build_ext):
     def build_extensions(self):
         omp = _openmp_flags(self.compiler)
+        if omp is None and os.environ.get("ADAMC_REQUIRE_OPENMP") == "1":
+            raise RuntimeError(
+                "adamc: ADAMC_REQUIRE_OPENMP=1 but OpenMP does not build with this "
+                "compiler; install an OpenMP runtime (libgomp, libomp) or unset it")
         if omp is None:
             self.warn(
                 "adamc: OpenMP not found (or ADAMC_NO_OPENMP=1): building a serial "
