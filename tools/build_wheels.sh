@@ -74,7 +74,7 @@ for tool in tar unzip; do command -v "$tool" >/dev/null || die "$tool not found"
 
 # A build must be portable and a test run must see the default dispatch:
 # none of adamc's build or run-time switches leak in from the caller.
-unset ADAMC_NATIVE ADAMC_NO_OPENMP ADAMC_ISA ADAMC_TARGET_ARCH ADAMC_NUM_THREADS \
+unset ADAMC_NATIVE ADAMC_NO_OPENMP ADAMC_ISA ADAMC_TARGET_ARCH ADAMC_NUM_THREADS ADAMC_SANITIZE \
       PYTHONPATH PYTHONHOME PIP_USER VIRTUAL_ENV || true
 export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 # Property-based tests: these runs check packaging, so they use the quick
