@@ -71,9 +71,11 @@ int adamc_user_num_threads(void) { return user_threads; }
 
 /* Below this much work in one step (float32 elements; a float64 element
  * counts twice), one thread does it all: entering a parallel region costs
- * more than it saves, and each thread gets at least half of it.  Measured
- * with bench/thread_cutoff.py on the 2-core development machine, where two
- * threads first beat one at about 12k float32 / 3k float64 elements.
+ * more than it saves, and each thread gets at least half of it.  adamc's
+ * OpenMP workers sleep between steps (_runtime.py), so a parallel step pays
+ * their wake-up (~17 us on the development machine).  bench/thread_cutoff.py
+ * --between none, 2 cores: two threads break even at 64k float32 elements
+ * and are clearly faster (0.75x) from 128k, hence 2^17.
  * Override with ADAMC_SERIAL_CUTOFF (read at every step). */
 int64_t adamc_serial_cutoff(void)
 {
@@ -84,7 +86,7 @@ int64_t adamc_serial_cutoff(void)
         if (*end == '\0' && v >= 0)
             return (int64_t)v;
     }
-    return 16384;
+    return 131072;
 }
 
 #if defined(__linux__)
