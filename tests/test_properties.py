@@ -681,7 +681,10 @@ def test_state_machine(variant, clean_env):
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                     reason="the baseline variant differs by platform")
-@pytest.mark.xfail(strict=True, reason=(
+# Not strict: whether a NaN's sign differs depends on how the compiler split
+# the loop into vector body and scalar tail (a sanitizer build, for one, does
+# not show it).  The README documents the exception.
+@pytest.mark.xfail(strict=False, reason=(
     "README: 'Results are bitwise the same for any thread count' - not for NaN bits: on "
     "the baseline variant a NaN's sign depends on whether its element falls in the "
     "vector body or the scalar tail of a thread's range (found by "
