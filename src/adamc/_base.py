@@ -2,9 +2,10 @@
 
 Holds the param groups, the per-parameter state (moments, step counts), the
 lock, the state_dict format and the checks on everything the user passes.
-Subclasses supply one method, ``_apply(grads)``, that validates the grads
-and performs the update: the compiled engine in ``adamc.optim`` and a NumPy
-loop in ``adamc.reference``.
+Subclasses supply the update: ``adamc.reference`` implements ``_apply(grads)``
+(validate the grads, then a NumPy loop), which ``step`` calls under the
+lock; ``adamc.optim`` overrides ``step`` itself to call its compiled engine,
+which validates and updates in one pass.
 """
 
 from __future__ import annotations

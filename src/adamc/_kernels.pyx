@@ -40,6 +40,7 @@ cdef extern from "csrc/adamc.h" nogil:
         int dtype
     ctypedef struct adamc_kernel:
         const char *name
+    int64_t adamc_work(int64_t n, int dtype)
     void adamc_scalars_init(adamc_scalars *s, int64_t step, double lr, double beta1,
                             double beta2, double eps, double weight_decay,
                             int decoupled, int amsgrad, int maximize,
@@ -152,6 +153,13 @@ cdef int _resolve_threads() except -1:
     return n
 
 
+cdef int _threads_for(int64_t work) except -1:
+    """Threads for a step of this much work (adamc_work units).  Resolving
+    reads the environment and the affinity mask, so a step below the serial
+    cutoff, which runs on one thread anyway, skips it."""
+    return _resolve_threads() if work >= adamc_serial_cutoff() else 1
+
+
 def get_num_threads():
     """The number of threads a large step would use now.
 
@@ -185,8 +193,8 @@ def split(int64_t total, int nthreads, int tid):
 # --------------------------------------------------------------------------
 # one buffer: adamc.adam_step (the Python wrapper has validated everything)
 
-cdef inline int _dtype_code(cnp.ndarray a):
-    return ADAMC_F32 if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT else ADAMC_F64
+cdef inline int _dtype_code(int typenum):
+    return ADAMC_F32 if typenum == cnp.NPY_FLOAT else ADAMC_F64
 
 
 def step_buffers(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
@@ -198,7 +206,7 @@ def step_buffers(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     same dtype, shape and memory order, contiguous, writeable, disjoint)."""
     cdef adamc_scalars s
     cdef adamc_task t
-    cdef int nthreads = _resolve_threads()
+    cdef int nthreads
     adamc_scalars_init(&s, step, lr, beta1, beta2, eps, weight_decay, decoupled,
                        amsgrad, maximize, bias_correction, eps_inside_sqrt)
     t.param = cnp.PyArray_DATA(param)
@@ -209,7 +217,8 @@ def step_buffers(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     t.n = cnp.PyArray_SIZE(param)
     t.offset = 0
     t.s = &s
-    t.dtype = _dtype_code(param)
+    t.dtype = _dtype_code(cnp.PyArray_TYPE(param))
+    nthreads = _threads_for(adamc_work(t.n, t.dtype))
     with nogil:
         adamc_multi_step(_kernel, &t, 1, nthreads)
 
@@ -222,8 +231,8 @@ def probe_buffers(list quads):
     cdef Py_ssize_t i, k = len(quads)
     cdef adamc_scalars s
     cdef adamc_task *tasks = <adamc_task *>malloc(max(k, 1) * sizeof(adamc_task))
-    cdef int64_t offset = 0
-    cdef int nthreads = _resolve_threads()
+    cdef int64_t offset = 0, work = 0
+    cdef int nthreads
     if tasks == NULL:
         raise MemoryError()
     s.flags = ADAMC_PROBE
@@ -238,8 +247,10 @@ def probe_buffers(list quads):
             tasks[i].n = cnp.PyArray_SIZE(<cnp.ndarray>p)
             tasks[i].offset = offset
             tasks[i].s = &s
-            tasks[i].dtype = _dtype_code(<cnp.ndarray>p)
+            tasks[i].dtype = _dtype_code(cnp.PyArray_TYPE(<cnp.ndarray>p))
             offset += tasks[i].n
+            work += adamc_work(tasks[i].n, tasks[i].dtype)
+        nthreads = _threads_for(work)
         with nogil:
             adamc_multi_step(_kernel, tasks, k, nthreads)
     finally:
@@ -530,10 +541,8 @@ cdef class Engine:
                 prev_g, prev_t = gi, t
             self.tasks[ntask].s = s
             ntask += 1
-            work += self.psize[i] * (2 if self.ptype[i] == cnp.NPY_DOUBLE else 1)
-        # Resolving the thread count reads the environment and the affinity
-        # mask: only worth it when the step is big enough to go parallel.
-        nthreads = _resolve_threads() if work >= adamc_serial_cutoff() else 1
+            work += adamc_work(self.psize[i], _dtype_code(self.ptype[i]))
+        nthreads = _threads_for(work)
 
         if need_alloc:
             active = [i for i in range(n) if self.active[i]]
@@ -554,7 +563,7 @@ cdef class Engine:
             task.max_exp_avg_sq = self.xdata[i] if (task.s.flags & ADAMC_AMSGRAD) else NULL
             task.n = self.psize[i]
             task.offset = offset
-            task.dtype = ADAMC_F32 if self.ptype[i] == cnp.NPY_FLOAT else ADAMC_F64
+            task.dtype = _dtype_code(self.ptype[i])
             offset += task.n
             ntask += 1
         with nogil:

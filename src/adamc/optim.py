@@ -110,9 +110,6 @@ class Adam(_AdamBase):
 
     step.__doc__ = _AdamBase.step.__doc__
 
-    def _apply(self, grads):
-        self._engine.step(grads)
-
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019).

@@ -64,6 +64,14 @@ typedef struct {
     int dtype;                /* ADAMC_F32 or ADAMC_F64 */
 } adamc_task;
 
+/* The work of n elements, in float32 elements: a float64 element costs
+ * about twice as much (bench/thread_cutoff.py).  The serial cutoff is in
+ * these units. */
+static inline int64_t adamc_work(int64_t n, int dtype)
+{
+    return dtype == ADAMC_F64 ? 2 * n : n;
+}
+
 /* Per-ISA kernel: update elements [lo, hi) of one task. */
 typedef void (*adamc_range_fn)(const adamc_task *t, int64_t lo, int64_t hi);
 

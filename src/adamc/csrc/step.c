@@ -104,12 +104,10 @@ void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
     total = tasks[ntasks - 1].offset + tasks[ntasks - 1].n;
 #ifdef _OPENMP
     if (nthreads > 1 && !adamc_forked_child()) {
-        /* The cutoff counts float32-equivalent elements: a float64 element
-         * costs about twice as much (bench/thread_cutoff.py). */
         int64_t work = 0, cutoff = adamc_serial_cutoff();
         int64_t per_thread = cutoff / 2 > 0 ? cutoff / 2 : 1;
         for (int64_t i = 0; i < ntasks; i++)
-            work += tasks[i].dtype == ADAMC_F64 ? 2 * tasks[i].n : tasks[i].n;
+            work += adamc_work(tasks[i].n, tasks[i].dtype);
         if (work >= cutoff && work / per_thread > 1) {
             int nt = work / per_thread < nthreads ? (int)(work / per_thread) : nthreads;
             adamc_note_parallel();
