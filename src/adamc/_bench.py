@@ -4,9 +4,14 @@ The contenders (adamc, the roofline probe, the NumPy and pure-Python Adams
 users would otherwise write, torch when it is importable), the problem
 layouts, interleaved timing and the comparison table.
 
-Contenders are timed in interleaved rounds (A B C, A B C, ...) so that
-machine noise hits all of them alike, and the median of the rounds is
-reported.  Speed is only ever reported, never asserted.
+Contenders are timed in interleaved rounds so that machine noise hits all
+of them alike.  The order rotates from round to round (A B C, B C A,
+C A B, ...), so that no contender always runs right after the same other
+one (after torch, say, whose worker threads may still be spinning).  Times
+are the median of the rounds; a ratio between two contenders is the median
+of their per-round ratios, which cancels drift that is slower than a round
+(a neighbour on a shared host, the memory clock).  Speed is only ever
+reported, never asserted.
 """
 
 from __future__ import annotations
@@ -38,32 +43,50 @@ def calibrate(fn, target=0.02):
         reps *= 4
 
 
-def interleaved(contenders, rounds=5, target=0.02, pause=0.0):
-    """Median seconds per call of each contender, timed round-robin.
+def interleaved_samples(contenders, rounds=5, target=0.02, pause=0.0):
+    """Seconds per call of each contender in every round, timed round-robin.
 
     Parameters
     ----------
     contenders : dict name -> zero-argument callable
     rounds : int
-        Rounds; each times every contender once (``reps`` calls each).
+        Rounds; each times every contender once (``reps`` calls each), in an
+        order rotated by one place per round.
     target : float
         Seconds each contender's batch of calls should take.
     pause : float
-        Sleep between contenders, so that another runtime's spinning worker
-        threads (OpenMP, torch) go idle before the next one is timed.
+        Sleep before each contender, so that another runtime's spinning
+        worker threads (OpenMP, torch) go idle before the next one is timed.
+
+    Returns
+    -------
+    dict name -> list of ``rounds`` floats, index r being round r.
     """
     reps = {name: calibrate(fn, target) for name, fn in contenders.items()}
-    samples = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
+    names = list(contenders)
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
             if pause:
                 time.sleep(pause)
-            r = reps[name]
+            fn, n = contenders[name], reps[name]
             t0 = time.perf_counter()
-            for _ in range(r):
+            for _ in range(n):
                 fn()
-            samples[name].append((time.perf_counter() - t0) / r)
+            samples[name].append((time.perf_counter() - t0) / n)
+    return samples
+
+
+def interleaved(contenders, rounds=5, target=0.02, pause=0.0):
+    """Median seconds per call of each contender (see interleaved_samples)."""
+    samples = interleaved_samples(contenders, rounds, target, pause)
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def paired_ratio(a, b):
+    """Median over rounds of a[r] / b[r]: how many times b's time a takes."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def fmt_time(sec):
@@ -250,9 +273,15 @@ def run_case(layout, dtype, n, rounds, names, pause):
         params, grads = make_problem(shapes, dtype)
         fns[name] = maker(params, grads)
     big = total * itemsize * 7 > 100e6
-    times = interleaved(fns, rounds=rounds, target=0.3 if big else 0.05, pause=pause)
+    samples = interleaved_samples(fns, rounds=rounds, target=0.3 if big else 0.05, pause=pause)
     return {"layout": layout, "dtype": dtype, "n": total, "tensors": len(shapes),
-            "bytes": adam_bytes(total, itemsize), "times": times}
+            "bytes": adam_bytes(total, itemsize), "samples": samples,
+            "times": {name: statistics.median(x) for name, x in samples.items()}}
+
+
+def ratio(r, a, b):
+    """Contender a's time over b's in result r: the median per-round ratio."""
+    return paired_ratio(r["samples"][a], r["samples"][b])
 
 
 def describe_machine():
@@ -292,8 +321,8 @@ def table(results, names):
         t = r["times"]
         a = t["adamc"]
         row = [case_label(r), fmt_time(a).strip(), f"{r['bytes'] / a / 1e9:.1f}",
-               f"{a / t['probe']:.2f}"]
-        row += [f"{a / t[p]:.3f}" if p in t else "-" for p in peers]
+               f"{ratio(r, 'adamc', 'probe'):.3f}"]
+        row += [f"{ratio(r, 'adamc', p):.3f}" if p in t else "-" for p in peers]
         rows.append(row)
     return head, rows
 
