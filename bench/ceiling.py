@@ -1,0 +1,82 @@
+"""Is a large step bound by memory or by arithmetic?  Compares two ceilings,
+in GB/s of Adam's traffic (7 arrays x itemsize per element):
+
+- compute: adamc's step on buffers that stay in each core's L2 cache, so
+  memory costs almost nothing and the arithmetic sets the pace;
+- memory: the roofline probe (Adam's traffic, trivial arithmetic) on buffers
+  far larger than the caches.
+
+    python bench/ceiling.py [--rounds 9]
+
+If the compute ceiling is not well above the memory one, a step on large
+buffers cannot reach the probe's speed whatever the memory system does.  On
+x86 the bound is the floating-point divider: each element needs one
+correctly rounded square root and one division, and a core has one divider.
+The last column converts the in-cache rate to core cycles per element at the
+clock /proc/cpuinfo reports (a VM reports its nominal clock).
+"""
+
+import argparse
+
+import numpy as np
+
+import adamc
+from adamc import _bench, _kernels
+
+
+def buffers(n, dtype, rng):
+    p = rng.standard_normal(n).astype(dtype)
+    g = (rng.standard_normal(n) * 1e-3).astype(dtype)
+    return p, g, np.zeros(n, dtype), np.zeros(n, dtype)
+
+
+def clock_hz():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":")[1]) * 1e6
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--large", type=float, default=2e7, help="elements (float64; float32 x2)")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    hz = clock_hz()
+    cpus = adamc.cpu_info()["available_cpus"]
+    print(f"{'dtype':>7} {'threads':>7} | {'compute GB/s':>12} {'memory GB/s':>11} | "
+          f"{'memory/compute':>14} | cycles/element/core")
+    for dtype in ("float32", "float64"):
+        item = np.dtype(dtype).itemsize
+        small = (256 * 1024) // item            # 4 arrays x 256 KiB: in one core's L2
+        large = int(args.large) * (8 // item)   # the same bytes for both dtypes
+        hot = buffers(small, dtype, rng)
+        opt = adamc.Adam([hot[0]], lr=1e-3)
+        cold = [buffers(large, dtype, rng)]
+        for threads in sorted({1, cpus}):
+            # The in-cache step runs on one thread (below the serial cutoff):
+            # arithmetic does not contend between cores, so N cores compute
+            # N times as fast; the probe runs on `threads` threads.
+            adamc.set_num_threads(threads)
+            samples = _bench.interleaved_samples(
+                {"hot": lambda: opt.step([hot[1]]),
+                 "cold": lambda: _kernels.probe_buffers(cold)},
+                rounds=args.rounds, target=0.2)
+            t_hot = np.median(samples["hot"])
+            t_cold = np.median(samples["cold"])
+            compute = threads * 7 * item * small / t_hot / 1e9
+            memory = 7 * item * large / t_cold / 1e9
+            cyc = f"{hz * t_hot / small:.2f}" if hz else "-"
+            print(f"{dtype:>7} {threads:>7} | {compute:>12.1f} {memory:>11.1f} | "
+                  f"{memory / compute:>14.2f} | {cyc}")
+        del cold, hot, opt
+    adamc.set_num_threads(None)
+
+
+if __name__ == "__main__":
+    main()
