@@ -390,3 +390,107 @@ def test_functional_errors(impl, rng):
         impl.adam_step(p, p, m, v, step=1)
     np.testing.assert_array_equal(p, p0)
     assert not m.any() and not v.any()
+
+
+def test_functional_fast_checks_agree_with_full_checks(rng):
+    """adamc.adam_step recognises plain Python scalars and well-formed arrays
+    in the compiled layer and sends everything else through _validation.
+    Both routes must accept the same inputs with the same results and refuse
+    the same inputs with the same messages, changing nothing."""
+    p = make_array(rng, (6,), np.float64, "C")
+    g = like(rng, p)
+    plain = dict(step=3, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0,
+                 decoupled_weight_decay=True, maximize=False, amsgrad=True)
+    numpy_typed = dict(step=np.int64(3), lr=np.float64(1e-2), beta1=np.float32(0.9),
+                       beta2=np.float64(0.99), eps=np.float64(1e-8),
+                       weight_decay=np.int32(0), decoupled_weight_decay=np.bool_(True),
+                       maximize=np.bool_(False), amsgrad=np.bool_(True))
+    numpy_typed["beta1"] = np.float64(0.9)  # same value as the float 0.9
+    out = []
+    for kw in (plain, numpy_typed):
+        q, m, v, x = p.copy(), np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+        for _ in range(3):
+            adamc.adam_step(q, g, m, v, max_exp_avg_sq=x, **kw)
+        ref = [a.copy() for a in (p, np.zeros_like(p), np.zeros_like(p), np.zeros_like(p))]
+        for _ in range(3):
+            reference.adam_step(ref[0], g, ref[1], ref[2], max_exp_avg_sq=ref[3], **kw)
+        out.append((q, m, v, x))
+        for a, b in zip((q, m, v, x), ref):
+            np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    f = np.asfortranarray(np.zeros((2, 3)))
+    big = np.zeros(12)
+    cases = [
+        ({"step": True}, TypeError, "step must be an int"),
+        ({"step": 2**62}, None, None),
+        ({"step": 2**63}, ValueError, r"2\*\*62"),
+        ({"lr": 2**60}, None, None),                 # a large int: full route, valid
+        ({"lr": 10**400}, ValueError, "lr must be finite"),
+        ({"lr": float("nan")}, ValueError, "lr must be finite"),
+        ({"lr": float("inf")}, ValueError, "lr must be finite"),
+        ({"eps": -0.0}, None, None),
+        ({"beta2": 0.0}, None, None),
+        ({"beta2": -1e-300}, ValueError, r"beta2 must be in \[0, 1\)"),
+        ({"beta1": 1}, ValueError, r"beta1 must be in \[0, 1\)"),
+        ({"weight_decay": True}, TypeError, "weight_decay must be a real number"),
+        ({"maximize": 1}, TypeError, "maximize must be True or False"),
+        ({"eps_inside_sqrt": None}, TypeError, "eps_inside_sqrt must be True or False"),
+    ]
+    for kw, exc, msg in cases:
+        q, m0, v0 = p.copy(), m.copy(), v.copy()
+        args = {"step": 1, **kw}
+        if exc is None:
+            adamc.adam_step(q, g, m0, v0, **args)
+            r = [p.copy(), m.copy(), v.copy()]
+            reference.adam_step(r[0], g, r[1], r[2], **args)
+            for a, b in zip((q, m0, v0), r):
+                np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
+            continue
+        for impl_ in (adamc, reference):
+            with pytest.raises(exc, match=msg):
+                impl_.adam_step(q, g, m0, v0, **args)
+            np.testing.assert_array_equal(q, p)
+            assert not m0.any() and not v0.any()
+    # buffers: each breaks one rule the fast route tests (built afresh per case)
+    def ro():
+        a = np.zeros_like(p)
+        a.flags.writeable = False
+        return a
+
+    z = lambda: np.zeros_like(p)  # noqa: E731
+    fz = lambda: np.asfortranarray(np.zeros((2, 3)))  # noqa: E731
+    for make, exc, msg in [
+        (lambda: (p.copy(), g, ro(), z()), ValueError, "exp_avg is read-only"),
+        (lambda: (p.copy(), g.astype(np.float32), z(), z()), TypeError,
+         "grad has dtype float32"),
+        (lambda: (p.copy(), g, z(), np.zeros(12)[::2]), ValueError, "not contiguous"),
+        (lambda: (p.copy(), g, z(), np.zeros(12)[6:]), None, None),
+        (lambda: (lambda b: (p.copy(), g, b[:6], b[6:]))(np.zeros(12)), None, None),
+        (lambda: (lambda b: (p.copy(), g, b[:6], b[5:11]))(np.zeros(12)), ValueError,
+         "share memory"),
+        (lambda: (lambda b: (p.copy(), b[5:11], b[:6], z()))(np.zeros(12)), ValueError,
+         "grad shares memory with exp_avg"),
+        (lambda: (fz(), np.zeros((2, 3)), fz(), fz()), ValueError,
+         "grad is C-contiguous but param is F-contiguous"),
+        (lambda: (p.reshape(2, 3).copy(), g, z().reshape(2, 3), z().reshape(2, 3)),
+         ValueError, "grad has shape"),
+        (lambda: (p.astype(np.float16), g, z(), z()), TypeError, "param must have dtype"),
+        (lambda: (list(p), g, z(), z()), TypeError, "param must be a numpy.ndarray"),
+    ]:
+        if exc is None:
+            args, r = make(), make()
+            adamc.adam_step(*args, step=1)
+            reference.adam_step(*r, step=1)
+            for a, b in zip(args, r):
+                np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
+            continue
+        for impl_ in (adamc, reference):
+            args = make()
+            before = [np.array(a, copy=True) for a in args]
+            with pytest.raises(exc, match=msg):
+                impl_.adam_step(*args, step=1)
+            for a, b in zip(args, before):
+                np.testing.assert_array_equal(np.asarray(a), b)

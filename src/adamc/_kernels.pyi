@@ -18,6 +18,11 @@ def step_buffers(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
                  lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                  decoupled: bool, amsgrad: bool, maximize: bool, bias_correction: bool,
                  eps_inside_sqrt: bool) -> None: ...
+def adam_step(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_avg_sq: Any,
+              step: Any, lr: Any, beta1: Any, beta2: Any, eps: Any, weight_decay: Any,
+              decoupled_weight_decay: Any, amsgrad: Any, maximize: Any,
+              bias_correction: Any, eps_inside_sqrt: Any) -> None:
+    """adamc.adam_step's checks and step (any argument may be invalid: it raises)."""
 def probe_buffers(quads: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> None: ...
 
 class Engine:

@@ -14,6 +14,7 @@ raise when a test fails.
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uintptr_t
 from libc.stdlib cimport malloc, free
+from libc.math cimport INFINITY
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 
@@ -221,6 +222,111 @@ def step_buffers(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     nthreads = _threads_for(adamc_work(t.n, t.dtype))
     with nogil:
         adamc_multi_step(_kernel, &t, 1, nthreads)
+
+
+cdef int64_t _MAX_STEP = V.MAX_STEP
+
+
+cdef inline bint _plain_real(object x, bint beta, double *out):
+    """x is a float or int (not bool) that check_real accepts: finite and
+    >= 0, or in [0, 1) with beta.  False sends the caller to the full check."""
+    cdef double d
+    if type(x) is float:
+        d = <double>x
+    elif type(x) is int:
+        if not -(1 << 53) <= x <= (1 << 53):
+            return False   # large ints: check_real's own conversion rules
+        d = <double>x
+    else:
+        return False
+    if not (d >= 0.0 and (d < 1.0 if beta else d < INFINITY)):
+        return False       # NaN, negative, infinite or out of range
+    out[0] = d
+    return True
+
+
+cdef inline bint _plain_buffer(object a, bint writeable):
+    """a passes check_array (and check_writeable if asked) with a float32 or
+    float64 type number; anything else goes to the full check."""
+    if not cnp.PyArray_Check(a):
+        return False
+    cdef cnp.ndarray x = <cnp.ndarray>a
+    cdef int tn = cnp.PyArray_TYPE(x)
+    return ((tn == cnp.NPY_FLOAT or tn == cnp.NPY_DOUBLE) and cnp.PyArray_ISNOTSWAPPED(x)
+            and cnp.PyArray_ISALIGNED(x)
+            and (cnp.PyArray_IS_C_CONTIGUOUS(x) or cnp.PyArray_IS_F_CONTIGUOUS(x))
+            and (not writeable or cnp.PyArray_ISWRITEABLE(x)))
+
+
+cdef inline bint _alike(cnp.ndarray a, cnp.ndarray ref):
+    """check_like: same type, shape, and memory order when size > 1."""
+    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(ref):
+        return False
+    if not _same_shape(a, cnp.PyArray_NDIM(ref), cnp.PyArray_DIMS(ref)):
+        return False
+    return (cnp.PyArray_SIZE(a) <= 1
+            or cnp.PyArray_IS_C_CONTIGUOUS(a) == cnp.PyArray_IS_C_CONTIGUOUS(ref))
+
+
+cdef inline bint _share_bytes(cnp.ndarray a, cnp.ndarray b):
+    cdef uintptr_t alo = <uintptr_t>cnp.PyArray_DATA(a)
+    cdef uintptr_t blo = <uintptr_t>cnp.PyArray_DATA(b)
+    cdef uintptr_t an = <uintptr_t>cnp.PyArray_NBYTES(a)
+    cdef uintptr_t bn = <uintptr_t>cnp.PyArray_NBYTES(b)
+    return an != 0 and bn != 0 and alo < blo + bn and blo < alo + an
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
+              eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
+              bias_correction, eps_inside_sqrt):
+    """adamc.adam_step after its keyword handling.
+
+    The common case (Python floats, ints and bools; float32/float64 arrays
+    that pass every check) is recognised here with C-level tests; anything
+    else, valid or not, goes through _validation.check_functional, which
+    raises the message or returns the same values the fast tests would."""
+    cdef double hp[5]
+    cdef Py_ssize_t i, j, nb
+    cdef tuple bufs
+    cdef bint fast = (
+        type(step) is int and 1 <= step <= _MAX_STEP
+        and _plain_real(lr, False, &hp[0]) and _plain_real(beta1, True, &hp[1])
+        and _plain_real(beta2, True, &hp[2]) and _plain_real(eps, False, &hp[3])
+        and _plain_real(weight_decay, False, &hp[4])
+        and (decoupled_weight_decay is True or decoupled_weight_decay is False)
+        and (amsgrad is True or amsgrad is False)
+        and (maximize is True or maximize is False)
+        and (bias_correction is True or bias_correction is False)
+        and (eps_inside_sqrt is True or eps_inside_sqrt is False)
+        and _plain_buffer(param, True) and _plain_buffer(exp_avg, True)
+        and _plain_buffer(exp_avg_sq, True) and _plain_buffer(grad, False)
+        and (amsgrad is False or _plain_buffer(max_exp_avg_sq, True)))
+    if fast:
+        # like param, and no two sharing a byte (grad is only read, but the
+        # step writes every other buffer)
+        bufs = ((param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad) if amsgrad is True
+                else (param, exp_avg, exp_avg_sq, grad))
+        nb = len(bufs)
+        for i in range(1, nb):
+            if not _alike(<cnp.ndarray>bufs[i], <cnp.ndarray>param):
+                fast = False
+                break
+            for j in range(i):
+                if _share_bytes(<cnp.ndarray>bufs[i], <cnp.ndarray>bufs[j]):
+                    fast = False
+                    break
+            if not fast:
+                break
+    if fast:
+        step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, hp[0],
+                     hp[1], hp[2], hp[3], hp[4], decoupled_weight_decay, amsgrad,
+                     maximize, bias_correction, eps_inside_sqrt)
+        return
+    vals = V.check_functional(
+        param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
+        eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
+        bias_correction, eps_inside_sqrt)
+    step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *vals)
 
 
 def probe_buffers(list quads):
