@@ -4,11 +4,10 @@
     python bench/compare.py --quick         # fewer sizes and rounds
 
 Prints one table (median time per step over interleaved rounds, GB/s of
-Adam's compulsory traffic, ratio to the probe, ratio of adamc to each peer;
-a ratio is the median of the per-round ratios),
+Adam's compulsory traffic, ratio to the probe, ratio of adamc to each peer),
 writes bench/results.md and, when matplotlib is installed, bench/results.png.
 Each case builds every contender on its own copy of the same data; rounds
-alternate contenders in a rotating order and sleep briefly between them so
+alternate contenders in an order shuffled afresh each round and sleep briefly between them so
 another OpenMP runtime's spinning workers go idle first.
 """
 
@@ -82,8 +81,8 @@ def main(argv=None):
     print()
     print(text(th, tr))
     md = [f"# adamc benchmark results\n", f"Machine: {describe_machine()}.\n",
-          f"Median of {rounds} interleaved rounds (order rotated each round); a ratio is "
-          "the median of the per-round ratios, below 1 when adamc is faster. "
+          f"Median of {rounds} interleaved rounds (order shuffled each round); ratios "
+          "below 1 mean adamc is faster. "
           "`probe` is the roofline probe (Adam's memory traffic, trivial arithmetic). "
           "GB/s counts Adam's compulsory traffic: 7 arrays x itemsize x elements.\n",
           markdown(head, rows), "\nTime per step:\n", markdown(th, tr), ""]

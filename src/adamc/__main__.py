@@ -51,9 +51,8 @@ def timing_table(sizes, dtype, rounds):
     cases = [("one", dtype, n) for n in sizes] + [("tiny", dtype, None)]
     results = [_bench.run_case(layout, dt, n, rounds, names, pause=0.02)
                for layout, dt, n in cases]
-    print(f"\nOne optimizer step, median of {rounds} interleaved rounds (ratios: median of "
-          "per-round ratios, < 1 when adamc is faster; 'probe' moves Adam's bytes with "
-          "no arithmetic):")
+    print(f"\nOne optimizer step, median of {rounds} interleaved rounds; ratios < 1 mean "
+          "adamc is faster ('probe' moves Adam's bytes with no arithmetic):")
     print(_bench.text(*_bench.table(results, names)))
     print()
     print(_bench.text(*_bench.times_table(results, names)))

@@ -5,19 +5,19 @@ users would otherwise write, torch when it is importable), the problem
 layouts, interleaved timing and the comparison table.
 
 Contenders are timed in interleaved rounds so that machine noise hits all
-of them alike.  The order rotates from round to round (A B C, B C A,
-C A B, ...), so that no contender always runs right after the same other
-one (after torch, say, whose worker threads may still be spinning).  Times
-are the median of the rounds; a ratio between two contenders is the median
-of their per-round ratios, which cancels drift that is slower than a round
-(a neighbour on a shared host, the memory clock).  Speed is only ever
-reported, never asserted.
+of them alike.  Each round runs them in a fresh (seeded) random order, so
+that no contender always runs in the same place or right after the same
+other one (after torch, say, whose worker threads may still be spinning, or
+after the NumPy reference, which leaves the caches full of its temporaries).
+Times are the median of the rounds, and ratios are ratios of those medians.
+Speed is only ever reported, never asserted.
 """
 
 from __future__ import annotations
 
 import math
 import platform
+import random
 import statistics
 import time
 
@@ -51,7 +51,7 @@ def interleaved_samples(contenders, rounds=5, target=0.02, pause=0.0):
     contenders : dict name -> zero-argument callable
     rounds : int
         Rounds; each times every contender once (``reps`` calls each), in an
-        order rotated by one place per round.
+        order shuffled afresh each round (seeded: the same on every run).
     target : float
         Seconds each contender's batch of calls should take.
     pause : float
@@ -65,9 +65,9 @@ def interleaved_samples(contenders, rounds=5, target=0.02, pause=0.0):
     reps = {name: calibrate(fn, target) for name, fn in contenders.items()}
     names = list(contenders)
     samples = {name: [] for name in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+    order = random.Random(0)
+    for _ in range(rounds):
+        for name in order.sample(names, len(names)):
             if pause:
                 time.sleep(pause)
             fn, n = contenders[name], reps[name]
@@ -82,11 +82,6 @@ def interleaved(contenders, rounds=5, target=0.02, pause=0.0):
     """Median seconds per call of each contender (see interleaved_samples)."""
     samples = interleaved_samples(contenders, rounds, target, pause)
     return {name: statistics.median(s) for name, s in samples.items()}
-
-
-def paired_ratio(a, b):
-    """Median over rounds of a[r] / b[r]: how many times b's time a takes."""
-    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def fmt_time(sec):
@@ -279,11 +274,6 @@ def run_case(layout, dtype, n, rounds, names, pause):
             "times": {name: statistics.median(x) for name, x in samples.items()}}
 
 
-def ratio(r, a, b):
-    """Contender a's time over b's in result r: the median per-round ratio."""
-    return paired_ratio(r["samples"][a], r["samples"][b])
-
-
 def describe_machine():
     from . import __version__, cpu_info
 
@@ -321,8 +311,8 @@ def table(results, names):
         t = r["times"]
         a = t["adamc"]
         row = [case_label(r), fmt_time(a).strip(), f"{r['bytes'] / a / 1e9:.1f}",
-               f"{ratio(r, 'adamc', 'probe'):.3f}"]
-        row += [f"{ratio(r, 'adamc', p):.3f}" if p in t else "-" for p in peers]
+               f"{a / t['probe']:.3f}"]
+        row += [f"{a / t[p]:.3f}" if p in t else "-" for p in peers]
         rows.append(row)
     return head, rows
 
