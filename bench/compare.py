@@ -66,7 +66,7 @@ def main(argv=None):
     ap.add_argument("--out", default=HERE, help="folder for results.md/png")
     args = ap.parse_args(argv)
     cases = QUICK_CASES if args.quick else FULL_CASES
-    rounds = args.rounds or (3 if args.quick else 7)
+    rounds = args.rounds or (3 if args.quick else 11)
     names = available_contenders()
     print(describe_machine())
     results = []
