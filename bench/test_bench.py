@@ -47,4 +47,5 @@ def test_step(benchmark, case, name):
         benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
     else:
         benchmark(step)
-    benchmark.extra_info["GB/s"] = round(nbytes / benchmark.stats["median"] / 1e9, 2)
+    if benchmark.stats:  # None under --benchmark-disable (a one-call smoke run)
+        benchmark.extra_info["GB/s"] = round(nbytes / benchmark.stats["median"] / 1e9, 2)
