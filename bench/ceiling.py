@@ -1,8 +1,9 @@
 """Is a large step bound by memory or by arithmetic?  Compares two ceilings,
 in GB/s of Adam's traffic (7 arrays x itemsize per element):
 
-- compute: adamc's step on buffers that stay in each core's L2 cache, so
-  memory costs almost nothing and the arithmetic sets the pace;
+- compute: adamc's step on buffers that stay in each core's L2 cache (256
+  KiB per array per thread), so memory costs almost nothing and the
+  arithmetic sets the pace;
 - memory: the roofline probe (Adam's traffic, trivial arithmetic) on buffers
   far larger than the caches.
 
@@ -14,14 +15,24 @@ x86 the bound is the floating-point divider: each element needs one
 correctly rounded square root and one division, and a core has one divider.
 The last column converts the in-cache rate to core cycles per element at the
 clock /proc/cpuinfo reports (a VM reports its nominal clock).
+
+The in-cache steps are far below the serial cutoff, so this script sets
+ADAMC_SERIAL_CUTOFF=0 (every step splits across the threads asked for) and,
+unless you chose a policy, OMP_WAIT_POLICY=ACTIVE (workers spin between
+steps instead of sleeping, so no step pays their wake-up).
 """
 
 import argparse
+import os
 
-import numpy as np
+os.environ["ADAMC_SERIAL_CUTOFF"] = "0"
+if not ({"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ)):
+    os.environ["OMP_WAIT_POLICY"] = "ACTIVE"  # read when adamc loads OpenMP
 
-import adamc
-from adamc import _bench, _kernels
+import numpy as np  # noqa: E402
+
+import adamc  # noqa: E402
+from adamc import _bench, _kernels  # noqa: E402
 
 
 def buffers(n, dtype, rng):
@@ -53,28 +64,26 @@ def main():
           f"{'memory/compute':>14} | cycles/element/core")
     for dtype in ("float32", "float64"):
         item = np.dtype(dtype).itemsize
-        small = (256 * 1024) // item            # 4 arrays x 256 KiB: in one core's L2
+        small = (256 * 1024) // item            # per thread: 4 x 256 KiB in its L2
         large = int(args.large) * (8 // item)   # the same bytes for both dtypes
-        hot = buffers(small, dtype, rng)
-        opt = adamc.Adam([hot[0]], lr=1e-3)
         cold = [buffers(large, dtype, rng)]
         for threads in sorted({1, cpus}):
-            # The in-cache step runs on one thread (below the serial cutoff):
-            # arithmetic does not contend between cores, so N cores compute
-            # N times as fast; the probe runs on `threads` threads.
             adamc.set_num_threads(threads)
+            hot = buffers(small * threads, dtype, rng)
+            opt = adamc.Adam([hot[0]], lr=1e-3)
             samples = _bench.interleaved_samples(
                 {"hot": lambda: opt.step([hot[1]]),
                  "cold": lambda: _kernels.probe_buffers(cold)},
                 rounds=args.rounds, target=0.2)
             t_hot = np.median(samples["hot"])
             t_cold = np.median(samples["cold"])
-            compute = threads * 7 * item * small / t_hot / 1e9
+            compute = 7 * item * small * threads / t_hot / 1e9
             memory = 7 * item * large / t_cold / 1e9
             cyc = f"{hz * t_hot / small:.2f}" if hz else "-"
             print(f"{dtype:>7} {threads:>7} | {compute:>12.1f} {memory:>11.1f} | "
                   f"{memory / compute:>14.2f} | {cyc}")
-        del cold, hot, opt
+            del hot, opt
+        del cold
     adamc.set_num_threads(None)
 
 

@@ -392,11 +392,17 @@ def test_functional_errors(impl, rng):
     assert not m.any() and not v.any()
 
 
-def test_functional_fast_checks_agree_with_full_checks(rng):
+def test_functional_fast_checks_agree_with_full_checks(rng, monkeypatch):
     """adamc.adam_step recognises plain Python scalars and well-formed arrays
     in the compiled layer and sends everything else through _validation.
     Both routes must accept the same inputs with the same results and refuse
     the same inputs with the same messages, changing nothing."""
+    from adamc import _validation
+
+    full = []  # one entry per call that took the full (Python) checks
+    check = _validation.check_functional
+    monkeypatch.setattr(_validation, "check_functional",
+                        lambda *a: full.append(a) or check(*a))
     p = make_array(rng, (6,), np.float64, "C")
     g = like(rng, p)
     plain = dict(step=3, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0,
@@ -407,10 +413,12 @@ def test_functional_fast_checks_agree_with_full_checks(rng):
                        maximize=np.bool_(False), amsgrad=np.bool_(True))
     numpy_typed["beta1"] = np.float64(0.9)  # same value as the float 0.9
     out = []
-    for kw in (plain, numpy_typed):
+    for kw, calls in ((plain, 0), (numpy_typed, 3)):
         q, m, v, x = p.copy(), np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+        del full[:]
         for _ in range(3):
             adamc.adam_step(q, g, m, v, max_exp_avg_sq=x, **kw)
+        assert len(full) == calls  # the route each took
         ref = [a.copy() for a in (p, np.zeros_like(p), np.zeros_like(p), np.zeros_like(p))]
         for _ in range(3):
             reference.adam_step(ref[0], g, ref[1], ref[2], max_exp_avg_sq=ref[3], **kw)
@@ -443,7 +451,9 @@ def test_functional_fast_checks_agree_with_full_checks(rng):
         q, m0, v0 = p.copy(), m.copy(), v.copy()
         args = {"step": 1, **kw}
         if exc is None:
+            del full[:]
             adamc.adam_step(q, g, m0, v0, **args)
+            assert len(full) == (1 if kw == {"lr": 2**60} else 0), kw  # ints > 2**53: full
             r = [p.copy(), m.copy(), v.copy()]
             reference.adam_step(r[0], g, r[1], r[2], **args)
             for a, b in zip((q, m0, v0), r):
@@ -482,7 +492,9 @@ def test_functional_fast_checks_agree_with_full_checks(rng):
     ]:
         if exc is None:
             args, r = make(), make()
+            del full[:]
             adamc.adam_step(*args, step=1)
+            assert not full  # well-formed arrays: the compiled checks
             reference.adam_step(*r, step=1)
             for a, b in zip(args, r):
                 np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)

@@ -44,7 +44,7 @@ def calibrate(fn, target=0.02):
 
 
 def interleaved_samples(contenders, rounds=5, target=0.02, pause=0.0):
-    """Seconds per call of each contender in every round, timed round-robin.
+    """Seconds per call of each contender in every round of interleaved timing.
 
     Parameters
     ----------
