@@ -74,7 +74,7 @@ for tool in tar unzip; do command -v "$tool" >/dev/null || die "$tool not found"
 
 # A build must be portable and a test run must see the default dispatch:
 # none of adamc's build or run-time switches leak in from the caller.
-unset ADAMC_NATIVE ADAMC_NO_OPENMP ADAMC_ISA ADAMC_TARGET_ARCH ADAMC_NUM_THREADS ADAMC_SANITIZE \
+unset ADAMC_NATIVE ADAMC_NO_OPENMP ADAMC_ISA ADAMC_TARGET_ARCH ADAMC_NUM_THREADS ADAMC_SANITIZE ADAMC_DEBUG_INFO \
       PYTHONPATH PYTHONHOME PIP_USER VIRTUAL_ENV || true
 export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 # Property-based tests: these runs check packaging, so they use the quick
@@ -383,6 +383,18 @@ one_python() {  # $1 = X.Y, $2 = interpreter; runs in a subshell with set -e
     if ! grep -qE '(^|/)LICENSE\.libgomp\.txt$' "$logs/wheel-files.txt"; then
         echo "[$v] WARNING: the wheel bundles libgomp but not its licence text (LICENSE.libgomp.txt)" >&2
         echo "$v: WARNING: libgomp bundled without LICENSE.libgomp.txt" >> "$RES/$v.details"
+    fi
+
+    # setup.py links without DWARF sections (ADAMC_DEBUG_INFO=1 keeps them):
+    # a release wheel's extension must not carry them.
+    if command -v readelf >/dev/null; then
+        local so_dir=$WORK/so-$v
+        mkdir -p "$so_dir"
+        unzip -q -o "$wheel" 'adamc/_kernels*.so' -d "$so_dir"
+        if readelf -S -W "$so_dir"/adamc/_kernels*.so | grep -q '\.debug_'; then
+            fail_cell "$v" "extension carries debug sections (not linked with --strip-debug)"; return 1
+        fi
+        echo "[$v] extension: $(stat -c %s "$so_dir"/adamc/_kernels*.so) bytes, no debug sections"
     fi
 
     # fresh venv with the wheel and the test dependencies
