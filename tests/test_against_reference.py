@@ -120,3 +120,25 @@ def test_large_lerp_weight_gives_exact_gradient(rng):
     g = like(rng, p)
     o.step([g])
     np.testing.assert_array_equal(o.state_dict()["state"][0]["exp_avg"], g)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_roofline_probe_adds_the_gradient(rng, dtype, threads, monkeypatch):
+    """The benchmarks' probe runs the step's loop (blocks and prefetches) with
+    one add per array: its results must be exactly p+g, m+g, v+g, whatever
+    the size (below, at and above the prefetch threshold) and split."""
+    from adamc import _kernels
+
+    monkeypatch.setenv("ADAMC_SERIAL_CUTOFF", "0")
+    adamc.set_num_threads(threads)
+    try:
+        sizes = [1, 63, 8191, 8192, 8193, 70_001]
+        quads = [tuple(make_array(rng, (n,), dtype, "offset") for _ in range(4)) for n in sizes]
+        want = [(p + g, g.copy(), m + g, v + g) for p, g, m, v in quads]
+        _kernels.probe_buffers(quads)
+        for n, got, exp in zip(sizes, quads, want):
+            for name, a, b in zip("pgmv", got, exp):
+                np.testing.assert_array_equal(a, b, err_msg=f"{name}, n={n}")
+    finally:
+        adamc.set_num_threads(None)
