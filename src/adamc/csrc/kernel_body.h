@@ -19,13 +19,15 @@
 #endif
 
 /* Software prefetch (adam_loop.inc): blocks of 4 cache lines, each asking
- * for the lines 4 KiB ahead in every stream, in ranges of 32 KiB or more.
- * Chosen by A/B runs of step and probe on this project's 2-core host:
- * 1 KiB ahead was too close for float64, 8 KiB no better than 4. */
+ * for the lines 4 KiB ahead in every stream, in ranges of 1 MiB a stream or
+ * more.  Chosen by A/B runs of step and probe on this project's 2-core host:
+ * from memory, 5-10% faster (1 KiB ahead was too close for float64, 8 KiB no
+ * better than 4); from L3, no difference; from L2 (a 1e5 float32 step),
+ * 20% slower, hence the threshold. */
 #define ADAMC_LINE 64
 #define ADAMC_PF_BLOCK (4 * ADAMC_LINE)
 #define ADAMC_PF_AHEAD 4096
-#define ADAMC_PF_MIN 32768
+#define ADAMC_PF_MIN ((int64_t)1 << 20)
 #if defined(__GNUC__) || defined(__clang__)
 #define ADAMC_PREFETCH(addr) __builtin_prefetch((addr), 0, 3)
 #elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
