@@ -1,4 +1,4 @@
-"""adamc's step against the roofline probe alone, one call each, many rounds.
+"""adamc's step against the roofline probes alone, one call each, many rounds.
 
     python bench/ab_probe.py [--n 5e7] [--dtype float32] [--rounds 41] [--threads 2]
 
@@ -29,15 +29,18 @@ def main():
     n = int(args.n)
     params, grads = _bench.make_problem([(n,)], args.dtype)
     opt = adamc.Adam(params, lr=_bench.LR)
-    probe = _bench.make_probe(*_bench.make_problem([(n,)], args.dtype, seed=1))
-    samples = _bench.interleaved_samples(
-        {"adamc": lambda: opt.step(grads), "probe": probe}, rounds=args.rounds, target=0.0)
+    fns = {"adamc": lambda: opt.step(grads)}
+    for name in _bench.PROBES:
+        fns[name] = _bench.CONTENDERS[name][0](*_bench.make_problem([(n,)], args.dtype, seed=1))
+    samples = _bench.interleaved_samples(fns, rounds=args.rounds, target=0.0)
     t = {k: float(np.median(v)) for k, v in samples.items()}
     gb = _bench.adam_bytes(n, np.dtype(args.dtype).itemsize) / 1e9
+    probes = ", ".join(f"{k} {_bench.fmt_time(t[k]).strip()} ({gb / t[k]:.1f} GB/s)"
+                       for k in _bench.PROBES)
     print(f"{args.dtype} {_bench.fmt_size(n)}, {adamc.get_num_threads()} threads, "
           f"{args.rounds} rounds: adamc {_bench.fmt_time(t['adamc']).strip()} "
-          f"({gb / t['adamc']:.1f} GB/s), probe {_bench.fmt_time(t['probe']).strip()} "
-          f"({gb / t['probe']:.1f} GB/s), adamc / probe {t['adamc'] / t['probe']:.3f}")
+          f"({gb / t['adamc']:.1f} GB/s), {probes}, "
+          f"adamc / faster probe {t['adamc'] / _bench.probe_time(t):.3f}")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,9 @@ def main(argv=None):
     md = [f"# adamc benchmark results\n", f"Machine: {describe_machine()}.\n",
           f"Median of {rounds} interleaved rounds (order shuffled each round); ratios "
           "below 1 mean adamc is faster. "
-          "`probe` is the roofline probe (Adam's memory traffic, trivial arithmetic). "
+          "`probe` is the roofline probe (Adam's memory traffic, trivial arithmetic, the "
+          "step's own loop with its software prefetch), `plain probe` the same without "
+          "prefetch; adamc/probe divides by the faster of the two. "
           "GB/s counts Adam's compulsory traffic: 7 arrays x itemsize x elements.\n",
           markdown(head, rows), "\nTime per step:\n", markdown(th, tr), ""]
     os.makedirs(args.out, exist_ok=True)

@@ -124,9 +124,10 @@ def test_large_lerp_weight_gives_exact_gradient(rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_roofline_probe_adds_the_gradient(rng, dtype, threads, monkeypatch):
-    """The benchmarks' probe runs the step's loop (blocks and prefetches) with
-    one add per array: its results must be exactly p+g, m+g, v+g, whatever
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_roofline_probe_adds_the_gradient(rng, dtype, threads, prefetch, monkeypatch):
+    """The benchmarks' probes run the step's loop (with and without its
+    prefetches) with one add per array: exactly p+g, m+g, v+g, whatever
     the size (below, at and above the prefetch threshold of 1 MiB a stream)
     and split."""
     from adamc import _kernels
@@ -137,7 +138,7 @@ def test_roofline_probe_adds_the_gradient(rng, dtype, threads, monkeypatch):
         sizes = [1, 63, 8191, 2**17 - 1, 2**17 + 1, 2**18, 2**18 + 1, 600_001]
         quads = [tuple(make_array(rng, (n,), dtype, "offset") for _ in range(4)) for n in sizes]
         want = [(p + g, g.copy(), m + g, v + g) for p, g, m, v in quads]
-        _kernels.probe_buffers(quads)
+        _kernels.probe_buffers(quads, prefetch)
         for n, got, exp in zip(sizes, quads, want):
             for name, a, b in zip("pgmv", got, exp):
                 np.testing.assert_array_equal(a, b, err_msg=f"{name}, n={n}")

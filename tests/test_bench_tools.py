@@ -40,3 +40,16 @@ def test_table_ratios():
     head, rows = _bench.table([r], ["adamc", "probe", "numpy reference"])
     assert head == ["case", "adamc", "GB/s", "adamc/probe", "adamc/numpy reference"]
     assert rows[0][2:] == ["0.0", "1.500", "0.100"]
+
+
+def test_ratio_uses_the_faster_probe():
+    r = {"layout": "one", "dtype": "float32", "n": 1000, "tensors": 1, "bytes": 28000,
+         "times": {"adamc": 3.0, "probe": 2.5, "plain probe": 2.0, "torch fused": 6.0}}
+    names = ["adamc", "probe", "plain probe", "torch fused"]
+    head, rows = _bench.table([r], names)
+    assert head == ["case", "adamc", "GB/s", "adamc/probe", "adamc/torch fused"]
+    assert rows[0][3:] == ["1.500", "0.500"]
+    r["times"].update(probe=1.5)
+    assert _bench.table([r], names)[1][0][3] == "2.000"
+    # both probes are timed and shown
+    assert _bench.times_table([r], names)[0] == ["case"] + names

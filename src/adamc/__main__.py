@@ -52,7 +52,8 @@ def timing_table(sizes, dtype, rounds):
     results = [_bench.run_case(layout, dt, n, rounds, names, pause=0.02)
                for layout, dt, n in cases]
     print(f"\nOne optimizer step, median of {rounds} interleaved rounds; ratios < 1 mean "
-          "adamc is faster ('probe' moves Adam's bytes with no arithmetic):")
+          "adamc is faster ('probe' and 'plain probe' move Adam's bytes with no arithmetic,\n"
+          "with and without software prefetch; adamc/probe divides by the faster):")
     print(_bench.text(*_bench.table(results, names)))
     print()
     print(_bench.text(*_bench.times_table(results, names)))

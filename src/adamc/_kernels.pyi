@@ -23,7 +23,9 @@ def adam_step(param: Any, grad: Any, exp_avg: Any, exp_avg_sq: Any, max_exp_avg_
               decoupled_weight_decay: Any, amsgrad: Any, maximize: Any,
               bias_correction: Any, eps_inside_sqrt: Any) -> None:
     """adamc.adam_step's checks and step (any argument may be invalid: it raises)."""
-def probe_buffers(quads: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> None: ...
+def probe_buffers(
+    quads: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], prefetch: bool = True
+) -> None: ...
 
 class Engine:
     def __init__(self, opt: Any) -> None: ...

@@ -61,6 +61,7 @@ cdef extern from "csrc/adamc.h" nogil:
     int adamc_variants(const adamc_kernel **out, int *cpu_ok, int max)
     enum:
         ADAMC_PROBE
+        ADAMC_NO_PREFETCH
 
 
 # --------------------------------------------------------------------------
@@ -329,10 +330,11 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1,
     step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *vals)
 
 
-def probe_buffers(list quads):
+def probe_buffers(list quads, bint prefetch=True):
     """Roofline probe over [(p, g, m, v), ...]: exactly Adam's memory traffic
     (read 4, write 3) with one add per array, through the same multi-tensor
-    driver and threads as a step.  The arrays must be contiguous and alike
+    driver, threads and loop as a step; prefetch=False leaves out the
+    loop's software prefetch.  The arrays must be contiguous and alike
     (benchmarks only: not validated)."""
     cdef Py_ssize_t i, k = len(quads)
     cdef adamc_scalars s
@@ -341,7 +343,7 @@ def probe_buffers(list quads):
     cdef int nthreads
     if tasks == NULL:
         raise MemoryError()
-    s.flags = ADAMC_PROBE
+    s.flags = ADAMC_PROBE if prefetch else ADAMC_PROBE | ADAMC_NO_PREFETCH
     try:
         for i in range(k):
             p, g, m, v = quads[i]

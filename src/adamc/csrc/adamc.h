@@ -22,7 +22,8 @@ enum {
     ADAMC_EPS_INSIDE = 4,  /* denom = sqrt(v / bc2 + eps)                        */
     ADAMC_LERP_LARGE = 8,  /* 1 - beta1 >= 0.5: the other branch of torch's lerp */
     ADAMC_SCALE = 16,      /* maximize or decoupled decay: g *= sign, p *= decay */
-    ADAMC_PROBE = 32       /* roofline probe: Adam's memory traffic, trivial math */
+    ADAMC_PROBE = 32,      /* roofline probe: Adam's memory traffic, trivial math */
+    ADAMC_NO_PREFETCH = 64 /* with ADAMC_PROBE: the plain loop, no prefetch       */
 };
 
 /*
