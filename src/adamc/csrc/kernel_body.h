@@ -21,9 +21,10 @@
 /* Software prefetch (adam_loop.inc): blocks of 4 cache lines, each asking
  * for the lines 4 KiB ahead in every stream, in ranges of 1 MiB a stream or
  * more.  Chosen by A/B runs of step and probe on this project's 2-core host:
- * from memory, 5-10% faster (1 KiB ahead was too close for float64, 8 KiB no
- * better than 4); from L3, no difference; from L2 (a 1e5 float32 step),
- * 20% slower, hence the threshold. */
+ * from memory, float64 5-8% and float32 2-4% faster (1 KiB ahead was too
+ * close for float64, 8 KiB no better than 4); from L3, no difference; from
+ * L2 (a 1e5 float32 step), 20% slower, hence the threshold.  README.md,
+ * "Large buffers", has the measurements. */
 #define ADAMC_LINE 64
 #define ADAMC_PF_BLOCK (4 * ADAMC_LINE)
 #define ADAMC_PF_AHEAD 4096
