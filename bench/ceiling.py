@@ -74,11 +74,11 @@ def main():
             opt = adamc.Adam([hot[0]], lr=1e-3)
             samples = _bench.interleaved_samples(
                 {"hot": lambda: opt.step([hot[1]]),
-                 "cold": lambda: _kernels.probe_buffers(cold),
-                 "cold plain": lambda: _kernels.probe_buffers(cold, False)},
+                 "probe": lambda: _kernels.probe_buffers(cold),
+                 "plain probe": lambda: _kernels.probe_buffers(cold, False)},
                 rounds=args.rounds, target=0.2)
             t_hot = np.median(samples["hot"])
-            t_cold = min(np.median(samples["cold"]), np.median(samples["cold plain"]))
+            t_cold = _bench.probe_time({k: np.median(v) for k, v in samples.items()})
             compute = 7 * item * small * threads / t_hot / 1e9
             memory = 7 * item * large / t_cold / 1e9
             cyc = f"{hz * t_hot / small:.2f}" if hz else "-"

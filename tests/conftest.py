@@ -110,6 +110,13 @@ def rng():
     return np.random.default_rng(12345)
 
 
+@pytest.fixture
+def restore_threads():
+    """For tests that call adamc.set_num_threads: back to the default after."""
+    yield
+    adamc.set_num_threads(None)
+
+
 def _runnable_variants():
     from adamc import _kernels
 

@@ -125,7 +125,8 @@ def test_large_lerp_weight_gives_exact_gradient(rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("prefetch", [True, False])
-def test_roofline_probe_adds_the_gradient(rng, dtype, threads, prefetch, monkeypatch):
+def test_roofline_probe_adds_the_gradient(rng, dtype, threads, prefetch, monkeypatch,
+                                          restore_threads):
     """The benchmarks' probes run the step's loop (with and without its
     prefetches) with one add per array: exactly p+g, m+g, v+g, whatever
     the size (below, at and above the prefetch threshold of 1 MiB a stream)
@@ -134,38 +135,33 @@ def test_roofline_probe_adds_the_gradient(rng, dtype, threads, prefetch, monkeyp
 
     monkeypatch.setenv("ADAMC_SERIAL_CUTOFF", "0")
     adamc.set_num_threads(threads)
-    try:
-        sizes = [1, 63, 8191, 2**17 - 1, 2**17 + 1, 2**18, 2**18 + 1, 600_001]
-        quads = [tuple(make_array(rng, (n,), dtype, "offset") for _ in range(4)) for n in sizes]
-        want = [(p + g, g.copy(), m + g, v + g) for p, g, m, v in quads]
-        _kernels.probe_buffers(quads, prefetch)
-        for n, got, exp in zip(sizes, quads, want):
-            for name, a, b in zip("pgmv", got, exp):
-                np.testing.assert_array_equal(a, b, err_msg=f"{name}, n={n}")
-    finally:
-        adamc.set_num_threads(None)
+    sizes = [1, 63, 8191, 2**17 - 1, 2**17 + 1, 2**18, 2**18 + 1, 600_001]
+    quads = [tuple(make_array(rng, (n,), dtype, "offset") for _ in range(4)) for n in sizes]
+    want = [(p + g, g.copy(), m + g, v + g) for p, g, m, v in quads]
+    _kernels.probe_buffers(quads, prefetch)
+    for n, got, exp in zip(sizes, quads, want):
+        for name, a, b in zip("pgmv", got, exp):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}, n={n}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("opt", [{}, {"amsgrad": True, "weight_decay": 0.1}], ids=option_id)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_prefetched_ranges_match_reference(rng, dtype, opt, threads, monkeypatch):
+def test_prefetched_ranges_match_reference(rng, dtype, opt, threads, monkeypatch,
+                                           restore_threads):
     """Ranges of 1 MiB a stream or more run with software prefetch (and
     amsgrad prefetches a fifth stream): unaligned buffers just below and
     above that size, on one thread and split across two."""
     monkeypatch.setenv("ADAMC_SERIAL_CUTOFF", "0")
     adamc.set_num_threads(threads)
-    try:
-        n_min = (1 << 20) // np.dtype(dtype).itemsize
-        for n in (n_min - 1, 2 * n_min + 1001):
-            p = make_array(rng, (n,), dtype, "offset")
-            q = p.copy()
-            o = adamc.Adam([p], lr=1e-2, **opt)
-            r = reference.Adam([q], lr=1e-2, **opt)
-            for _ in range(3):
-                g = like(rng, p)
-                o.step([g])
-                r.step([g])
-            assert_matches(p, q, 3, f"param, n={n}")
-    finally:
-        adamc.set_num_threads(None)
+    n_min = (1 << 20) // np.dtype(dtype).itemsize
+    for n in (n_min - 1, 2 * n_min + 1001):
+        p = make_array(rng, (n,), dtype, "offset")
+        q = p.copy()
+        o = adamc.Adam([p], lr=1e-2, **opt)
+        r = reference.Adam([q], lr=1e-2, **opt)
+        for _ in range(3):
+            g = like(rng, p)
+            o.step([g])
+            r.step([g])
+        assert_matches(p, q, 3, f"param, n={n}")

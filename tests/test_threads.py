@@ -17,12 +17,6 @@ from adamc import reference
 from conftest import like, make_array
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    adamc.set_num_threads(None)
-
-
 def test_gil_released_during_large_step(rng, restore_threads):
     adamc.set_num_threads(1)
     n = 4_000_000
