@@ -170,7 +170,6 @@ def bad_grads(ps, rng):
         ("ndarray", np.stack([g[0]]), TypeError, "list"),
         ("dict", {"a": 1}, TypeError, "list"),
         ("shape", with_last(np.zeros(8, np.float32)), ValueError, r"grads\[2\] has shape"),
-        ("dtype", with_last(np.zeros(7, np.float64)), TypeError, r"grads\[2\] has dtype"),
         ("int", with_last(np.zeros(7, np.int32)), TypeError, "float32 or float64"),
         ("f16", with_last(np.zeros(7, np.float16)), TypeError, "float32 or float64"),
         ("swapped", with_last(np.zeros(7, ">f4" if np.little_endian else "<f4")),
@@ -204,16 +203,16 @@ def test_grad_aliasing_state_buffer(rng, stepped):
     opt, ps = stepped
     snap = snapshot(opt)
     g = [like(rng, p) for p in ps]
-    g[2] = opt._exp_avg_sq[0][:0]  # empty view: harmless, but wrong shape
+    g[2] = opt._engine.get_state(0)["exp_avg_sq"][:0]  # empty view: harmless, but wrong shape
     with pytest.raises(ValueError, match="shape"):
         opt.step(g)
     big = [make_array(rng, (7,), np.float32, "C") for _ in range(2)]
     opt2 = type(opt)(big)
     opt2.step([like(rng, p) for p in big])
     with pytest.raises(ValueError, match=r"exp_avg of params\[0\]"):
-        opt2.step([opt2._exp_avg[0], like(rng, big[1])])
+        opt2.step([opt2._engine.get_state(0)["exp_avg"], like(rng, big[1])])
     with pytest.raises(ValueError, match=r"max_exp_avg_sq of params\[2\]"):
-        opt.step(g[:2] + [opt._max_exp_avg_sq[2]])
+        opt.step(g[:2] + [opt._engine.get_state(2)["max_exp_avg_sq"]])
     assert_unchanged(opt, snap)
 
 
@@ -445,7 +444,7 @@ def test_functional_fast_checks_agree_with_full_checks(rng, monkeypatch):
         ({"beta1": 1}, ValueError, r"beta1 must be in \[0, 1\)"),
         ({"weight_decay": True}, TypeError, "weight_decay must be a real number"),
         ({"maximize": 1}, TypeError, "maximize must be True or False"),
-        ({"eps_inside_sqrt": None}, TypeError, "eps_inside_sqrt must be True or False"),
+        ({"eps_inside_sqrt": 1}, TypeError, "eps_inside_sqrt must be True or False"),
     ]
     for kw, exc, msg in cases:
         q, m0, v0 = p.copy(), m.copy(), v.copy()
@@ -474,8 +473,9 @@ def test_functional_fast_checks_agree_with_full_checks(rng, monkeypatch):
     fz = lambda: np.asfortranarray(np.zeros((2, 3)))  # noqa: E731
     for make, exc, msg in [
         (lambda: (p.copy(), g, ro(), z()), ValueError, "exp_avg is read-only"),
-        (lambda: (p.copy(), g.astype(np.float32), z(), z()), TypeError,
-         "grad has dtype float32"),
+        (lambda: (p.copy(), g.astype(np.float32), z(), z()), None, None),  # mixed dtypes
+        (lambda: (p.copy(), g, z().astype(np.float32), z()), TypeError,
+         "exp_avg has dtype float32"),
         (lambda: (p.copy(), g, z(), np.zeros(12)[::2]), ValueError, "not contiguous"),
         (lambda: (p.copy(), g, z(), np.zeros(12)[6:]), None, None),
         (lambda: (lambda b: (p.copy(), g, b[:6], b[6:]))(np.zeros(12)), None, None),

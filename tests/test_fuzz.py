@@ -45,14 +45,15 @@ from hypothesis import strategies as st  # noqa: E402
 
 import _hypothesis_profiles  # noqa: E402,F401  (registers and loads the profile)
 import adamc  # noqa: E402
-from adamc import reference  # noqa: E402
+from adamc import _spec, reference  # noqa: E402
 from conftest import assert_matches  # noqa: E402
 
 ALLOWED = (TypeError, ValueError)
-HYPER_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
-              "decoupled_weight_decay", "bias_correction", "eps_inside_sqrt")
-BOOL_KEYS = HYPER_KEYS[4:]
-STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+# The option lists come from the spec; the synonyms are fuzzed as options too.
+HYPER_KEYS = tuple(o.name for o in _spec.OPTIONS) + tuple(_spec.SYNONYMS)
+BOOL_KEYS = tuple(o.name for o in _spec.OPTIONS if o.kind == "bool") + tuple(_spec.SYNONYMS)
+CHOICE_KEYS = tuple(o.name for o in _spec.OPTIONS if o.kind == "choice")
+STATE_KEYS = _spec.SLOT_NAMES
 SWAPPED = ">" if np.little_endian else "<"
 
 # Inputs that found bugs (now fixed; regression tests at the end): fuzzed too.
@@ -212,6 +213,8 @@ BAD_BETAS = [(0.9,), (0.9, 0.99, 0.999), 0.9, "ab", (1.0, 0.9), (0.9, 1.0), (-0.
              (0.9, None), (True, 0.9), (1 + 1e-16, 0.5), (0.9, 1 - 1e-17), ((0.9,), 0.99), ()]
 VALID_BETAS = [[0.9, 0.99], (0.0, 0.0), (np.float32(0.5), 0.25), (0, 0)]
 BETAS = BAD_BETAS + VALID_BETAS
+# choice options (eps_mode): every valid choice, and near misses
+CHOICES = ["outside", "inside", "hat", "Outside", "", None, 0, b"hat", ["hat"]]
 BAD_BOOLS = [0, 1, None, "True", 1.0, [True], np.int8(1)]
 VALID_BOOLS = [np.bool_(True), False]
 BOOLS = BAD_BOOLS + VALID_BOOLS
@@ -224,6 +227,8 @@ def hyper_value(key):
         return st.sampled_from(BETAS)
     if key in BOOL_KEYS:
         return st.sampled_from(BOOLS)
+    if key in CHOICE_KEYS:
+        return st.sampled_from(CHOICES)
     return st.sampled_from(REALS)
 
 
@@ -420,8 +425,8 @@ def make_grad(kind, i, opt, seed):
                 return flat[:p.size].reshape(p.shape, order=order_of(p))
         return p
     if kind in ("alias:state", "alias:max-state"):
-        key = "_max_exp_avg_sq" if kind == "alias:max-state" else "_exp_avg"
-        s = getattr(opt, key)[i]
+        key = "max_exp_avg_sq" if kind == "alias:max-state" else "exp_avg"
+        s = (opt._engine.get_state(i) or {}).get(key)
         return s if s is not None else like(p, 0.0)
     if kind == "alias:base-overlap":
         # the same buffer as p, one element further: overlaps all but one element
@@ -784,7 +789,7 @@ FUNC_SCALARS = {
     "lr": REALS, "beta1": [v for b in BAD_BETAS[:6] for v in (b,)] + REALS,
     "beta2": [1.0, 1.5, -0.0, 0.999999999, NAN] + REALS, "eps": REALS, "weight_decay": REALS,
     "decoupled_weight_decay": BOOLS, "amsgrad": BOOLS, "maximize": BOOLS,
-    "bias_correction": BOOLS, "eps_inside_sqrt": BOOLS,
+    "bias_correction": BOOLS, "eps_inside_sqrt": BOOLS, "eps_mode": CHOICES,
 }
 
 func_attacks = st.tuples(
@@ -930,7 +935,8 @@ def test_every_hyperparameter_value_everywhere(cls):
     # AdamW differs from Adam only in its forced decoupled_weight_decay
     for key in HYPER_KEYS if cls == "Adam" else ["decoupled_weight_decay"]:
         values = (LRS if key == "lr" else BETAS if key == "betas"
-                  else BOOLS if key in BOOL_KEYS else REALS)
+                  else BOOLS if key in BOOL_KEYS else CHOICES if key in CHOICE_KEYS
+                  else REALS)
         for value in values:
             label = f"{cls} {key}={value!r}"
             # constructor (keyword and param-group forms)
@@ -946,12 +952,16 @@ def test_every_hyperparameter_value_everywhere(cls):
                 check_outcomes(mine, theirs, f"{label} ({form})")
             # param-group edit, then step
             def edit_and_step(o, key=key, value=value):
-                old = o.param_groups[1][key]
-                o.param_groups[1][key] = copy.copy(value)
+                g = o.param_groups[1]
+                had, old = key in g, g.get(key)  # a synonym is not a group key
+                g[key] = copy.copy(value)
                 try:
                     o.step(valid_grads(o, 3))
                 finally:
-                    o.param_groups[1][key] = old
+                    if had:
+                        g[key] = old
+                    else:
+                        del g[key]
             _sweep(f"{label} (edit, step)", lambda m: make_victim(m, cfg), edit_and_step)
             # load_state_dict
             def load(o, key=key, value=value):

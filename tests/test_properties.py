@@ -42,11 +42,12 @@ import adamc  # noqa: E402
 from adamc import reference  # noqa: E402
 from conftest import assert_matches, exact, tolerance  # noqa: E402
 
-HYPER_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
-              "decoupled_weight_decay", "bias_correction", "eps_inside_sqrt")
-BOOL_OPTIONS = ("amsgrad", "maximize", "decoupled_weight_decay", "bias_correction",
-                "eps_inside_sqrt")
-STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+from adamc import _spec  # noqa: E402
+
+HYPER_KEYS = tuple(o.name for o in _spec.OPTIONS)
+BOOL_OPTIONS = tuple(o.name for o in _spec.OPTIONS if o.kind == "bool")
+CHOICE_OPTIONS = {o.name: o.choices for o in _spec.OPTIONS if o.kind == "choice"}
+STATE_KEYS = _spec.SLOT_NAMES
 
 # The `variant` fixture (conftest) switches the kernel once per test, not per
 # example: sharing it across a test's examples is what we want.
@@ -178,6 +179,8 @@ def hypers(draw, schedule=False):
     }
     for k in BOOL_OPTIONS:
         h[k] = draw(st.booleans())
+    for k, choices in CHOICE_OPTIONS.items():
+        h[k] = draw(st.sampled_from(choices))
     return h
 
 
@@ -239,8 +242,9 @@ def comparable(pairs, steps):
 def optimizer_arrays(opt):
     """Parameters and every state buffer, in a fixed order."""
     out = list(opt._params)
-    for lst in (opt._exp_avg, opt._exp_avg_sq, opt._max_exp_avg_sq):
-        out += [a for a in lst if a is not None]
+    states = [opt._engine.get_state(i) or {} for i in range(len(opt._params))]
+    for slot in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        out += [st[slot] for st in states if slot in st]
     return out
 
 
@@ -545,8 +549,8 @@ def legal_edits():
         st.tuples(st.just("weight_decay"), wd_values),
         st.tuples(st.just("eps"), eps_values),
         st.tuples(st.just("amsgrad"), st.just("toggle")),
-        st.tuples(st.sampled_from(["maximize", "bias_correction", "eps_inside_sqrt"]),
-                  st.just("toggle")),
+        st.tuples(st.sampled_from(["maximize", "bias_correction"]), st.just("toggle")),
+        *[st.tuples(st.just(k), st.sampled_from(c)) for k, c in CHOICE_OPTIONS.items()],
     )
 
 

@@ -82,6 +82,8 @@ def roundtrip_savez_flat(sd):
                     v = tuple(float(x) for x in v)
                 elif v.dtype == bool:
                     v = bool(v)
+                elif v.dtype.kind == "U":
+                    v = str(v)
                 else:
                     v = float(v)
                 out["param_groups"][int(a)][k] = v

@@ -1,24 +1,48 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The shim between adamc's Python classes and its C kernels (csrc/).
 
-Takes buffers, checks them, releases the GIL and calls C.  Parting from the
-usual "memoryviews only" shim shape on purpose: one optimizer step checks
-every gradient (dtype, byte order, shape, memory order, aliasing) and a
-typed memoryview acquisition costs far more per array than reading the
-ndarray's fields through NumPy's C API, which is what keeps a 500-tensor
-step cheap.  The checks here are fast yes/no tests; every message is
-written once, in _validation.py / _base.py, which this module calls to
-raise when a test fails.
+Takes buffers, checks them, releases the GIL and calls C.  It never calls
+back into the Python layer above it: on a bad input it answers which
+parameter or gradient failed (a status of the engine protocol, _spec.py),
+and the optimizer (_base.py) raises the message from _validation.py.
+
+Parting from the usual "memoryviews only" shim shape on purpose: a step
+checks every gradient (dtype, byte order, shape, memory order, aliasing), and
+a typed memoryview acquisition costs far more per array than reading the
+ndarray's fields through NumPy's C API, which keeps a 500-tensor step cheap.
+
+Fast checks and the rules they mirror (tests/test_fast_checks.py feeds each
+pair the same inputs and checks they agree):
+
+    fast check here                     rule in _validation.py
+    ---------------------------------   ------------------------------------
+    _plain_real(x, beta=False)          check_real(x, ...)
+    _plain_real(x, beta=True)           check_real(x, ..., beta=True)
+    _plain_bool(x)                      check_bool(x, ...)
+    _plain_choice(x, choices)           check_choice(x, ..., choices)
+    _fast_option(h, key, x)             functional_values({key: x}) (the
+                                        options it lists; others: full check)
+    _plain_buffer(a, writeable)         check_array(a) (+ check_writeable(a))
+    _alike(a, ref, any_float)           check_like(a, ref, ..., any_float=...)
+    _share_bytes(a, b)                  check_disjoint([a, b], ...)
+    Engine._overlaps_written(g)         check_no_overlap(g, ..., spans)
+    Engine._param_unchanged(i)          explain_param(..., changed=True)
+
+A fast check may say no to a valid input (the rule then decides: a Python
+int beyond 2**53, a float subclass); it never says yes to an invalid one.
 """
 
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uintptr_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 from libc.math cimport INFINITY
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 
-from . import _validation as V
+import numpy as np
+
+from . import _spec
 
 cnp.import_array()
 
@@ -27,6 +51,11 @@ cdef extern from "csrc/adamc.h" nogil:
         ADAMC_F32
         ADAMC_F64
         ADAMC_AMSGRAD
+        ADAMC_PROBE
+        ADAMC_NO_PREFETCH
+    ctypedef struct adamc_hyper:
+        double lr, beta1, beta2, eps, weight_decay
+        int amsgrad, maximize, decoupled_weight_decay, bias_correction, eps_mode
     ctypedef struct adamc_scalars:
         int flags
     ctypedef struct adamc_task:
@@ -39,13 +68,11 @@ cdef extern from "csrc/adamc.h" nogil:
         int64_t offset
         const adamc_scalars *s
         int dtype
+        int grad_dtype
     ctypedef struct adamc_kernel:
         const char *name
     int64_t adamc_work(int64_t n, int dtype)
-    void adamc_scalars_init(adamc_scalars *s, int64_t step, double lr, double beta1,
-                            double beta2, double eps, double weight_decay,
-                            int decoupled, int amsgrad, int maximize,
-                            int bias_correction, int eps_inside_sqrt)
+    void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h)
     void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
                           int64_t ntasks, int nthreads)
     void adamc_split(int64_t total, int nthreads, int tid, int64_t *lo, int64_t *hi)
@@ -59,9 +86,6 @@ cdef extern from "csrc/adamc.h" nogil:
     int adamc_forked_child()
     const adamc_kernel *adamc_kernel_baseline()
     int adamc_variants(const adamc_kernel **out, int *cpu_ok, int max)
-    enum:
-        ADAMC_PROBE
-        ADAMC_NO_PREFETCH
 
 
 # --------------------------------------------------------------------------
@@ -193,44 +217,40 @@ def split(int64_t total, int nthreads, int tid):
 
 
 # --------------------------------------------------------------------------
-# one buffer: adamc.adam_step (the Python wrapper has validated everything)
+# hyperparameters: the one place the C struct is filled
+
+cdef dict _EPS_MODE_CODE = {m: i for i, m in enumerate(_spec.EPS_MODES)}
+
+
+cdef int _fill_hyper(adamc_hyper *c, object h) except -1:
+    """adamc_hyper from a validated _spec.Hypers (lr a float here)."""
+    c.lr = h.lr
+    c.beta1 = h.beta1
+    c.beta2 = h.beta2
+    c.eps = h.eps
+    c.weight_decay = h.weight_decay
+    c.amsgrad = h.amsgrad
+    c.maximize = h.maximize
+    c.decoupled_weight_decay = h.decoupled_weight_decay
+    c.bias_correction = h.bias_correction
+    c.eps_mode = _EPS_MODE_CODE[h.eps_mode]
+    return 0
+
 
 cdef inline int _dtype_code(int typenum):
     return ADAMC_F32 if typenum == cnp.NPY_FLOAT else ADAMC_F64
 
 
-def step_buffers(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
-                 cnp.ndarray exp_avg_sq, max_exp_avg_sq, int64_t step, double lr,
-                 double beta1, double beta2, double eps, double weight_decay,
-                 bint decoupled, bint amsgrad, bint maximize, bint bias_correction,
-                 bint eps_inside_sqrt):
-    """One in-place step of one parameter's buffers (already validated:
-    same dtype, shape and memory order, contiguous, writeable, disjoint)."""
-    cdef adamc_scalars s
-    cdef adamc_task t
-    cdef int nthreads
-    adamc_scalars_init(&s, step, lr, beta1, beta2, eps, weight_decay, decoupled,
-                       amsgrad, maximize, bias_correction, eps_inside_sqrt)
-    t.param = cnp.PyArray_DATA(param)
-    t.grad = cnp.PyArray_DATA(grad)
-    t.exp_avg = cnp.PyArray_DATA(exp_avg)
-    t.exp_avg_sq = cnp.PyArray_DATA(exp_avg_sq)
-    t.max_exp_avg_sq = cnp.PyArray_DATA(<cnp.ndarray>max_exp_avg_sq) if amsgrad else NULL
-    t.n = cnp.PyArray_SIZE(param)
-    t.offset = 0
-    t.s = &s
-    t.dtype = _dtype_code(cnp.PyArray_TYPE(param))
-    nthreads = _threads_for(adamc_work(t.n, t.dtype))
-    with nogil:
-        adamc_multi_step(_kernel, &t, 1, nthreads)
+cdef inline bint _is_float_type(int tn):
+    return tn == cnp.NPY_FLOAT or tn == cnp.NPY_DOUBLE
 
 
-cdef int64_t _MAX_STEP = V.MAX_STEP
-
+# --------------------------------------------------------------------------
+# fast checks (the table in the module docstring pairs each with its rule)
 
 cdef inline bint _plain_real(object x, bint beta, double *out):
     """x is a float or int (not bool) that check_real accepts: finite and
-    >= 0, or in [0, 1) with beta.  False sends the caller to the full check."""
+    >= 0, or in [0, 1) with beta."""
     cdef double d
     if type(x) is float:
         d = <double>x
@@ -246,22 +266,41 @@ cdef inline bint _plain_real(object x, bint beta, double *out):
     return True
 
 
+cdef inline bint _plain_bool(object x):
+    return x is True or x is False
+
+
+cdef inline bint _plain_choice(object x, tuple choices):
+    return type(x) is str and x in choices
+
+
 cdef inline bint _plain_buffer(object a, bint writeable):
-    """a passes check_array (and check_writeable if asked) with a float32 or
-    float64 type number; anything else goes to the full check."""
+    """a passes check_array (and check_writeable if asked)."""
     if not cnp.PyArray_Check(a):
         return False
     cdef cnp.ndarray x = <cnp.ndarray>a
-    cdef int tn = cnp.PyArray_TYPE(x)
-    return ((tn == cnp.NPY_FLOAT or tn == cnp.NPY_DOUBLE) and cnp.PyArray_ISNOTSWAPPED(x)
+    return (_is_float_type(cnp.PyArray_TYPE(x)) and cnp.PyArray_ISNOTSWAPPED(x)
             and cnp.PyArray_ISALIGNED(x)
             and (cnp.PyArray_IS_C_CONTIGUOUS(x) or cnp.PyArray_IS_F_CONTIGUOUS(x))
             and (not writeable or cnp.PyArray_ISWRITEABLE(x)))
 
 
-cdef inline bint _alike(cnp.ndarray a, cnp.ndarray ref):
-    """check_like: same type, shape, and memory order when size > 1."""
-    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(ref):
+cdef inline bint _same_shape(cnp.ndarray a, int ndim, const cnp.npy_intp *dims):
+    cdef int k
+    cdef cnp.npy_intp *d
+    if cnp.PyArray_NDIM(a) != ndim:
+        return False
+    d = cnp.PyArray_DIMS(a)
+    for k in range(ndim):
+        if d[k] != dims[k]:
+            return False
+    return True
+
+
+cdef inline bint _alike(cnp.ndarray a, cnp.ndarray ref, bint any_float):
+    """check_like: same type (any float type with any_float), shape, and
+    memory order when size > 1."""
+    if not any_float and cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(ref):
         return False
     if not _same_shape(a, cnp.PyArray_NDIM(ref), cnp.PyArray_DIMS(ref)):
         return False
@@ -277,57 +316,130 @@ cdef inline bint _share_bytes(cnp.ndarray a, cnp.ndarray b):
     return an != 0 and bn != 0 and alo < blo + bn and blo < alo + an
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
-              eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-              bias_correction, eps_inside_sqrt):
-    """adamc.adam_step after its keyword handling.
+def fast_checks():
+    """The fast checks as Python callables, for tests/test_fast_checks.py:
+    name -> f(*args) -> bool."""
+    def real(x, beta):
+        cdef double d = 0.0
+        return _plain_real(x, beta, &d)
+    return {
+        "real": real,
+        "bool": lambda x: _plain_bool(x),
+        "choice": lambda x, choices: _plain_choice(x, tuple(choices)),
+        "buffer": lambda a, writeable: _plain_buffer(a, writeable),
+        "alike": lambda a, ref, any_float: _alike(a, ref, any_float),
+        "share_bytes": lambda a, b: _share_bytes(a, b),
+    }
 
-    The common case (Python floats, ints and bools; float32/float64 arrays
-    that pass every check) is recognised here with C-level tests; anything
-    else, valid or not, goes through _validation.check_functional, which
-    raises the message or returns the same values the fast tests would."""
-    cdef double hp[5]
+
+# --------------------------------------------------------------------------
+# one buffer: adamc.adam_step
+
+cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
+                  cnp.ndarray exp_avg_sq, object max_exp_avg_sq, int64_t step,
+                  const adamc_hyper *h) except -1:
+    cdef adamc_scalars s
+    cdef adamc_task t
+    cdef int nthreads
+    adamc_scalars_init(&s, step, h)
+    t.param = cnp.PyArray_DATA(param)
+    t.grad = cnp.PyArray_DATA(grad)
+    t.exp_avg = cnp.PyArray_DATA(exp_avg)
+    t.exp_avg_sq = cnp.PyArray_DATA(exp_avg_sq)
+    t.max_exp_avg_sq = cnp.PyArray_DATA(<cnp.ndarray>max_exp_avg_sq) if h.amsgrad else NULL
+    t.n = cnp.PyArray_SIZE(param)
+    t.offset = 0
+    t.s = &s
+    t.dtype = _dtype_code(cnp.PyArray_TYPE(param))
+    t.grad_dtype = _dtype_code(cnp.PyArray_TYPE(grad))
+    nthreads = _threads_for(adamc_work(t.n, t.dtype))
+    with nogil:
+        adamc_multi_step(_kernel, &t, 1, nthreads)
+    return 0
+
+
+def step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, hypers):
+    """One in-place step of one parameter's buffers, already validated
+    (_validation.check_functional): ``hypers`` a _spec.Hypers, lr a float."""
+    cdef adamc_hyper h
+    _fill_hyper(&h, hypers)
+    _run_one(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, &h)
+
+
+cdef int64_t _MAX_STEP = _spec.MAX_STEP
+cdef adamc_hyper _FUNCTIONAL_DEFAULTS   # filled once, from the spec's defaults
+_fill_hyper(&_FUNCTIONAL_DEFAULTS, _spec.Hypers(*[
+    d for o in _spec.OPTIONS
+    for d in (o.default if o.kind == "betas" else (o.default_for("adam_step"),))]))
+cdef tuple _EPS_MODES = _spec.EPS_MODES
+
+
+cdef bint _fast_option(adamc_hyper *h, object key, object x):
+    """Set one keyword of adam_step if it is an option with a plain value
+    (the fast checks); False for anything else: a synonym, an unknown
+    keyword, any other value or an option not listed here (valid or not,
+    the full check decides)."""
+    cdef double d
+    if key == "lr":
+        return _plain_real(x, False, &h.lr)
+    if key == "beta1":
+        return _plain_real(x, True, &h.beta1)
+    if key == "beta2":
+        return _plain_real(x, True, &h.beta2)
+    if key == "eps":
+        return _plain_real(x, False, &h.eps)
+    if key == "weight_decay":
+        return _plain_real(x, False, &h.weight_decay)
+    if key == "eps_mode":
+        if not _plain_choice(x, _EPS_MODES):
+            return False
+        h.eps_mode = _EPS_MODE_CODE[x]
+        return True
+    if not _plain_bool(x):
+        return False
+    if key == "amsgrad":
+        h.amsgrad = x is True
+    elif key == "maximize":
+        h.maximize = x is True
+    elif key == "decoupled_weight_decay":
+        h.decoupled_weight_decay = x is True
+    elif key == "bias_correction":
+        h.bias_correction = x is True
+    else:
+        return False
+    return True
+
+
+def try_adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, dict options):
+    """adamc.adam_step for the common case, recognised with the fast checks:
+    Python floats, ints, bools and strings; float32/float64 arrays that pass
+    every check.  Returns False (nothing done) for anything else, valid or
+    not: the caller then validates (_validation.check_functional) and calls
+    step_buffers."""
     cdef Py_ssize_t i, j, nb
-    cdef tuple bufs
-    cdef bint fast = (
-        type(step) is int and 1 <= step <= _MAX_STEP
-        and _plain_real(lr, False, &hp[0]) and _plain_real(beta1, True, &hp[1])
-        and _plain_real(beta2, True, &hp[2]) and _plain_real(eps, False, &hp[3])
-        and _plain_real(weight_decay, False, &hp[4])
-        and (decoupled_weight_decay is True or decoupled_weight_decay is False)
-        and (amsgrad is True or amsgrad is False)
-        and (maximize is True or maximize is False)
-        and (bias_correction is True or bias_correction is False)
-        and (eps_inside_sqrt is True or eps_inside_sqrt is False)
-        and _plain_buffer(param, True) and _plain_buffer(exp_avg, True)
-        and _plain_buffer(exp_avg_sq, True) and _plain_buffer(grad, False)
-        and (amsgrad is False or _plain_buffer(max_exp_avg_sq, True)))
-    if fast:
-        # like param, and no two sharing a byte (grad is only read, but the
-        # step writes every other buffer)
-        bufs = ((param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad) if amsgrad is True
-                else (param, exp_avg, exp_avg_sq, grad))
-        nb = len(bufs)
-        for i in range(1, nb):
-            if not _alike(<cnp.ndarray>bufs[i], <cnp.ndarray>param):
-                fast = False
-                break
-            for j in range(i):
-                if _share_bytes(<cnp.ndarray>bufs[i], <cnp.ndarray>bufs[j]):
-                    fast = False
-                    break
-            if not fast:
-                break
-    if fast:
-        step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, hp[0],
-                     hp[1], hp[2], hp[3], hp[4], decoupled_weight_decay, amsgrad,
-                     maximize, bias_correction, eps_inside_sqrt)
-        return
-    vals = V.check_functional(
-        param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
-        eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-        bias_correction, eps_inside_sqrt)
-    step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *vals)
+    cdef adamc_hyper h = _FUNCTIONAL_DEFAULTS
+    if not (type(step) is int and 1 <= step <= _MAX_STEP):
+        return False
+    for key, x in options.items():
+        if not _fast_option(&h, key, x):
+            return False
+    if not (_plain_buffer(param, True) and _plain_buffer(exp_avg, True)
+            and _plain_buffer(exp_avg_sq, True) and _plain_buffer(grad, False)
+            and (not h.amsgrad or _plain_buffer(max_exp_avg_sq, True))):
+        return False
+    # like param (grad: any float dtype), and no two sharing a byte (grad is
+    # only read, but the step writes every other buffer)
+    bufs = ((param, exp_avg, exp_avg_sq, max_exp_avg_sq, grad) if h.amsgrad
+            else (param, exp_avg, exp_avg_sq, grad))
+    nb = len(bufs)
+    for i in range(1, nb):
+        if not _alike(<cnp.ndarray>bufs[i], <cnp.ndarray>param, i == nb - 1):
+            return False
+        for j in range(i):
+            if _share_bytes(<cnp.ndarray>bufs[i], <cnp.ndarray>bufs[j]):
+                return False
+    _run_one(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, &h)
+    return True
 
 
 def probe_buffers(list quads, bint prefetch=True):
@@ -356,6 +468,7 @@ def probe_buffers(list quads, bint prefetch=True):
             tasks[i].offset = offset
             tasks[i].s = &s
             tasks[i].dtype = _dtype_code(cnp.PyArray_TYPE(<cnp.ndarray>p))
+            tasks[i].grad_dtype = tasks[i].dtype
             offset += tasks[i].n
             work += adamc_work(tasks[i].n, tasks[i].dtype)
         nthreads = _threads_for(work)
@@ -366,316 +479,357 @@ def probe_buffers(list quads, bint prefetch=True):
 
 
 # --------------------------------------------------------------------------
-# the optimizer's step
+# the optimizer's engine (the protocol: _spec.py; its driver: _base.py)
 
-cdef tuple _HYPER_KEYS = tuple(V.HYPER_KEYS)
-cdef Py_ssize_t _NKEYS = len(_HYPER_KEYS)
+cdef int OK = _spec.OK, NEED_GROUPS = _spec.NEED_GROUPS, BAD_PARAM = _spec.BAD_PARAM
+cdef int BAD_GRAD = _spec.BAD_GRAD, NEED_LR = _spec.NEED_LR, NEED_STATE = _spec.NEED_STATE
+cdef int GRADS_LIST = _spec.GRADS_LIST
+cdef tuple _GROUP_KEYS = tuple(o.name for o in _spec.OPTIONS) + tuple(_spec.SYNONYMS)
+cdef Py_ssize_t _NKEYS = len(_GROUP_KEYS)
+cdef object _MISSING = object()
 
 
-cdef struct GroupVals:
-    double lr, beta1, beta2, eps, wd
-    bint amsgrad, maximize, decoupled, bias_correction, eps_inside, lr_is_callable
+cdef inline object _key_of(object value):
+    """What a step compares a group's value with: the object itself (by
+    identity), or for a list, which can change in place, its items."""
+    return tuple(value) if type(value) is list else value
 
 
-cdef inline bint _same_shape(cnp.ndarray a, int ndim, const cnp.npy_intp *dims):
-    cdef int k
-    cdef cnp.npy_intp *d
-    if cnp.PyArray_NDIM(a) != ndim:
-        return False
-    d = cnp.PyArray_DIMS(a)
-    for k in range(ndim):
-        if d[k] != dims[k]:
-            return False
-    return True
+cdef struct Plan:
+    # one parameter, as it was when the engine was built
+    void *pdata
+    int64_t size
+    int ptype
+    int ndim
+    Py_ssize_t dims          # offset of its shape in Engine.dims
+    bint c_order
+    int group
+    # its state buffers (NULL: none yet)
+    void *m
+    void *v
+    void *x
+    int dtype                # its ADAMC_F32/F64 code
+    # this step
+    bint active
+    const void *gdata        # its gradient's data and dtype code
+    int gtype
+
+
+cdef struct GroupPlan:
+    adamc_hyper h
+    bint lr_is_callable
 
 
 cdef class Engine:
-    """The per-optimizer plan: pointers and metadata cached at (re)build time,
-    so a step only reads each gradient's header and calls C once."""
+    """The compiled engine: a per-parameter plan of pointers and metadata,
+    cached when the engine is built, so that a step reads each gradient's
+    header and calls C once.  Owns the step counters and the state buffers
+    (it holds references to every array it points into)."""
 
-    cdef object opt
-    cdef Py_ssize_t n, ngroups, nbounds
-    cdef list params, group_lists, group_keys, group_lr
+    cdef Py_ssize_t n, ngroups, nspans
+    cdef list params, state, group_lists, group_keys, group_lr
+    cdef object _steps
+    cdef int64_t *steps
+    cdef dict lrs
+    cdef list wanted
+    cdef readonly Py_ssize_t bad_index
+    cdef bint any_schedule
+    # one block, allocated in __cinit__ and freed in __dealloc__:
+    cdef void *block
+    cdef Plan *plan
+    cdef GroupPlan *gplan
     cdef adamc_task *tasks
     cdef adamc_scalars *scal
-    cdef GroupVals *gvals
-    cdef char *active
-    cdef char *pc             # parameter is C-contiguous
-    cdef int *ptype
-    cdef int *pndim
-    cdef int *gid
-    cdef void **pdata
-    cdef void **mdata
-    cdef void **vdata
-    cdef void **xdata
-    cdef cnp.npy_intp *pdims  # MAX_DIMS per parameter
-    cdef int64_t *psize
-    cdef int64_t *steps
-    cdef uintptr_t *blo
-    cdef uintptr_t *bhi
+    cdef cnp.npy_intp *dims
+    cdef uintptr_t *span_lo
+    cdef uintptr_t *span_hi
 
-    def __cinit__(self):
-        self.n = 0
-
-    def __dealloc__(self):
-        self._free()
-
-    cdef void _free(self):
-        free(self.tasks); free(self.scal); free(self.gvals); free(self.active)
-        free(self.pc); free(self.ptype); free(self.pndim); free(self.gid)
-        free(self.pdata); free(self.mdata); free(self.vdata); free(self.xdata)
-        free(self.pdims); free(self.psize); free(self.blo); free(self.bhi)
-        self.tasks = NULL; self.scal = NULL; self.gvals = NULL; self.active = NULL
-        self.pc = NULL; self.ptype = NULL; self.pndim = NULL; self.gid = NULL
-        self.pdata = NULL; self.mdata = NULL; self.vdata = NULL; self.xdata = NULL
-        self.pdims = NULL; self.psize = NULL; self.blo = NULL; self.bhi = NULL
-
-    def __init__(self, opt):
-        self.opt = opt
-        self.rebuild()
-
-    def rebuild(self):
-        """Re-read the optimizer's parameters, groups and state buffers."""
-        cdef Py_ssize_t i, n, k
+    def __cinit__(self, list params, list group_of):
+        cdef Py_ssize_t i, k, n = len(params), nd = 0, size
         cdef cnp.ndarray p
-        opt = self.opt
-        self._free()
-        self.params = list(opt._params)
-        n = self.n = len(self.params)
-        self.ngroups = len(opt.param_groups)
-        self.group_lists = [g["params"] for g in opt.param_groups]
-        self.group_keys = [None] * self.ngroups
-        self.group_lr = [None] * self.ngroups
-        self.tasks = <adamc_task *>malloc(max(n, 1) * sizeof(adamc_task))
-        self.scal = <adamc_scalars *>malloc(max(n, 1) * sizeof(adamc_scalars))
-        self.gvals = <GroupVals *>malloc(max(self.ngroups, 1) * sizeof(GroupVals))
-        self.active = <char *>malloc(max(n, 1))
-        self.pc = <char *>malloc(max(n, 1))
-        self.ptype = <int *>malloc(max(n, 1) * sizeof(int))
-        self.pndim = <int *>malloc(max(n, 1) * sizeof(int))
-        self.gid = <int *>malloc(max(n, 1) * sizeof(int))
-        self.pdata = <void **>malloc(max(n, 1) * sizeof(void *))
-        self.mdata = <void **>malloc(max(n, 1) * sizeof(void *))
-        self.vdata = <void **>malloc(max(n, 1) * sizeof(void *))
-        self.xdata = <void **>malloc(max(n, 1) * sizeof(void *))
-        self.pdims = <cnp.npy_intp *>malloc(max(n, 1) * cnp.NPY_MAXDIMS * sizeof(cnp.npy_intp))
-        self.psize = <int64_t *>malloc(max(n, 1) * sizeof(int64_t))
-        self.blo = <uintptr_t *>malloc(max(4 * n, 1) * sizeof(uintptr_t))
-        self.bhi = <uintptr_t *>malloc(max(4 * n, 1) * sizeof(uintptr_t))
-        if (not self.tasks or not self.scal or not self.gvals or not self.active
-                or not self.pc or not self.ptype or not self.pndim or not self.gid
-                or not self.pdata or not self.mdata or not self.vdata or not self.xdata
-                or not self.pdims or not self.psize or not self.blo or not self.bhi):
-            self._free()
-            self.n = 0
+        cdef char *at
+        for i in range(n):
+            nd += cnp.PyArray_NDIM(<cnp.ndarray>params[i])
+        self.ngroups = max(group_of) + 1 if n else 0
+        size = (n * (sizeof(Plan) + sizeof(adamc_task) + sizeof(adamc_scalars)
+                     + 8 * sizeof(uintptr_t))
+                + self.ngroups * sizeof(GroupPlan) + nd * sizeof(cnp.npy_intp) + 64)
+        self.block = malloc(size)
+        if self.block == NULL:
             raise MemoryError()
+        memset(self.block, 0, size)
+        at = <char *>self.block
+        self.plan = <Plan *>at; at += n * sizeof(Plan)
+        self.tasks = <adamc_task *>at; at += n * sizeof(adamc_task)
+        self.scal = <adamc_scalars *>at; at += n * sizeof(adamc_scalars)
+        self.span_lo = <uintptr_t *>at; at += 4 * n * sizeof(uintptr_t)
+        self.span_hi = <uintptr_t *>at; at += 4 * n * sizeof(uintptr_t)
+        self.gplan = <GroupPlan *>at; at += self.ngroups * sizeof(GroupPlan)
+        self.dims = <cnp.npy_intp *>at
+        self.n = n
+        self.params = list(params)
+        self.state = [None] * n
+        nd = 0
         for i in range(n):
             p = self.params[i]
-            self.pdata[i] = cnp.PyArray_DATA(p)
-            self.ptype[i] = cnp.PyArray_TYPE(p)
-            self.pc[i] = cnp.PyArray_IS_C_CONTIGUOUS(p)
-            self.pndim[i] = cnp.PyArray_NDIM(p)
-            for k in range(self.pndim[i]):
-                self.pdims[i * cnp.NPY_MAXDIMS + k] = cnp.PyArray_DIMS(p)[k]
-            self.psize[i] = cnp.PyArray_SIZE(p)
-            self.gid[i] = opt._group_of[i]
-        self._rebuild_state()
+            self.plan[i].pdata = cnp.PyArray_DATA(p)
+            self.plan[i].size = cnp.PyArray_SIZE(p)
+            self.plan[i].ptype = cnp.PyArray_TYPE(p)
+            self.plan[i].dtype = _dtype_code(self.plan[i].ptype)
+            self.plan[i].ndim = cnp.PyArray_NDIM(p)
+            self.plan[i].dims = nd
+            for k in range(self.plan[i].ndim):
+                self.dims[nd + k] = cnp.PyArray_DIMS(p)[k]
+            nd += self.plan[i].ndim
+            self.plan[i].c_order = cnp.PyArray_IS_C_CONTIGUOUS(p)
+            self.plan[i].group = group_of[i]
+        self.group_lists = None     # set_groups fills these
+        self.group_keys = None
+        self.group_lr = [None] * self.ngroups
+        self._steps = np.zeros(n, dtype=np.int64)
+        self.steps = <int64_t *>cnp.PyArray_DATA(<cnp.ndarray>self._steps)
+        self.lrs = {}
+        self.wanted = []
+        self.bad_index = -1
+        self._index_spans()
 
-    cdef _rebuild_state(self):
-        """Cache state pointers and the sorted spans of every written buffer."""
+    def __dealloc__(self):
+        free(self.block)
+
+    # -- what the optimizer reads and sets --------------------------------
+
+    @property
+    def steps(self):
+        """The step count of each parameter (a read-only view)."""
+        v = self._steps.view()
+        v.flags.writeable = False
+        return v
+
+    def set_steps(self, steps):
+        """Replace every step count (validated int64 values)."""
+        a = np.array(steps, dtype=np.int64)
+        if a.shape != (self.n,):
+            raise ValueError("steps: one count per parameter")
+        self._steps = a
+        self.steps = <int64_t *>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+    def get_state(self, Py_ssize_t i):
+        """Parameter i's state: {slot: array}, or None before its first step."""
+        return self.state[i]
+
+    def set_states(self, dict states):
+        """Replace the state of the parameters in ``states`` (index -> {slot:
+        array} or None), arrays already validated: like the parameter,
+        contiguous, writeable, disjoint."""
+        cdef Py_ssize_t i
+        for i, st in states.items():
+            self.state[i] = dict(st) if st else None
+            m, v, x = (st or {}).get("exp_avg"), (st or {}).get("exp_avg_sq"), \
+                (st or {}).get("max_exp_avg_sq")
+            self.plan[i].m = cnp.PyArray_DATA(<cnp.ndarray>m) if m is not None else NULL
+            self.plan[i].v = cnp.PyArray_DATA(<cnp.ndarray>v) if v is not None else NULL
+            self.plan[i].x = cnp.PyArray_DATA(<cnp.ndarray>x) if x is not None else NULL
+        self._index_spans()
+
+    def set_groups(self, list groups, list hypers):
+        """Take each group's validated Hypers, and remember the group
+        objects, so a step can tell by identity that nothing changed."""
+        cdef Py_ssize_t gi
+        cdef GroupPlan *gp
+        self.any_schedule = False
+        for gi in range(self.ngroups):
+            h = hypers[gi]
+            gp = &self.gplan[gi]
+            gp.lr_is_callable = not isinstance(h.lr, float)
+            self.any_schedule = self.any_schedule or gp.lr_is_callable
+            self.group_lr[gi] = h.lr
+            _fill_hyper(&gp.h, h._replace(lr=0.0) if gp.lr_is_callable else h)
+        self.group_lists = [g["params"] for g in groups]
+        self.group_keys = [tuple([_key_of(g.get(k, _MISSING)) for k in _GROUP_KEYS])
+                           for g in groups]
+
+    def wanted_lrs(self):
+        """The (group, timestep) pairs whose scheduled lr this step needs."""
+        return list(self.wanted)
+
+    def set_lrs(self, dict lrs):
+        """Validated scheduled learning rates: (group, timestep) -> float."""
+        self.lrs.update(lrs)
+
+    def stateless(self):
+        """The parameters about to step without all the state they need."""
+        return [i for i in range(self.n) if self.plan[i].active and self._needs_state(i)]
+
+    # -- internals --------------------------------------------------------
+
+    cdef bint _needs_state(self, Py_ssize_t i):
+        return self.plan[i].m == NULL or (
+            self.gplan[self.plan[i].group].h.amsgrad and self.plan[i].x == NULL)
+
+    cdef _index_spans(self):
+        """The sorted spans of every buffer a step writes."""
         cdef Py_ssize_t i
         cdef cnp.ndarray a
-        opt = self.opt
         spans = []
-        steps = opt._steps
-        self.steps = <int64_t *>cnp.PyArray_DATA(<cnp.ndarray>steps)
         for i in range(self.n):
-            m, v, x = opt._exp_avg[i], opt._exp_avg_sq[i], opt._max_exp_avg_sq[i]
-            self.mdata[i] = cnp.PyArray_DATA(<cnp.ndarray>m) if m is not None else NULL
-            self.vdata[i] = cnp.PyArray_DATA(<cnp.ndarray>v) if v is not None else NULL
-            self.xdata[i] = cnp.PyArray_DATA(<cnp.ndarray>x) if x is not None else NULL
-            for b in (self.params[i], m, v, x):
-                if b is not None:
-                    a = b
-                    if cnp.PyArray_NBYTES(a):
-                        lo = <uintptr_t>cnp.PyArray_DATA(a)
-                        spans.append((lo, lo + <uintptr_t>cnp.PyArray_NBYTES(a)))
+            for b in [self.params[i]] + list((self.state[i] or {}).values()):
+                a = b
+                if cnp.PyArray_NBYTES(a):
+                    lo = <uintptr_t>cnp.PyArray_DATA(a)
+                    spans.append((lo, lo + <uintptr_t>cnp.PyArray_NBYTES(a)))
         spans.sort()
-        self.nbounds = len(spans)
-        for i in range(self.nbounds):
-            self.blo[i], self.bhi[i] = spans[i]
+        self.nspans = len(spans)
+        for i in range(self.nspans):
+            self.span_lo[i], self.span_hi[i] = spans[i]
 
     cdef bint _overlaps_written(self, cnp.ndarray g):
         cdef uintptr_t lo, hi
-        cdef Py_ssize_t a = -1, b = self.nbounds, mid
+        cdef Py_ssize_t a = -1, b = self.nspans, mid
         if not cnp.PyArray_NBYTES(g):
             return False
         lo = <uintptr_t>cnp.PyArray_DATA(g)
         hi = lo + <uintptr_t>cnp.PyArray_NBYTES(g)
-        # last span starting before hi; spans are disjoint and sorted
-        while b - a > 1:
+        while b - a > 1:   # the last span starting before hi
             mid = a + (b - a) // 2
-            if self.blo[mid] < hi:
+            if self.span_lo[mid] < hi:
                 a = mid
             else:
                 b = mid
-        return a >= 0 and self.bhi[a] > lo
+        return a >= 0 and self.span_hi[a] > lo
 
-    cdef int _group_values(self, Py_ssize_t gi, object group) except -1:
-        """Fill gvals[gi]; full validation only when a value object changed
-        (compared by identity through borrowed dict lookups: no allocation)."""
-        cdef GroupVals *gv = &self.gvals[gi]
+    cdef bint _param_unchanged(self, Py_ssize_t i):
+        """Parameter i is still what it was when the engine was built
+        (arrays can be reshaped, re-typed or made read-only in place)."""
+        cdef cnp.ndarray p = self.params[i]
+        cdef Plan *q = &self.plan[i]
+        return (cnp.PyArray_DATA(p) == q.pdata and cnp.PyArray_ISWRITEABLE(p)
+                and cnp.PyArray_TYPE(p) == q.ptype and cnp.PyArray_ISNOTSWAPPED(p)
+                and _same_shape(p, q.ndim, &self.dims[q.dims])
+                and (cnp.PyArray_IS_C_CONTIGUOUS(p) if q.c_order
+                     else cnp.PyArray_IS_F_CONTIGUOUS(p)))
+
+    cdef bint _grad_ok(self, Py_ssize_t i, object g):
+        cdef Plan *q = &self.plan[i]
+        cdef cnp.ndarray ga
+        if not cnp.PyArray_Check(g):
+            return False
+        ga = <cnp.ndarray>g
+        return (_is_float_type(cnp.PyArray_TYPE(ga)) and cnp.PyArray_ISNOTSWAPPED(ga)
+                and cnp.PyArray_ISALIGNED(ga)
+                and _same_shape(ga, q.ndim, &self.dims[q.dims])
+                and (cnp.PyArray_IS_C_CONTIGUOUS(ga) if q.c_order
+                     else cnp.PyArray_IS_F_CONTIGUOUS(ga))
+                and not self._overlaps_written(ga))
+
+    cdef bint _groups_unchanged(self, object groups):
+        """The same group dicts with the same params lists holding the same
+        arrays, and the same hyperparameter objects (compared by identity
+        through borrowed lookups: no allocation)."""
+        cdef Py_ssize_t gi, j, k, start = 0
+        cdef list ps
+        cdef tuple keys
         cdef PyObject *item
-        cdef Py_ssize_t k
-        cdef tuple old = self.group_keys[gi]
-        cdef bint same
-        if old is not None and type(group) is dict and type(old[1]) is tuple:
-            same = True
+        if self.group_keys is None or type(groups) is not list or len(groups) != self.ngroups:
+            return False
+        for gi in range(self.ngroups):
+            group = groups[gi]
+            ps = self.group_lists[gi]
+            if type(group) is not dict or group.get("params") is not ps:
+                return False
+            if start + len(ps) > self.n:
+                return False
+            for j in range(len(ps)):
+                if ps[j] is not self.params[start + j]:
+                    return False
+            start += len(ps)
+            keys = self.group_keys[gi]
             for k in range(_NKEYS):
-                item = PyDict_GetItem(group, _HYPER_KEYS[k])
-                if item == NULL or item != <PyObject *>old[k]:
-                    same = False
-                    break
-            if same:
-                return 0
-        vals = V.group_values(group, f"param_groups[{gi}]")
-        lr = vals[0]
-        gv.lr_is_callable = not isinstance(lr, float)
-        self.group_lr[gi] = lr
-        gv.lr = 0.0 if gv.lr_is_callable else lr
-        gv.beta1, gv.beta2, gv.eps, gv.wd = vals[1], vals[2], vals[3], vals[4]
-        (gv.amsgrad, gv.maximize, gv.decoupled, gv.bias_correction,
-         gv.eps_inside) = vals[5], vals[6], vals[7], vals[8], vals[9]
-        self.group_keys[gi] = tuple([group[key] for key in _HYPER_KEYS]) if type(group) is dict else None
-        return 0
+                item = PyDict_GetItem(group, _GROUP_KEYS[k])
+                if item == NULL:
+                    if keys[k] is not _MISSING:
+                        return False
+                elif item != <PyObject *>keys[k] and not (
+                        type(<object>item) is list and tuple(<object>item) == keys[k]):
+                    return False   # (a list, edited in place, is compared by value)
+        return start == self.n
 
-    def step(self, grads):
-        cdef Py_ssize_t i, j, gi, n = self.n, ntask = 0, start
-        cdef int64_t t, offset = 0, prev_t = -1, work = 0
-        cdef Py_ssize_t prev_g = -1
-        cdef cnp.ndarray p, ga
-        cdef list glist, ps
-        cdef GroupVals *gv
+    def step(self, grads, groups):
+        """One step of every parameter whose gradient is not None; returns
+        a status of the engine protocol (_spec.py): OK, or what the
+        optimizer must resolve first (nothing has changed then)."""
+        cdef Py_ssize_t i, gi, n = self.n, ntask = 0, prev_g = -1
+        cdef int64_t t, prev_t = -1, offset = 0, work = 0
+        cdef Plan *q
+        cdef GroupPlan *gp
         cdef adamc_scalars *s = NULL
         cdef adamc_task *task
-        cdef bint need_alloc = False, ok
+        cdef adamc_hyper h
+        cdef bint need_state = False
         cdef int nthreads
-        cdef double lr
-        opt = self.opt
-
-        # grads, in parameter order
-        if opt._names is None and (type(grads) is list or type(grads) is tuple) \
-                and len(grads) == n:
-            glist = list(grads) if type(grads) is tuple else grads
-        else:
-            glist = opt._grads_list(grads)
-
-        # param_groups: same parameters, hyperparameters (re)validated if replaced
-        groups = opt.param_groups  # untyped: a replaced non-list gets _check_structure's error
-        ok = type(groups) is list and len(groups) == self.ngroups
-        if ok:
-            start = 0
-            for gi in range(self.ngroups):
-                group = groups[gi]
-                ps = self.group_lists[gi]
-                if type(group) is not dict or group.get("params") is not ps:
-                    ok = False
-                    break
-                if start + len(ps) > n:
-                    ok = False
-                    break
-                for j in range(len(ps)):
-                    if ps[j] is not self.params[start + j]:
-                        ok = False
-                        break
-                if not ok:
-                    break
-                start += len(ps)
-            ok = ok and start == n
-        if not ok:
-            opt._check_structure()  # raises for a real change
-            self.group_lists = [g["params"] for g in groups]
-            self.group_keys = [None] * self.ngroups
-        for gi in range(self.ngroups):
-            self._group_values(gi, groups[gi])
-
+        if type(grads) is not list or len(<list>grads) != n:
+            return GRADS_LIST
+        if not self._groups_unchanged(groups):
+            return NEED_GROUPS
         # every parameter and gradient, before anything changes
+        self.wanted = []
         for i in range(n):
-            g = glist[i]
-            if g is None:
-                self.active[i] = 0
+            g = grads[i]
+            q = &self.plan[i]
+            q.active = g is not None
+            if not q.active:
                 continue
-            p = self.params[i]
-            # the parameter is still what it was at construction (arrays can be
-            # reshaped, re-typed or made read-only in place)
-            if (cnp.PyArray_DATA(p) != self.pdata[i] or not cnp.PyArray_ISWRITEABLE(p)
-                    or cnp.PyArray_TYPE(p) != self.ptype[i] or not cnp.PyArray_ISNOTSWAPPED(p)
-                    or not _same_shape(p, self.pndim[i], &self.pdims[i * cnp.NPY_MAXDIMS])
-                    or not (cnp.PyArray_IS_C_CONTIGUOUS(p) if self.pc[i]
-                            else cnp.PyArray_IS_F_CONTIGUOUS(p))):
-                opt._explain_param(i, changed=True)
-            if not cnp.PyArray_Check(g):
-                opt._explain_grad(i, g)
-            ga = <cnp.ndarray>g
-            if (cnp.PyArray_TYPE(ga) != self.ptype[i] or not cnp.PyArray_ISNOTSWAPPED(ga)
-                    or not cnp.PyArray_ISALIGNED(ga)
-                    or not _same_shape(ga, self.pndim[i], &self.pdims[i * cnp.NPY_MAXDIMS])
-                    or not (cnp.PyArray_IS_C_CONTIGUOUS(ga) if self.pc[i]
-                            else cnp.PyArray_IS_F_CONTIGUOUS(ga))
-                    or self._overlaps_written(ga)):
-                opt._explain_grad(i, g)
-                raise RuntimeError(f"adamc: gradient {i} failed a check (please report)")
-            self.active[i] = 1
-            gv = &self.gvals[self.gid[i]]
-            if self.mdata[i] == NULL or (gv.amsgrad and self.xdata[i] == NULL):
-                need_alloc = True
-
-        # scalars (schedules are called here: may raise, nothing changed yet)
+            if not self._param_unchanged(i):
+                self.bad_index = i
+                return BAD_PARAM
+            if not self._grad_ok(i, g):
+                self.bad_index = i
+                return BAD_GRAD
+            q.gtype = _dtype_code(cnp.PyArray_TYPE(<cnp.ndarray>g))
+            q.gdata = cnp.PyArray_DATA(<cnp.ndarray>g)
+            need_state = need_state or self._needs_state(i)
+            if self.any_schedule and self.gplan[q.group].lr_is_callable:
+                key = (q.group, self.steps[i] + 1)   # each (group, timestep) once
+                if key not in self.lrs and key not in self.wanted:
+                    self.wanted.append(key)
+        if self.wanted:
+            return NEED_LR
+        if need_state:
+            return NEED_STATE
+        # scalars and tasks
         for i in range(n):
-            if not self.active[i]:
+            q = &self.plan[i]
+            if not q.active:
                 continue
-            gi = self.gid[i]
+            gi = q.group
             t = self.steps[i] + 1
             if gi != prev_g or t != prev_t:
-                gv = &self.gvals[gi]
-                if gv.lr_is_callable:
-                    lr = V.scheduled_lr(self.group_lr[gi], t, f"param_groups[{gi}]")
-                else:
-                    lr = gv.lr
+                gp = &self.gplan[gi]
+                h = gp.h
+                if gp.lr_is_callable:
+                    h.lr = self.lrs[(gi, t)]
                 s = &self.scal[i]
-                adamc_scalars_init(s, t, lr, gv.beta1, gv.beta2, gv.eps, gv.wd,
-                                   gv.decoupled, gv.amsgrad, gv.maximize,
-                                   gv.bias_correction, gv.eps_inside)
+                adamc_scalars_init(s, t, &h)
                 prev_g, prev_t = gi, t
-            self.tasks[ntask].s = s
-            ntask += 1
-            work += adamc_work(self.psize[i], _dtype_code(self.ptype[i]))
-        nthreads = _threads_for(work)
-
-        if need_alloc:
-            active = [i for i in range(n) if self.active[i]]
-            ams = {i for i in active if self.gvals[self.gid[i]].amsgrad}
-            opt._allocate(active, ams.__contains__)
-            self._rebuild_state()
-
-        # tasks
-        ntask = 0
-        for i in range(n):
-            if not self.active[i]:
-                continue
             task = &self.tasks[ntask]
-            task.param = self.pdata[i]
-            task.grad = cnp.PyArray_DATA(<cnp.ndarray>glist[i])
-            task.exp_avg = self.mdata[i]
-            task.exp_avg_sq = self.vdata[i]
-            task.max_exp_avg_sq = self.xdata[i] if (task.s.flags & ADAMC_AMSGRAD) else NULL
-            task.n = self.psize[i]
+            task.s = s
+            task.param = q.pdata
+            task.grad = q.gdata
+            task.exp_avg = q.m
+            task.exp_avg_sq = q.v
+            task.max_exp_avg_sq = q.x if (s.flags & ADAMC_AMSGRAD) else NULL
+            task.n = q.size
             task.offset = offset
-            task.dtype = _dtype_code(self.ptype[i])
-            offset += task.n
+            task.dtype = q.dtype
+            task.grad_dtype = q.gtype
+            offset += q.size
+            work += adamc_work(q.size, q.dtype)
             ntask += 1
+        nthreads = _threads_for(work)
+        if self.lrs:
+            self.lrs = {}
         with nogil:
             adamc_multi_step(_kernel, self.tasks, ntask, nthreads)
             for i in range(n):
-                if self.active[i]:
+                if self.plan[i].active:
                     self.steps[i] += 1
+        return OK

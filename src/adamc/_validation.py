@@ -1,9 +1,12 @@
-"""Hyperparameter checks shared by the compiled optimizer and the reference.
+"""Every rule adamc checks, and every message it raises: the one home of checks.
 
 Pure Python on purpose: ``adamc.reference`` must not need the compiled
-extension, and these checks run only at construction, at ``load_state_dict``
-and at ``step`` when a group's values were replaced (the compiled step keeps
-the last validated values and compares identities first).
+extension.  The compiled layer (``_kernels.pyx``) only mirrors some of these
+rules as fast yes/no tests (the table in its docstring pairs each with its
+rule here); when one says no, the optimizer (``_base.py``) calls the rule
+here, which raises the message.  Each function either returns the checked
+value or raises ``TypeError``/``ValueError`` naming the argument and the fix,
+before anything is changed.
 """
 
 from __future__ import annotations
@@ -11,22 +14,16 @@ from __future__ import annotations
 import bisect
 import math
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
-# The hyperparameters of a param group, in the order group_values returns them.
-HYPER_KEYS = (
-    "lr",
-    "betas",
-    "eps",
-    "weight_decay",
-    "amsgrad",
-    "maximize",
-    "decoupled_weight_decay",
-    "bias_correction",
-    "eps_inside_sqrt",
-)
-BOOL_KEYS = HYPER_KEYS[4:]
+from . import _spec
+from ._spec import OPTION, OPTIONS, SLOT_NAMES, SYNONYMS, Hypers
+
+#: The keys of a param group that are hyperparameters (synonyms included).
+HYPER_KEYS = tuple(o.name for o in OPTIONS)
+GROUP_KEYS = HYPER_KEYS + tuple(SYNONYMS)
 
 
 def _where(where):
@@ -68,6 +65,15 @@ def check_bool(value, name, where=""):
     return bool(value)
 
 
+def check_choice(value, name, choices, where=""):
+    if not isinstance(value, str) or value not in choices:
+        raise (ValueError if isinstance(value, str) else TypeError)(
+            f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+            f"{_where(where)}"
+        )
+    return value
+
+
 def check_betas(betas, where=""):
     if not isinstance(betas, (tuple, list)):
         raise TypeError(
@@ -99,26 +105,74 @@ def scheduled_lr(lr, step, where=""):
     return float(lr)
 
 
+def _check_option(o, value, where):
+    """One option's value, checked by its kind (the spec's Option.kind)."""
+    if o.kind == "lr":
+        return (check_lr(value, where),)
+    if o.kind == "betas":
+        return check_betas(value, where)
+    if o.kind == "real":
+        return (check_real(value, o.name, where),)
+    if o.kind == "bool":
+        return (check_bool(value, o.name, where),)
+    return (check_choice(value, o.name, o.choices, where),)
+
+
+def resolve_synonyms(options, where=""):
+    """``options`` (name -> value, as given) with each old keyword
+    (``eps_inside_sqrt``) folded into its option, in a new dict.  True sets
+    the option unless it was given otherwise (a ValueError); False only
+    contradicts an option given as the synonym's meaning; None says nothing."""
+    out = dict(options)
+    for syn, (name, meaning) in SYNONYMS.items():
+        if syn not in out:
+            continue
+        flag = out.pop(syn)
+        if flag is None:
+            continue
+        flag = check_bool(flag, syn, where)
+        given = out.get(name, meaning if flag else None)
+        if (given == meaning) != flag:
+            raise ValueError(
+                f"{syn}={flag} contradicts {name}={given!r}{_where(where)}; "
+                f"{syn}=True means {name}={meaning!r}: give only {name}"
+            )
+        if flag:
+            out[name] = meaning
+    return out
+
+
 def group_values(group, where=""):
-    """Validate a param group's hyperparameters and return them in HYPER_KEYS order.
+    """Validate a param group's hyperparameters; return them as a Hypers.
 
     ``lr`` comes back as given when it is a callable schedule, else as a float.
     """
     missing = [k for k in HYPER_KEYS if k not in group]
     if missing:
         raise ValueError(f"missing hyperparameter(s) {missing}{_where(where)}")
-    b1, b2 = check_betas(group["betas"], where)
-    return (
-        check_lr(group["lr"], where),
-        b1,
-        b2,
-        check_real(group["eps"], "eps", where),
-        check_real(group["weight_decay"], "weight_decay", where),
-    ) + tuple(check_bool(group[k], k, where) for k in BOOL_KEYS)
+    if any(s in group for s in SYNONYMS):
+        group = resolve_synonyms({k: group[k] for k in GROUP_KEYS if k in group}, where)
+    vals = []
+    for o in OPTIONS:
+        vals.extend(_check_option(o, group[o.name], where))
+    return Hypers(*vals)
 
 
-# Timesteps stay far from int64 overflow (t + 1 is computed in C).
-MAX_STEP = 2**62
+def options_for(variant, given, where, base=None):
+    """The options of a group or constructor: ``base`` (the variant's
+    defaults when None), then ``given`` (name -> value, only what the caller
+    gave) with synonyms folded in, then the variant's forced values; every
+    value checked."""
+    opts = dict(_spec.defaults(variant) if base is None else base)
+    opts.update(resolve_synonyms(given, where))
+    opts.update(_spec.forced(variant))
+    group_values(opts, where)
+    if isinstance(opts["betas"], list):
+        opts["betas"] = tuple(opts["betas"])
+    return opts
+
+
+MAX_STEP = _spec.MAX_STEP
 
 
 def check_step(step, where=""):
@@ -182,9 +236,10 @@ def order_of(a):
     return "C" if a.flags.c_contiguous else "F"
 
 
-def check_like(a, ref, label, ref_label):
-    """a must match ref's dtype, shape and memory order."""
-    if a.dtype != ref.dtype:
+def check_like(a, ref, label, ref_label, *, any_float=False):
+    """a must match ref's dtype (any float dtype adamc takes, with
+    any_float), shape and memory order."""
+    if a.dtype != ref.dtype and not any_float:
         raise TypeError(
             f"{label} has dtype {a.dtype} but {ref_label} has {ref.dtype}; "
             f"pass a {ref.dtype} array"
@@ -256,33 +311,370 @@ def check_step_buffers(param, grad, exp_avg, exp_avg_sq, amsgrad, max_exp_avg_sq
         check_writeable(a, name)
         check_like(a, param, name, "param")
     check_array(grad, "grad")
-    check_like(grad, param, "grad", "param")
+    check_like(grad, param, "grad", "param", any_float=True)
     written = [param] + [a for _, a in named]
     labels = ["param"] + [name for name, _ in named]
     check_disjoint(written, labels)
     check_no_overlap(grad, "grad", spans_of(written, labels))
 
 
-def check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,
-                     beta1, beta2, eps, weight_decay, decoupled_weight_decay,
-                     amsgrad, maximize, bias_correction, eps_inside_sqrt):
-    """Validate adam_step's arguments; return (step, lr, beta1, beta2, eps,
-    weight_decay, decoupled, amsgrad, maximize, bias_correction, eps_inside)."""
+def functional_values(step, options):
+    """Check adam_step's step and option keywords (``options``: name ->
+    value, unknown names refused); return (t, Hypers)."""
     t = check_step(step)
-    lr = check_real(lr, "lr")
-    b1 = check_real(beta1, "beta1", beta=True)
-    b2 = check_real(beta2, "beta2", beta=True)
-    eps = check_real(eps, "eps")
-    weight_decay = check_real(weight_decay, "weight_decay")
-    flags = tuple(
-        check_bool(x, name)
-        for x, name in (
-            (decoupled_weight_decay, "decoupled_weight_decay"),
-            (amsgrad, "amsgrad"),
-            (maximize, "maximize"),
-            (bias_correction, "bias_correction"),
-            (eps_inside_sqrt, "eps_inside_sqrt"),
+    unknown = [k for k in options if k not in _spec.FUNCTIONAL_NAMES and k not in SYNONYMS]
+    if unknown:
+        raise TypeError(
+            f"adam_step() got an unexpected keyword argument {unknown[0]!r}; its "
+            f"options are {', '.join(_spec.FUNCTIONAL_NAMES)}"
         )
-    )
-    check_step_buffers(param, grad, exp_avg, exp_avg_sq, flags[1], max_exp_avg_sq)
-    return (t, lr, b1, b2, eps, weight_decay) + flags
+    opts = resolve_synonyms(options)
+    vals = []
+    for o in OPTIONS:
+        if o.kind == "betas":
+            b = (opts.get("beta1", o.default[0]), opts.get("beta2", o.default[1]))
+            vals += [check_real(b[0], "beta1", beta=True), check_real(b[1], "beta2", beta=True)]
+        elif o.kind == "lr":
+            vals.append(check_real(opts.get(o.name, o.default), "lr"))
+        else:
+            vals.extend(_check_option(o, opts.get(o.name, o.default_for("adam_step")), ""))
+    return t, Hypers(*vals)
+
+
+def check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, options):
+    """Validate adam_step's arguments; return (t, Hypers)."""
+    t, h = functional_values(step, options)
+    check_step_buffers(param, grad, exp_avg, exp_avg_sq, h.amsgrad, max_exp_avg_sq)
+    return t, h
+
+
+# --------------------------------------------------------------------------
+# Optimizer construction: params, groups and their arrays.
+
+
+def param_label(names, i):
+    return f"params[{names[i]!r}]" if names is not None else f"params[{i}]"
+
+
+def grad_label(names, i):
+    return f"grads[{names[i]!r}]" if names is not None else f"grads[{i}]"
+
+
+def parse_params(params):
+    """The constructor's ``params`` as a list of group dicts."""
+    if isinstance(params, np.ndarray):
+        raise TypeError(
+            "params must be a sequence of arrays, param-group dicts or a "
+            "mapping name -> array, not a single array; pass [array]"
+        )
+    if isinstance(params, Mapping):
+        return [{"params": params}]
+    try:
+        items = list(params)
+    except TypeError:
+        raise TypeError(
+            "params must be a sequence of arrays, param-group dicts or a "
+            f"mapping name -> array, got {type(params).__name__}"
+        ) from None
+    if not items:
+        raise ValueError("params is empty; pass at least one array to optimize")
+    dicts = [isinstance(x, Mapping) for x in items]
+    if all(dicts):
+        named = [isinstance(g.get("params"), Mapping) for g in items]
+        if any(named) and not all(named):
+            raise TypeError(
+                "params: either every group gives its parameters as a mapping "
+                "name -> array, or none does"
+            )
+        return items
+    if any(dicts):
+        raise TypeError(
+            "params mixes arrays and param-group dicts; pass either a list "
+            "of arrays or a list of dicts {'params': [...], ...}"
+        )
+    return [{"params": items}]
+
+
+def make_group(group, gi, named, variant, defaults):
+    """A new param group from the user's dict: its arrays (not yet checked),
+    names, the given hyperparameters over ``defaults``, every value checked."""
+    where = f"param_groups[{gi}]"
+    if "params" not in group:
+        raise ValueError(f"{where} has no 'params' entry")
+    ps = group["params"]
+    if isinstance(ps, Mapping) != named:
+        raise TypeError(
+            f"{where}['params'] must be a mapping name -> array exactly when the "
+            "optimizer's parameters are given as mappings"
+        )
+    if named:
+        names, arrays = list(ps.keys()), list(ps.values())
+    else:
+        if isinstance(ps, np.ndarray):
+            raise TypeError(f"{where}['params'] must be a list of arrays; pass [array]")
+        try:
+            arrays = list(ps)
+        except TypeError:
+            raise TypeError(
+                f"{where}['params'] must be a list of arrays, got {type(ps).__name__}"
+            ) from None
+        names = None
+    if not arrays:
+        raise ValueError(f"{where}['params'] is empty; give the group at least one array")
+    given = {k: v for k, v in group.items() if k not in ("params", "param_names")}
+    extra = {k: v for k, v in given.items() if k not in GROUP_KEYS}
+    g = options_for(variant, {k: v for k, v in given.items() if k in GROUP_KEYS}, where,
+                    base=defaults)
+    g.update(extra)  # unknown keys are kept, as torch keeps them
+    g["params"] = arrays
+    if names is not None:
+        g["param_names"] = names
+    return g
+
+
+def check_new_params(old_params, old_names, new_groups):
+    """Check the arrays of groups about to be added, before adding any."""
+    arrays = list(old_params)
+    labels = [param_label(old_names, i) for i in range(len(arrays))]
+    names = list(old_names or [])
+    for g in new_groups:
+        for j, a in enumerate(g["params"]):
+            lab = (f"params[{g['param_names'][j]!r}]" if "param_names" in g
+                   else f"params[{len(arrays)}]")
+            check_array(a, lab)
+            check_writeable(a, lab)
+            arrays.append(a)
+            labels.append(lab)
+        names.extend(g.get("param_names", ()))
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"params: duplicate parameter name(s) {dup}")
+    seen = {}
+    for a, lab in zip(arrays, labels):
+        if id(a) in seen:
+            raise ValueError(
+                f"{seen[id(a)]} and {lab} are the same array; pass each parameter once"
+            )
+        seen[id(a)] = lab
+    check_disjoint(arrays, labels)
+
+
+def check_param_group_arg(param_group, named):
+    if not isinstance(param_group, Mapping):
+        raise TypeError(
+            f"param_group must be a dict {{'params': [...], ...}}, got "
+            f"{type(param_group).__name__}"
+        )
+    if isinstance(param_group.get("params"), Mapping) != named:
+        raise TypeError(
+            "param_group['params'] must be a mapping name -> array "
+            "exactly when the optimizer was built from mappings"
+        )
+
+
+# --------------------------------------------------------------------------
+# A step: the gradients, the groups' structure, each parameter and gradient.
+
+
+def grads_list(grads, n, names):
+    """grads as a list in parameter order, or an error naming the mismatch."""
+    if names is not None:
+        if not isinstance(grads, Mapping):
+            raise TypeError(
+                "grads must be a mapping name -> array (the optimizer was built "
+                f"from a mapping), got {type(grads).__name__}"
+            )
+        missing = [k for k in names if k not in grads]
+        extra = [k for k in grads if k not in set(names)]
+        if missing or extra:
+            raise ValueError(
+                f"grads keys do not match the parameters: missing {missing}, "
+                f"unexpected {extra}; pass None for a parameter to skip it"
+            )
+        return [grads[k] for k in names]
+    if isinstance(grads, (np.ndarray, Mapping)) or not hasattr(grads, "__len__"):
+        raise TypeError(
+            "grads must be a list with one array (or None) per parameter, "
+            f"got {type(grads).__name__}"
+        )
+    if len(grads) != n:
+        raise ValueError(
+            f"grads has {len(grads)} entries but the optimizer has {n} "
+            "parameters; pass one gradient (or None) per parameter, in order"
+        )
+    return list(grads)
+
+
+def check_structure(groups, group_params, params):
+    """param_groups may have new hyperparameters, not new parameters:
+    ``group_params`` are the params lists as built, ``params`` the flat list."""
+    if not isinstance(groups, list) or len(groups) != len(group_params):
+        raise ValueError(
+            f"param_groups must stay a list of the optimizer's {len(group_params)} "
+            "group(s); add groups with add_param_group"
+        )
+    i = 0
+    for gi, g in enumerate(groups):
+        if not isinstance(g, Mapping):
+            raise TypeError(
+                f"param_groups[{gi}] must be a dict, got {type(g).__name__}; "
+                "edit its values instead of replacing it"
+            )
+        ps = g.get("params")
+        if not isinstance(ps, list) or any(
+            a is not b for a, b in zip(ps, params[i : i + len(ps)])
+        ) or i + len(ps) > len(params):
+            raise ValueError(
+                f"param_groups[{gi}]['params'] was changed; parameters can be "
+                "added only with add_param_group"
+            )
+        i += len(ps)
+    if i != len(params):
+        raise ValueError(
+            "param_groups lost parameters since construction; parameters "
+            "cannot be removed from an optimizer"
+        )
+
+
+def written_spans(params, states, names):
+    """Sorted spans of every buffer a step writes (parameters and state)."""
+    arrays, labels = [], []
+    for j, (q, st) in enumerate(zip(params, states)):
+        lab = param_label(names, j)
+        arrays.append(q)
+        labels.append(lab)
+        for slot, a in (st or {}).items():
+            arrays.append(a)
+            labels.append(f"the {slot} of {lab}")
+    return spans_of(arrays, labels)
+
+
+def explain_param(p, lab, state, changed=False):
+    """Raise the error for parameter ``p`` (its state: slot -> array or
+    None), if it has one; with changed=True (the engine saw it differ from
+    construction) always raise."""
+    check_array(p, lab)
+    check_writeable(p, lab)
+    m = (state or {}).get("exp_avg")
+    if m is not None and (m.shape != p.shape or m.dtype != p.dtype
+                          or (p.size > 1 and order_of(m) != order_of(p))):
+        raise ValueError(
+            f"{lab} changed shape, dtype or memory order since its state was "
+            f"created (now {p.shape} {p.dtype}, state {m.shape} {m.dtype}); "
+            "parameters must keep their shape, dtype and layout"
+        )
+    if changed:
+        raise ValueError(
+            f"{lab} changed shape, dtype or memory order since the optimizer was "
+            "built; parameters must keep their shape, dtype and layout"
+        )
+
+
+def explain_grad(p, g, plab, glab, spans):
+    """Raise the error for gradient ``g`` of parameter ``p``, if it has one."""
+    check_array(p, plab)
+    check_writeable(p, plab)
+    check_array(g, glab)
+    check_like(g, p, glab, plab, any_float=True)
+    check_no_overlap(g, glab, spans)
+
+
+# --------------------------------------------------------------------------
+# load_state_dict
+
+
+def check_state_dict(sd, param_groups, params, names, variant):
+    """Check a state_dict against the optimizer whole; return (hyperparameter
+    updates per group, {flat index: state entry})."""
+    if not isinstance(sd, Mapping) or "state" not in sd or "param_groups" not in sd:
+        raise TypeError(
+            "state_dict must be a dict with 'state' and 'param_groups', as "
+            "returned by state_dict()"
+        )
+    groups, state = sd["param_groups"], sd["state"]
+    if not isinstance(groups, (list, tuple)) or not isinstance(state, Mapping):
+        raise TypeError(
+            "state_dict['param_groups'] must be a list and state_dict['state'] a dict"
+        )
+    if len(groups) != len(param_groups):
+        raise ValueError(
+            f"state_dict has {len(groups)} param groups but the optimizer has "
+            f"{len(param_groups)}"
+        )
+    index = {}  # saved index -> our flat index
+    flat = 0
+    updates = []
+    for gi, (saved, ours) in enumerate(zip(groups, param_groups)):
+        where = f"state_dict['param_groups'][{gi}]"
+        if not isinstance(saved, Mapping) or "params" not in saved:
+            raise TypeError(f"{where} must be a dict with a 'params' list")
+        ids = list(saved["params"])
+        if len(ids) != len(ours["params"]):
+            raise ValueError(
+                f"{where} has {len(ids)} parameters but param_groups[{gi}] has "
+                f"{len(ours['params'])}"
+            )
+        if "param_names" in saved and "param_names" in ours:
+            if list(saved["param_names"]) != list(ours["param_names"]):
+                raise ValueError(f"{where}['param_names'] do not match this optimizer's")
+        # a state_dict from before eps_mode carries eps_inside_sqrt instead
+        hyper = resolve_synonyms({k: v for k, v in saved.items() if k in GROUP_KEYS}, where)
+        hyper.update({k: v for k, v in saved.items()
+                      if k not in GROUP_KEYS and k not in ("params", "param_names")})
+        merged = {k: v for k, v in ours.items() if k not in SYNONYMS}
+        merged.update(hyper)
+        group_values(merged, where)
+        for key, val in _spec.forced(variant).items():
+            if merged[key] != val:
+                raise ValueError(
+                    f"{where}['{key}'] is {merged[key]!r} but {variant} requires {val!r}"
+                )
+        updates.append({k: (tuple(v) if k == "betas" else v) for k, v in hyper.items()})
+        for sid in ids:
+            if sid in index:
+                raise ValueError(f"{where}: parameter index {sid!r} appears twice")
+            index[sid] = flat
+            flat += 1
+    checked = {}
+    for sid, e in state.items():
+        if sid not in index:
+            raise ValueError(
+                f"state_dict['state'] has an entry for parameter {sid!r}, which "
+                "no param group lists"
+            )
+        i = index[sid]
+        where = f"state_dict['state'][{sid!r}]"
+        if not isinstance(e, Mapping):
+            raise TypeError(f"{where} must be a dict")
+        required = [s.name for s in _spec.SLOTS if s.needs is None]
+        extra = set(e) - {"step", *SLOT_NAMES}
+        if extra or "step" not in e or any(k not in e for k in required):
+            optional = [s for s in SLOT_NAMES if s not in required]
+            raise ValueError(
+                f"{where} must have keys step, {', '.join(required)} (and optionally "
+                f"{', '.join(optional)}); got {sorted(map(str, e))}"
+            )
+        step = e["step"]
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+            raise TypeError(f"{where}['step'] must be an int, got {type(step).__name__}")
+        if not 0 <= step < MAX_STEP:
+            raise ValueError(
+                f"{where}['step'] must be between 0 and 2**62 - 1, got {step}")
+        p = params[i]
+        for key in SLOT_NAMES:
+            if key not in e:
+                continue
+            a = e[key]
+            lab = f"{where}[{key!r}]"
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{lab} must be a numpy.ndarray, got {type(a).__name__}")
+            if a.dtype != p.dtype:
+                raise TypeError(
+                    f"{lab} has dtype {a.dtype} but {param_label(names, i)} has {p.dtype}"
+                )
+            if a.shape != p.shape:
+                raise ValueError(
+                    f"{lab} has shape {a.shape} but {param_label(names, i)} has {p.shape}"
+                )
+        checked[i] = e
+    return updates, checked

@@ -5,8 +5,10 @@ The same functional step (:func:`adam_step`) and optimizers (:class:`Adam`,
 state layout, computed with NumPy ufuncs in the parameter's dtype.  It
 follows torch.optim.Adam's for-loop implementation operation by operation
 (see ``_update``), with scalars narrowed to the array dtype as torch does.
-It is also the "pure Python" baseline in benchmarks: it allocates
-temporaries and runs one ufunc at a time.
+The optimizers drive the NumPy :class:`Engine` below through the same
+protocol as the compiled engine (``_spec``, ``_base``).  It is also the
+"pure Python" baseline in benchmarks: it allocates temporaries and runs one
+ufunc at a time.
 """
 
 from __future__ import annotations
@@ -15,19 +17,22 @@ import math
 
 import numpy as np
 
+from . import _spec
 from . import _validation as V
-from ._base import _AdamBase
+from ._base import _Optimizer
 
 __all__ = ["Adam", "AdamW", "adam_step"]
 
 
-def _update(p, grad, m, v, vmax, t, lr, beta1, beta2, eps, wd, decoupled,
-            amsgrad, maximize, bias_correction, eps_inside_sqrt):
-    """Kingma & Ba 2015, Algorithm 1 (torch's arrangement), in place."""
+def _update(p, grad, m, v, vmax, t, h):
+    """Kingma & Ba 2015, Algorithm 1 (torch's arrangement), in place; ``h``
+    a _spec.Hypers with a float lr."""
     dt = p.dtype.type
-    g = -grad if maximize else grad
+    lr, beta1, beta2, wd = h.lr, h.beta1, h.beta2, h.weight_decay
+    grad = grad.astype(p.dtype, copy=False)  # a gradient of the other float dtype
+    g = -grad if h.maximize else grad
     if wd != 0.0:
-        if decoupled:
+        if h.decoupled_weight_decay:
             p *= dt(1.0 - lr * wd)  # Loshchilov & Hutter 2019
         else:
             g = g + dt(wd) * p
@@ -38,26 +43,29 @@ def _update(p, grad, m, v, vmax, t, lr, beta1, beta2, eps, wd, decoupled,
         m[...] = g - (g - m) * (dt(1.0) - dt(w))
     v *= dt(beta2)
     v += (dt(1.0 - beta2) * g) * g
-    bc1 = 1.0 - beta1**t if bias_correction else 1.0
-    bc2 = 1.0 - beta2**t if bias_correction else 1.0
-    if amsgrad:
+    bc1 = 1.0 - beta1**t if h.bias_correction else 1.0
+    bc2 = 1.0 - beta2**t if h.bias_correction else 1.0
+    if h.amsgrad:
         np.maximum(vmax, v, out=vmax)  # propagates NaN, as torch.maximum
         vv = vmax
     else:
         vv = v
     # torch divides by sqrt(bc2); multiplying by its reciprocal (computed
     # once, in double) differs by rounding only and is what the kernel does.
-    if eps_inside_sqrt:
-        denom = np.sqrt(vv * dt(1.0 / bc2) + dt(eps))
+    step_size = lr / bc1
+    if h.eps_mode == "inside":
+        denom = np.sqrt(vv * dt(1.0 / bc2) + dt(h.eps))
+    elif h.eps_mode == "hat":
+        # the eps-hat form: sqrt(bc2) moves into the step size, in the order
+        # scikit-learn and Keras compute it; eps is added to the raw sqrt(v)
+        step_size = lr * math.sqrt(bc2) / bc1
+        denom = np.sqrt(vv) + dt(h.eps)
     else:
-        denom = np.sqrt(vv) * dt(1.0 / math.sqrt(bc2)) + dt(eps)
-    p += dt(-(lr / bc1)) * (m / denom)
+        denom = np.sqrt(vv) * dt(1.0 / math.sqrt(bc2)) + dt(h.eps)
+    p += dt(-step_size) * (m / denom)
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9,
-              beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
-              amsgrad=False, max_exp_avg_sq=None, maximize=False,
-              bias_correction=True, eps_inside_sqrt=False):
+def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, max_exp_avg_sq=None, **options):
     """The NumPy twin of :func:`adamc.adam_step` (same arguments and checks).
 
     Examples
@@ -69,64 +77,144 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9,
     >>> p
     array([0.99, 2.01])
     """
-    vals = V.check_functional(
-        param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
-        eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-        bias_correction, eps_inside_sqrt,
-    )
-    t, lr, b1, b2, eps, wd, dec, ams, mx, bc, ein = vals
-    _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, t, lr, b1, b2, eps,
-            wd, dec, ams, mx, bc, ein)
+    t, h = V.check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step,
+                              options)
+    _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, t, h)
 
 
-class Adam(_AdamBase):
+adam_step.__signature__ = _spec.functional_signature()
+
+
+def _key_of(value):
+    return tuple(value) if type(value) is list else value
+
+
+class Engine:
+    """The NumPy engine: the compiled engine's protocol (``_spec``), in Python."""
+
+    def __init__(self, params, group_of):
+        self._params = list(params)
+        self._group_of = list(group_of)
+        # each parameter as it was built: the engine refuses one that changed
+        self._built = [(p.__array_interface__["data"][0], p.dtype, p.shape, V.order_of(p))
+                       for p in self._params]
+        self._state = [None] * len(self._params)
+        self._steps = np.zeros(len(self._params), dtype=np.int64)
+        self._groups = self._keys = self._lists = None
+        self._hypers = []
+        self._lrs = {}
+        self._wanted = []
+        self._active = []
+        self.bad_index = -1
+
+    @property
+    def steps(self):
+        v = self._steps.view()
+        v.flags.writeable = False
+        return v
+
+    def set_steps(self, steps):
+        self._steps = np.array(steps, dtype=np.int64)
+
+    def get_state(self, i):
+        return self._state[i]
+
+    def set_states(self, states):
+        for i, st in states.items():
+            self._state[i] = dict(st) if st else None
+
+    def set_groups(self, groups, hypers):
+        self._hypers = list(hypers)
+        self._groups = list(groups)
+        self._lists = [g["params"] for g in groups]
+        # values compared by identity, except lists (editable in place): by items
+        self._keys = [[_key_of(g.get(k, self)) for k in V.GROUP_KEYS] for g in groups]
+
+    def wanted_lrs(self):
+        return list(self._wanted)
+
+    def set_lrs(self, lrs):
+        self._lrs.update(lrs)
+
+    def stateless(self):
+        return [i for i in self._active if self._needs_state(i)]
+
+    def _needs_state(self, i):
+        have = self._state[i] or {}
+        return any(s not in have for s in _spec.slots_for(self._hypers[self._group_of[i]]))
+
+    def _groups_unchanged(self, groups):
+        if self._keys is None or type(groups) is not list or len(groups) != len(self._keys):
+            return False
+        flat = [a for g, ps in zip(groups, self._lists)
+                if isinstance(g, dict) and g.get("params") is ps for a in ps]
+        return (len(flat) == len(self._params)
+                and all(a is b for a, b in zip(flat, self._params))
+                and all(_key_of(g.get(k, self)) is v or (type(g.get(k)) is list and
+                                                         tuple(g[k]) == v)
+                        for g, keys in zip(groups, self._keys)
+                        for k, v in zip(V.GROUP_KEYS, keys)))
+
+    def _param_ok(self, i):
+        p = self._params[i]
+        try:
+            V.check_array(p, "")
+            V.check_writeable(p, "")
+        except (TypeError, ValueError):
+            return False
+        return (p.__array_interface__["data"][0], p.dtype, p.shape, V.order_of(p)) == \
+            self._built[i]
+
+    def _grad_ok(self, i, g, spans):
+        p = self._params[i]
+        try:
+            V.explain_grad(p, g, "", "", spans)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    def step(self, grads, groups):
+        if type(grads) is not list or len(grads) != len(self._params):
+            return _spec.GRADS_LIST
+        if not self._groups_unchanged(groups):
+            return _spec.NEED_GROUPS
+        self._active = [i for i, g in enumerate(grads) if g is not None]
+        spans = V.written_spans(self._params, self._state, None)
+        for i in self._active:
+            if not self._param_ok(i):
+                self.bad_index = i
+                return _spec.BAD_PARAM
+            if not self._grad_ok(i, grads[i], spans):
+                self.bad_index = i
+                return _spec.BAD_GRAD
+        self._wanted = sorted({
+            (gi, int(self._steps[i]) + 1) for i in self._active
+            for gi in [self._group_of[i]] if callable(self._hypers[gi].lr)
+        } - set(self._lrs))
+        if self._wanted:
+            return _spec.NEED_LR
+        if any(self._needs_state(i) for i in self._active):
+            return _spec.NEED_STATE
+        for i in self._active:
+            gi, t = self._group_of[i], int(self._steps[i]) + 1
+            h = self._hypers[gi]
+            if callable(h.lr):
+                h = h._replace(lr=self._lrs[(gi, t)])
+            st = self._state[i]
+            _update(self._params[i], grads[i], st["exp_avg"], st["exp_avg_sq"],
+                    st.get("max_exp_avg_sq"), t, h)
+            self._steps[i] += 1
+        self._lrs = {}
+        return _spec.OK
+
+
+class Adam(_Optimizer):
     """The NumPy twin of :class:`adamc.Adam` (same arguments and state layout)."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=0.0, *, amsgrad=False, maximize=False,
-                 decoupled_weight_decay=False, bias_correction=True,
-                 eps_inside_sqrt=False):
-        super().__init__(params, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-            amsgrad=amsgrad, maximize=maximize,
-            decoupled_weight_decay=decoupled_weight_decay,
-            bias_correction=bias_correction, eps_inside_sqrt=eps_inside_sqrt))
-
-    def _apply(self, grads):
-        glist = self._grads_list(grads)
-        self._check_structure()
-        vals = [V.group_values(g, f"param_groups[{gi}]")
-                for gi, g in enumerate(self.param_groups)]
-        active = []
-        spans = self._written_spans()
-        for i, g in enumerate(glist):
-            if g is not None:
-                self._explain_param(i)
-                self._explain_grad(i, g, spans)
-                active.append(i)
-        lrs = {}
-        for i in active:
-            gi = self._group_of[i]
-            lrs[i] = V.scheduled_lr(vals[gi][0], int(self._steps[i]) + 1,
-                                    f"param_groups[{gi}]")
-        self._allocate(active, lambda i: vals[self._group_of[i]][5])
-        for i in active:
-            _, b1, b2, eps, wd, ams, mx, dec, bc, ein = vals[self._group_of[i]]
-            _update(self._params[i], glist[i], self._exp_avg[i], self._exp_avg_sq[i],
-                    self._max_exp_avg_sq[i], int(self._steps[i]) + 1, lrs[i], b1, b2,
-                    eps, wd, dec, ams, mx, bc, ein)
-            self._steps[i] += 1
+    _Engine = Engine
 
 
 class AdamW(Adam):
     """The NumPy twin of :class:`adamc.AdamW`."""
 
-    _forced = {"decoupled_weight_decay": True}
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=1e-2, *, amsgrad=False, maximize=False,
-                 bias_correction=True, eps_inside_sqrt=False):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad,
-                         maximize=maximize, decoupled_weight_decay=True,
-                         bias_correction=bias_correction,
-                         eps_inside_sqrt=eps_inside_sqrt)
+    _variant = "AdamW"

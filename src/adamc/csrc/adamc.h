@@ -15,6 +15,15 @@ extern "C" {
 
 enum { ADAMC_F32 = 0, ADAMC_F64 = 1 };
 
+/* Where epsilon enters the denominator (adamc_hyper.eps_mode). */
+enum {
+    ADAMC_EPS_MODE_OUTSIDE = 0, /* sqrt(v_hat) + eps: torch, Kingma & Ba Algorithm 1  */
+    ADAMC_EPS_MODE_INSIDE = 1,  /* sqrt(v_hat + eps)                                  */
+    ADAMC_EPS_MODE_HAT = 2      /* the paper's eps-hat form (Keras, scikit-learn):
+                            * lr_t = lr sqrt(1 - b2^t) / (1 - b1^t),
+                            * p -= lr_t m / (sqrt(v) + eps)                      */
+};
+
 /* Option bits of adamc_scalars.flags; each selects a specialised inner loop. */
 enum {
     ADAMC_L2 = 1,          /* g += wd * p (coupled, "Adam" weight decay)          */
@@ -25,6 +34,17 @@ enum {
     ADAMC_PROBE = 32,      /* roofline probe: Adam's memory traffic, trivial math */
     ADAMC_NO_PREFETCH = 64 /* with ADAMC_PROBE: the plain loop, no prefetch       */
 };
+
+/*
+ * The hyperparameters of one param group, as the user gave them (validated by
+ * adamc._validation; adamc._spec declares each one).  The Cython shim fills
+ * this struct in one place, _kernels.pyx's _fill_hyper.
+ */
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay;
+    int amsgrad, maximize, decoupled_weight_decay, bias_correction;
+    int eps_mode;       /* ADAMC_EPS_MODE_* */
+} adamc_hyper;
 
 /*
  * Everything that is constant over one parameter for one step, computed once
@@ -47,12 +67,11 @@ typedef struct {
 
 /* Compute the per-step scalars (Kingma & Ba 2015, Algorithm 1, with torch's
  * arrangement of the bias corrections).  step is t >= 1. */
-void adamc_scalars_init(adamc_scalars *s, int64_t step, double lr, double beta1,
-                        double beta2, double eps, double weight_decay,
-                        int decoupled, int amsgrad, int maximize,
-                        int bias_correction, int eps_inside_sqrt);
+void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h);
 
-/* One parameter's buffers: all contiguous, same dtype, same length n. */
+/* One parameter's buffers: all contiguous, the same length n; the state has
+ * the parameter's dtype, the gradient may have the other float dtype (it is
+ * converted to the parameter's in registers, round to nearest). */
 typedef struct {
     void *param;              /* IN/OUT */
     const void *grad;         /* IN     */
@@ -62,7 +81,8 @@ typedef struct {
     int64_t n;                /* elements */
     int64_t offset;           /* sum of n over the tasks before this one */
     const adamc_scalars *s;
-    int dtype;                /* ADAMC_F32 or ADAMC_F64 */
+    int dtype;                /* ADAMC_F32 or ADAMC_F64: param and state */
+    int grad_dtype;           /* ADAMC_F32 or ADAMC_F64                  */
 } adamc_task;
 
 /* The work of n elements, in float32 elements: a float64 element costs

@@ -20,11 +20,11 @@
 
 /* Software prefetch (adam_loop.inc): blocks of 4 cache lines, each asking
  * for the lines 4 KiB ahead in every stream, in ranges of 1 MiB a stream or
- * more.  Chosen by A/B runs of step and probe on this project's 2-core host:
- * from memory, float64 5-8% and float32 2-4% faster (1 KiB ahead was too
- * close for float64, 8 KiB no better than 4); from L3, no difference; from
- * L2 (a 1e5 float32 step), 20% slower, hence the threshold.  README.md,
- * "Large buffers", has the measurements. */
+ * more.  Why: once the sqrt and the division fill the core's window, the
+ * hardware prefetcher alone can fall behind on large buffers; in cache the
+ * extra instructions only cost, hence the threshold.  Whether it pays
+ * depends on the CPU: bench/ab_probe.py re-measures it (step and probe, with
+ * and without), and docs/performance.md logs what each host showed. */
 #define ADAMC_LINE 64
 #define ADAMC_PF_BLOCK (4 * ADAMC_LINE)
 #define ADAMC_PF_AHEAD 4096
@@ -52,32 +52,55 @@
 #define ADAMC_MULADD_F64(a, b, c) ((a) * (b) + (c))
 #endif
 
+/* One instantiation of adam_loop.inc per (parameter, gradient) dtype pair. */
 #define T float
-#define SFX(name) ADAMC_CAT(ADAMC_CAT(name, _f32_), ADAMC_ISA)
+#define G float
+#define SFX(name) ADAMC_CAT(ADAMC_CAT(name, _f32f32_), ADAMC_ISA)
 #define MULADD ADAMC_MULADD_F32
 #define SQRT sqrtf
 #include "adam_loop.inc"
+#undef G
+#undef SFX
+#define G double
+#define SFX(name) ADAMC_CAT(ADAMC_CAT(name, _f32f64_), ADAMC_ISA)
+#include "adam_loop.inc"
 #undef T
+#undef G
 #undef SFX
 #undef MULADD
 #undef SQRT
 
 #define T double
-#define SFX(name) ADAMC_CAT(ADAMC_CAT(name, _f64_), ADAMC_ISA)
+#define G double
+#define SFX(name) ADAMC_CAT(ADAMC_CAT(name, _f64f64_), ADAMC_ISA)
 #define MULADD ADAMC_MULADD_F64
 #define SQRT sqrt
 #include "adam_loop.inc"
+#undef G
+#undef SFX
+#define G float
+#define SFX(name) ADAMC_CAT(ADAMC_CAT(name, _f64f32_), ADAMC_ISA)
+#include "adam_loop.inc"
 #undef T
+#undef G
 #undef SFX
 #undef MULADD
 #undef SQRT
 
 static void ADAMC_CAT(adamc_range_, ADAMC_ISA)(const adamc_task *t, int64_t lo, int64_t hi)
 {
-    if (t->dtype == ADAMC_F32)
-        ADAMC_CAT(adamc_range_f32_, ADAMC_ISA)(t, lo, hi);
-    else
-        ADAMC_CAT(adamc_range_f64_, ADAMC_ISA)(t, lo, hi);
+    const int same = t->grad_dtype == t->dtype;
+    if (t->dtype == ADAMC_F32) {
+        if (same)
+            ADAMC_CAT(adamc_range_f32f32_, ADAMC_ISA)(t, lo, hi);
+        else
+            ADAMC_CAT(adamc_range_f32f64_, ADAMC_ISA)(t, lo, hi);
+    } else {
+        if (same)
+            ADAMC_CAT(adamc_range_f64f64_, ADAMC_ISA)(t, lo, hi);
+        else
+            ADAMC_CAT(adamc_range_f64f32_, ADAMC_ISA)(t, lo, hi);
+    }
 }
 
 #define ADAMC_STR_(x) #x

@@ -8,23 +8,21 @@
 #include <omp.h>
 #endif
 
-void adamc_scalars_init(adamc_scalars *s, int64_t step, double lr, double beta1,
-                        double beta2, double eps, double weight_decay,
-                        int decoupled, int amsgrad, int maximize,
-                        int bias_correction, int eps_inside_sqrt)
+void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h)
 {
     /* Kingma & Ba 2015, Algorithm 1, arranged as torch.optim.Adam does:
      * step_size = lr / (1 - b1^t), denom = sqrt(v) * (1 / sqrt(1 - b2^t)) + eps.
      * pow(x, (double)t) is what Python's x ** t computes. */
-    double bc1 = bias_correction ? 1.0 - pow(beta1, (double)step) : 1.0;
-    double bc2 = bias_correction ? 1.0 - pow(beta2, (double)step) : 1.0;
+    const double lr = h->lr, beta2 = h->beta2, weight_decay = h->weight_decay;
+    double bc1 = h->bias_correction ? 1.0 - pow(h->beta1, (double)step) : 1.0;
+    double bc2 = h->bias_correction ? 1.0 - pow(beta2, (double)step) : 1.0;
     int flags = 0;
 
-    s->grad_sign = maximize ? -1.0 : 1.0;
+    s->grad_sign = h->maximize ? -1.0 : 1.0;
     s->decay = 1.0;
     s->wd = 0.0;
     if (weight_decay != 0.0) {
-        if (decoupled)
+        if (h->decoupled_weight_decay)
             s->decay = 1.0 - lr * weight_decay;  /* Loshchilov & Hutter 2019 */
         else {
             s->wd = weight_decay;
@@ -32,7 +30,7 @@ void adamc_scalars_init(adamc_scalars *s, int64_t step, double lr, double beta1,
         }
     }
     /* torch's lerp switches formula at |weight| = 0.5 for accuracy. */
-    s->lerp_w = 1.0 - beta1;
+    s->lerp_w = 1.0 - h->beta1;
     if (!(fabs(s->lerp_w) < 0.5))
         flags |= ADAMC_LERP_LARGE;
     s->beta2 = beta2;
@@ -42,11 +40,18 @@ void adamc_scalars_init(adamc_scalars *s, int64_t step, double lr, double beta1,
      * speed in cache and for float64; it moves results by rounding only. */
     s->inv_bc2 = 1.0 / bc2;
     s->inv_bc2_sqrt = 1.0 / sqrt(bc2);
-    s->eps = eps;
+    s->eps = h->eps;
     s->neg_step = -(lr / bc1);
-    if (amsgrad)
+    if (h->eps_mode == ADAMC_EPS_MODE_HAT) {
+        /* The eps-hat form folds sqrt(bc2) into the step size, in the order
+         * scikit-learn and Keras compute it, and adds eps to the raw sqrt(v):
+         * the outside-eps loop with a factor of exactly 1 (no rounding). */
+        s->inv_bc2_sqrt = 1.0;
+        s->neg_step = -(lr * sqrt(bc2) / bc1);
+    }
+    if (h->amsgrad)
         flags |= ADAMC_AMSGRAD;
-    if (eps_inside_sqrt)
+    if (h->eps_mode == ADAMC_EPS_MODE_INSIDE)
         flags |= ADAMC_EPS_INSIDE;
     /* Multiplying by exactly 1 changes nothing, so the common case skips
      * both products (their own loop; fewer instructions per element). */

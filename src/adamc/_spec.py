@@ -1,0 +1,188 @@
+"""The one declaration of adamc's hyperparameters and state slots.
+
+Everything else reads these tables: the constructors' signatures and
+docstrings (``_base``), the checks (``_validation``), the reference math
+(``reference``), the C struct the shim fills (``_kernels.pyx``:
+``_fill_hyper``), ``__main__`` and the tests' option lists.  To add an
+option, see ARCHITECTURE.md, "To add an option".
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import namedtuple
+from typing import Any, NamedTuple
+
+__all__ = ["OPTIONS", "SLOTS", "EPS_MODES", "Hypers", "Option", "Slot"]
+
+#: Where epsilon enters the denominator, in the C enum's order (adamc.h).
+EPS_MODES = ("outside", "inside", "hat")
+
+#: Timesteps stay far from int64 overflow (t + 1 is computed in C).
+MAX_STEP = 2**62
+
+#: The classes (and the functional step) that take options.
+VARIANTS = ("Adam", "AdamW", "adam_step")
+
+
+class Option(NamedTuple):
+    """One hyperparameter of a param group.
+
+    ``kind`` names its rule in ``_validation.CHECKS``: ``"lr"`` (a number >= 0
+    or a schedule), ``"real"`` (finite, >= 0), ``"betas"`` (two reals in
+    [0, 1)), ``"bool"``, ``"choice"`` (one of ``choices``).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    doc: str
+    choices: tuple = ()
+    positional: bool = False        # may be passed by position to the classes
+    defaults: dict = {}             # per-variant default, where it differs
+    forced: dict = {}               # per-variant value the user cannot change
+    synonyms: tuple = ()            # (old keyword, its meaning) pairs
+
+    def default_for(self, variant):
+        return self.forced.get(variant, self.defaults.get(variant, self.default))
+
+
+OPTIONS = (
+    Option("lr", "lr", 1e-3, positional=True, doc=(
+        "Learning rate, or a schedule ``lr(step) -> float`` called once per "
+        "step with the timestep t (1-based) of the parameters it applies to.")),
+    Option("betas", "betas", (0.9, 0.999), positional=True, doc=(
+        "Decay rates of the first and second moment estimates, in [0, 1).")),
+    Option("eps", "real", 1e-8, positional=True, doc=(
+        "Added to the denominator for numerical stability (see ``eps_mode``).")),
+    Option("weight_decay", "real", 0.0, positional=True, defaults={"AdamW": 1e-2}, doc=(
+        "L2 penalty added to the gradient, or with ``decoupled_weight_decay`` "
+        "a multiplicative decay ``p *= 1 - lr * weight_decay`` (AdamW).")),
+    Option("amsgrad", "bool", False, doc=(
+        "Use the running maximum of the second moment (Reddi et al. 2018).")),
+    Option("maximize", "bool", False, doc="Maximize the objective (negate the gradient)."),
+    Option("decoupled_weight_decay", "bool", False, forced={"AdamW": True}, doc=(
+        "Apply weight decay as AdamW does (Loshchilov & Hutter 2019).")),
+    Option("bias_correction", "bool", True, doc=(
+        "Divide the moments by ``1 - beta^t``; False drops both corrections.")),
+    Option("eps_mode", "choice", "outside", choices=EPS_MODES,
+           synonyms=(("eps_inside_sqrt", "inside"),), doc=(
+        "``\"outside\"``: ``sqrt(v_hat) + eps`` (torch; Kingma & Ba 2015, "
+        "Algorithm 1).  ``\"inside\"``: ``sqrt(v_hat + eps)``.  ``\"hat\"``: "
+        "the paper's epsilon-hat form that Keras, TensorFlow and scikit-learn "
+        "use, ``p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``.  "
+        "``eps_inside_sqrt=True`` is accepted as a synonym for "
+        "``eps_mode=\"inside\"``.")),
+)
+
+OPTION = {o.name: o for o in OPTIONS}
+#: Old keywords accepted as another way to set an option: name -> (option, value when True).
+SYNONYMS = {syn: (o.name, val) for o in OPTIONS for syn, val in o.synonyms}
+
+
+def _hyper_fields():
+    for o in OPTIONS:
+        yield from (("beta1", "beta2") if o.kind == "betas" else (o.name,))
+
+
+#: One param group's validated hyperparameters (``_validation.group_values``):
+#: the OPTIONS in order, ``betas`` split into ``beta1`` and ``beta2``; ``lr``
+#: a float, or the schedule itself when it is callable.
+Hypers = namedtuple("Hypers", tuple(_hyper_fields()))
+
+#: The functional step's keyword names for the options (``betas`` split).
+FUNCTIONAL_NAMES = Hypers._fields
+
+
+class Slot(NamedTuple):
+    """One per-parameter state buffer: its name in state_dicts and
+    checkpoints, and the option that must be on for it to exist (None:
+    always).  Every slot has the parameter's dtype, shape and memory order
+    and starts at zeros."""
+
+    name: str
+    needs: str | None
+    doc: str
+
+
+SLOTS = (
+    Slot("exp_avg", None, "first moment estimate m"),
+    Slot("exp_avg_sq", None, "second moment estimate v"),
+    Slot("max_exp_avg_sq", "amsgrad", "running maximum of v (amsgrad)"),
+)
+SLOT_NAMES = tuple(s.name for s in SLOTS)
+
+
+def slots_for(hypers):
+    """The names of the slots a parameter stepping with ``hypers`` needs."""
+    return tuple(s.name for s in SLOTS if s.needs is None or getattr(hypers, s.needs))
+
+
+def defaults(variant):
+    """{option: default} for one of VARIANTS."""
+    return {o.name: o.default_for(variant) for o in OPTIONS}
+
+
+def forced(variant):
+    """{option: value} the variant fixes."""
+    return {o.name: o.forced[variant] for o in OPTIONS if variant in o.forced}
+
+
+def signature(variant):
+    """The constructor signature of Adam/AdamW: ``(params, lr, betas, eps,
+    weight_decay, *, amsgrad, ...)``, the synonyms keyword-only at the end."""
+    P = inspect.Parameter
+    params = [P("params", P.POSITIONAL_OR_KEYWORD)]
+    for o in OPTIONS:
+        if o.name in forced(variant):
+            continue
+        kind = P.POSITIONAL_OR_KEYWORD if o.positional else P.KEYWORD_ONLY
+        params.append(P(o.name, kind, default=o.default_for(variant)))
+    params += [P(syn, P.KEYWORD_ONLY, default=None) for syn in SYNONYMS]
+    return inspect.Signature(params)
+
+
+def functional_signature():
+    """adam_step's signature: the buffers, ``step``, then every option as a
+    keyword (``betas`` as ``beta1``, ``beta2``), the synonyms last."""
+    P = inspect.Parameter
+    params = [P(n, P.POSITIONAL_OR_KEYWORD)
+              for n in ("param", "grad", "exp_avg", "exp_avg_sq")]
+    params += [P("step", P.KEYWORD_ONLY), P("max_exp_avg_sq", P.KEYWORD_ONLY, default=None)]
+    for o in OPTIONS:
+        d = o.default_for("adam_step")
+        if o.kind == "betas":
+            params += [P("beta1", P.KEYWORD_ONLY, default=d[0]),
+                       P("beta2", P.KEYWORD_ONLY, default=d[1])]
+        else:
+            params.append(P(o.name, P.KEYWORD_ONLY, default=d))
+    params += [P(syn, P.KEYWORD_ONLY, default=None) for syn in SYNONYMS]
+    return inspect.Signature(params)
+
+
+def parameters_doc(variant):
+    """The numpydoc "Parameters" entries of the options, for docstrings."""
+    lines = []
+    for o in OPTIONS:
+        if o.name in forced(variant):
+            continue
+        default = o.default_for(variant)
+        kind = {"lr": "float or callable", "betas": "(float, float)", "real": "float",
+                "bool": "bool", "choice": "str"}[o.kind]
+        lines.append(f"{o.name} : {kind}, default {default!r}")
+        lines.append(f"    {o.doc}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------
+# The engine protocol: the status codes an engine's step(grads, groups)
+# returns to the optimizer (_base.py), which resolves each and steps again.
+# Both engines speak it: _kernels.Engine (compiled) and reference.Engine.
+
+OK = 0            #: stepped
+GRADS_LIST = 6    #: grads is not a list of one entry per parameter: grads_list, step again
+NEED_GROUPS = 1   #: the group list or a hyperparameter object changed: validate, set_groups
+BAD_PARAM = 2     #: parameter ``engine.bad_index`` changed or is invalid: raise
+BAD_GRAD = 3      #: gradient ``engine.bad_index`` fails a check: raise
+NEED_LR = 4       #: schedules to call: ``engine.wanted_lrs()`` -> set_lrs
+NEED_STATE = 5    #: ``engine.stateless()`` step for the first time (or gain amsgrad): set_states
