@@ -42,30 +42,34 @@ class Option(NamedTuple):
     defaults: dict = {}             # per-variant default, where it differs
     forced: dict = {}               # per-variant value the user cannot change
     synonyms: tuple = ()            # (old keyword, its meaning) pairs
+    example: Any = None             # a value that changes a step (tests/test_spec.py)
 
     def default_for(self, variant):
         return self.forced.get(variant, self.defaults.get(variant, self.default))
 
 
 OPTIONS = (
-    Option("lr", "lr", 1e-3, positional=True, doc=(
+    Option("lr", "lr", 1e-3, positional=True, example=0.02, doc=(
         "Learning rate, or a schedule ``lr(step) -> float`` called once per "
         "step with the timestep t (1-based) of the parameters it applies to.")),
-    Option("betas", "betas", (0.9, 0.999), positional=True, doc=(
+    Option("betas", "betas", (0.9, 0.999), positional=True, example=(0.5, 0.9), doc=(
         "Decay rates of the first and second moment estimates, in [0, 1).")),
-    Option("eps", "real", 1e-8, positional=True, doc=(
+    Option("eps", "real", 1e-8, positional=True, example=0.5, doc=(
         "Added to the denominator for numerical stability (see ``eps_mode``).")),
-    Option("weight_decay", "real", 0.0, positional=True, defaults={"AdamW": 1e-2}, doc=(
+    Option("weight_decay", "real", 0.0, positional=True, defaults={"AdamW": 1e-2},
+           example=0.3, doc=(
         "L2 penalty added to the gradient, or with ``decoupled_weight_decay`` "
         "a multiplicative decay ``p *= 1 - lr * weight_decay`` (AdamW).")),
-    Option("amsgrad", "bool", False, doc=(
+    Option("amsgrad", "bool", False, example=True, doc=(
         "Use the running maximum of the second moment (Reddi et al. 2018).")),
-    Option("maximize", "bool", False, doc="Maximize the objective (negate the gradient)."),
-    Option("decoupled_weight_decay", "bool", False, forced={"AdamW": True}, doc=(
+    Option("maximize", "bool", False, example=True,
+           doc="Maximize the objective (negate the gradient)."),
+    Option("decoupled_weight_decay", "bool", False, forced={"AdamW": True}, example=True,
+           doc=(
         "Apply weight decay as AdamW does (Loshchilov & Hutter 2019).")),
-    Option("bias_correction", "bool", True, doc=(
+    Option("bias_correction", "bool", True, example=False, doc=(
         "Divide the moments by ``1 - beta^t``; False drops both corrections.")),
-    Option("eps_mode", "choice", "outside", choices=EPS_MODES,
+    Option("eps_mode", "choice", "outside", choices=EPS_MODES, example="hat",
            synonyms=(("eps_inside_sqrt", "inside"),), doc=(
         "``\"outside\"``: ``sqrt(v_hat) + eps`` (torch; Kingma & Ba 2015, "
         "Algorithm 1).  ``\"inside\"``: ``sqrt(v_hat + eps)``.  ``\"hat\"``: "

@@ -118,11 +118,13 @@ def _check_option(o, value, where):
     return (check_choice(value, o.name, o.choices, where),)
 
 
-def resolve_synonyms(options, where=""):
+def resolve_synonyms(options, where="", *, complete=False):
     """``options`` (name -> value, as given) with each old keyword
     (``eps_inside_sqrt``) folded into its option, in a new dict.  True sets
     the option unless it was given otherwise (a ValueError); False only
-    contradicts an option given as the synonym's meaning; None says nothing."""
+    contradicts an option given as the synonym's meaning, or with
+    ``complete`` (a saved group from before the option, which the synonym
+    described whole) sets the option's default; None says nothing."""
     out = dict(options)
     for syn, (name, meaning) in SYNONYMS.items():
         if syn not in out:
@@ -139,6 +141,8 @@ def resolve_synonyms(options, where=""):
             )
         if flag:
             out[name] = meaning
+        elif complete and name not in out:
+            out[name] = OPTION[name].default
     return out
 
 
@@ -618,7 +622,8 @@ def check_state_dict(sd, param_groups, params, names, variant):
             if list(saved["param_names"]) != list(ours["param_names"]):
                 raise ValueError(f"{where}['param_names'] do not match this optimizer's")
         # a state_dict from before eps_mode carries eps_inside_sqrt instead
-        hyper = resolve_synonyms({k: v for k, v in saved.items() if k in GROUP_KEYS}, where)
+        hyper = resolve_synonyms({k: v for k, v in saved.items() if k in GROUP_KEYS}, where,
+                                 complete=True)
         hyper.update({k: v for k, v in saved.items()
                       if k not in GROUP_KEYS and k not in ("params", "param_names")})
         merged = {k: v for k, v in ours.items() if k not in SYNONYMS}
