@@ -757,22 +757,35 @@ cdef class Engine:
         """One step of every parameter whose gradient is not None; returns
         a status of the engine protocol (_spec.py): OK, or what the
         optimizer must resolve first (nothing has changed then)."""
-        cdef Py_ssize_t i, gi, n = self.n, ntask = 0, prev_g = -1
-        cdef int64_t t, prev_t = -1, offset = 0, work = 0
-        cdef Plan *q
-        cdef GroupPlan *gp
-        cdef adamc_scalars *s = NULL
-        cdef adamc_task *task
-        cdef adamc_hyper h
-        cdef bint need_state = False
-        cdef int nthreads
-        if type(grads) is not list or len(<list>grads) != n:
+        cdef Py_ssize_t i
+        cdef int64_t ntask, work = 0
+        cdef int status, nthreads
+        if type(grads) is not list or len(<list>grads) != self.n:
             return GRADS_LIST
         if not self._groups_unchanged(groups):
             return NEED_GROUPS
-        # every parameter and gradient, before anything changes
+        status = self._check_inputs(grads)
+        if status != OK:
+            return status
+        ntask = self._fill_tasks(&work)
+        nthreads = _threads_for(work)
+        if self.lrs:
+            self.lrs = {}
+        with nogil:
+            adamc_multi_step(_kernel, self.tasks, ntask, nthreads)
+            for i in range(self.n):
+                if self.plan[i].active:
+                    self.steps[i] += 1
+        return OK
+
+    cdef int _check_inputs(self, list grads) except -1:
+        """Every parameter and gradient, before anything changes; then what
+        the optimizer must supply first (schedules' values, state)."""
+        cdef Py_ssize_t i
+        cdef Plan *q
+        cdef bint need_state = False
         self.wanted = []
-        for i in range(n):
+        for i in range(self.n):
             g = grads[i]
             q = &self.plan[i]
             q.active = g is not None
@@ -793,10 +806,19 @@ cdef class Engine:
                     self.wanted.append(key)
         if self.wanted:
             return NEED_LR
-        if need_state:
-            return NEED_STATE
-        # scalars and tasks
-        for i in range(n):
+        return NEED_STATE if need_state else OK
+
+    cdef int64_t _fill_tasks(self, int64_t *work) except -1:
+        """The per-step scalars (once per group and timestep) and one task
+        per active parameter; returns the number of tasks."""
+        cdef Py_ssize_t i, gi, prev_g = -1
+        cdef int64_t t, prev_t = -1, offset = 0, ntask = 0
+        cdef Plan *q
+        cdef GroupPlan *gp
+        cdef adamc_scalars *s = NULL
+        cdef adamc_task *task
+        cdef adamc_hyper h
+        for i in range(self.n):
             q = &self.plan[i]
             if not q.active:
                 continue
@@ -822,14 +844,6 @@ cdef class Engine:
             task.dtype = q.dtype
             task.grad_dtype = q.gtype
             offset += q.size
-            work += adamc_work(q.size, q.dtype)
+            work[0] += adamc_work(q.size, q.dtype)
             ntask += 1
-        nthreads = _threads_for(work)
-        if self.lrs:
-            self.lrs = {}
-        with nogil:
-            adamc_multi_step(_kernel, self.tasks, ntask, nthreads)
-            for i in range(n):
-                if self.plan[i].active:
-                    self.steps[i] += 1
-        return OK
+        return ntask
