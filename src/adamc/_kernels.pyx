@@ -32,6 +32,7 @@ A fast check may say no to a valid input (the rule then decides: a Python
 int beyond 2**53, a float subclass); it never says yes to an invalid one.
 """
 
+cimport cython
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uintptr_t
 from libc.stdlib cimport malloc, free
@@ -520,6 +521,7 @@ cdef struct GroupPlan:
     bint lr_is_callable
 
 
+@cython.final
 cdef class Engine:
     """The compiled engine: a per-parameter plan of pointers and metadata,
     cached when the engine is built, so that a step reads each gradient's
@@ -662,7 +664,7 @@ cdef class Engine:
 
     # -- internals --------------------------------------------------------
 
-    cdef bint _needs_state(self, Py_ssize_t i):
+    cdef inline bint _needs_state(self, Py_ssize_t i):
         return self.plan[i].m == NULL or (
             self.gplan[self.plan[i].group].h.amsgrad and self.plan[i].x == NULL)
 
@@ -682,7 +684,7 @@ cdef class Engine:
         for i in range(self.nspans):
             self.span_lo[i], self.span_hi[i] = spans[i]
 
-    cdef bint _overlaps_written(self, cnp.ndarray g):
+    cdef inline bint _overlaps_written(self, cnp.ndarray g):
         cdef uintptr_t lo, hi
         cdef Py_ssize_t a = -1, b = self.nspans, mid
         if not cnp.PyArray_NBYTES(g):
@@ -697,7 +699,7 @@ cdef class Engine:
                 b = mid
         return a >= 0 and self.span_hi[a] > lo
 
-    cdef bint _param_unchanged(self, Py_ssize_t i):
+    cdef inline bint _param_unchanged(self, Py_ssize_t i):
         """Parameter i is still what it was when the engine was built
         (arrays can be reshaped, re-typed or made read-only in place)."""
         cdef cnp.ndarray p = self.params[i]
@@ -708,7 +710,7 @@ cdef class Engine:
                 and (cnp.PyArray_IS_C_CONTIGUOUS(p) if q.c_order
                      else cnp.PyArray_IS_F_CONTIGUOUS(p)))
 
-    cdef bint _grad_ok(self, Py_ssize_t i, object g):
+    cdef inline bint _grad_ok(self, Py_ssize_t i, object g):
         cdef Plan *q = &self.plan[i]
         cdef cnp.ndarray ga
         if not cnp.PyArray_Check(g):
