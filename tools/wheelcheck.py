@@ -230,7 +230,8 @@ def check_sdist(path: str, source: str) -> Result:
         names = sorted(mb.name.split("/", 1)[1] for mb in tf.getmembers() if mb.isfile() and "/" in mb.name)
     r.facts.update(sdist=os.path.basename(path), files=len(names))
     required = set(SDIST_REQUIRED) | {"src/" + p for p in source_modules(source)}
-    for pattern in ("src/adamc/csrc/**/*.[ch]", "src/adamc/csrc/**/*.inc", "tests/*.py"):
+    for pattern in ("src/adamc/csrc/**/*.[ch]", "src/adamc/csrc/**/*.inc", "tests/*.py",
+                    "tests/data/*"):
         required |= {os.path.relpath(p, source).replace(os.sep, "/")
                      for p in glob.glob(os.path.join(source, pattern), recursive=True)}
     if required - set(names):
