@@ -3,8 +3,8 @@
 OpenMP wait policy.  GNU libgomp's workers spin for a while after each
 parallel region by default.  A training loop alternates adamc steps with
 NumPy's BLAS calls, whose own threads then fight the spinning workers for
-the cores: on the 2-core development machine a 20k-element step after a
-small matmul took 15 ms instead of 80 us (bench/thread_contention.py).
+the cores: a small step after a small matmul can take a hundred times
+longer (bench/thread_contention.py re-measures it; docs/performance.md).
 Sleeping workers cost a wake-up per step instead, which the serial cutoff
 accounts for.  libgomp reads OMP_WAIT_POLICY once, when it is loaded, so
 adamc sets PASSIVE for exactly the load of its extension, unless the user

@@ -5,78 +5,10 @@
 to ``opt.load_state_dict``, so a bad file raises ``ValueError`` and leaves the
 optimizer exactly as it was.
 
-File format (version 1)
------------------------
-A ``.npz`` file: a ZIP archive with *stored* (uncompressed) members, each an
-``.npy`` array, readable with ``numpy.load(path, allow_pickle=False)``.
-Members:
-
-``header.npy``
-    1-D uint8 array: UTF-8 (pure ASCII) JSON object with exactly the keys
-
-    - ``"format"``: ``"adamc-optimizer-state"`` (the magic)
-    - ``"version"``: ``1``
-    - ``"optimizer"``, ``"adamc_version"``: informational, not checked
-    - ``"param_groups"``: list of the state_dict's groups, every key kept,
-      values in the encoding below
-    - ``"state"``: list, sorted by parameter, of
-      ``{"param": int, "step": int, "exp_avg": k, "exp_avg_sq": k
-      [, "max_exp_avg_sq": k]}`` where ``k`` indexes ``"arrays"``
-    - ``"arrays"``: list of ``{"dtype": "<f4" | "<f8", "shape": [...],
-      "order": "C" | "F"}``; entry ``k`` is stored as member ``a<k>.npy``
-
-    Group values: ``null``/booleans/integers/strings/lists as themselves,
-    finite floats as JSON numbers (Python's shortest repr, which reads back
-    bit-exactly), ``{"tuple": [...]}`` for tuples, ``{"float": "nan" | "inf"
-    | "-inf"}`` for non-finite floats and ``{"schedule": "<name>"}`` for a
-    callable ``lr`` (see below).  Anything else is refused at save time.
-
-``a<k>.npy``
-    The state arrays, little-endian, in their memory order (``"order"``),
-    exactly as listed in the header.
-
-``sha256.npy``
-    32-byte uint8 array: SHA-256 of ``b"adamc-optimizer-state\\0"``, then
-    the header bytes preceded by their length (8-byte little-endian), then
-    for each array ``k`` in order its raw data bytes (little-endian, in the
-    header's order) preceded by their length.  Dtype, shape and order are
-    covered through the header, and each member's ``.npy`` header must agree
-    with the JSON header.
-
-The writer is deterministic: the same state gives the same bytes.
-
-Why this format: it cannot execute code on load (no pickle anywhere: the
-reader parses each ``.npy`` header itself, accepts only uint8/float32/
-float64, checks sizes before allocating, never calls a pickle path, and any
-other dtype, including object arrays, is refused); it is a standard,
-inspectable container that NumPy alone reads; and the checksum covers every
-byte of content in a fixed order, so truncation or corruption anywhere is
-detected (ZIP's own CRC-32 catches most of it first; SHA-256 catches what a
-CRC can miss or a rewritten archive would hide).
-
-Learning-rate schedules
------------------------
-A callable ``lr`` cannot be stored.  Instead of refusing, the file records a
-marker ``{"schedule": "<qualified name>"}``, and ``load_state`` *requires the
-caller to re-supply it*: the target optimizer's group must already hold a
-callable ``lr`` (construct it with the same schedule), which it keeps; if it
-holds a number instead, loading fails with ``ValueError``.  Justification:
-adamc calls a schedule as ``lr(t)`` with the per-parameter timestep, and the
-timesteps are in the checkpoint, so a schedule that is a function of ``t``
-resumes bit-identically; refusing would make every scheduled run
-uncheckpointable.  Not protected: re-supplying a *different* schedule, or a
-callable with hidden state of its own (save that state yourself).
-
-Durability
-----------
-``save_state`` writes a temporary file ``.<name>.<random>.tmp`` in the
-target's directory, flushes and ``os.fsync``s it, ``os.replace``s it onto
-the target and then fsyncs the directory (skipped where the OS does not
-support it, e.g. Windows).  A crash at any point leaves either the old or
-the new complete checkpoint at ``path``.  On any error, including
-``KeyboardInterrupt``, the temporary file is removed; only a process that is
-killed outright (SIGKILL, power loss) can leave one behind, and it is never
-mistaken for the checkpoint.
+The file format (version 1: a ``.npz`` of stored ``.npy`` members, a JSON
+header, a SHA-256 over every byte of content), how schedules are recorded,
+and the durability guarantees are specified in docs/checkpoint-format.md;
+this module is their one implementation.  Nothing is ever unpickled.
 
 Only the optimizer's state is saved, not the parameters themselves: save
 those too (consistently with the optimizer, i.e. between steps).

@@ -73,9 +73,9 @@ int adamc_user_num_threads(void) { return user_threads; }
  * counts twice), one thread does it all: entering a parallel region costs
  * more than it saves, and each thread gets at least half of it.  adamc's
  * OpenMP workers sleep between steps (_runtime.py), so a parallel step pays
- * their wake-up (~17 us on the development machine).  bench/thread_cutoff.py
- * --between none, 2 cores: two threads break even at 64k float32 elements
- * and are clearly faster (0.75x) from 128k, hence 2^17.
+ * their wake-up.  The value is where two threads were clearly faster than
+ * one on the development hosts; bench/thread_cutoff.py re-measures it, and
+ * docs/performance.md logs what each host showed.
  * Override with ADAMC_SERIAL_CUTOFF (read at every step). */
 int64_t adamc_serial_cutoff(void)
 {
