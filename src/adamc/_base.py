@@ -84,7 +84,7 @@ class _Optimizer:
             self._engine.set_steps(np.concatenate(
                 [old.steps, np.zeros(len(self._params) - n, dtype=np.int64)]))
 
-    def step(self, grads) -> None:
+    def step(self, grads=V.NO_GRADS) -> None:
         """Update every parameter in place from its gradient.
 
         Parameters
@@ -102,6 +102,10 @@ class _Optimizer:
             if self._names is None and not self._engine.step(grads, self.param_groups):
                 return
             self._step_slowly(grads)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Not needed: adamc takes the gradients as ``step``'s argument."""
+        V.no_zero_grad()
 
     def _step_slowly(self, grads):
         """The engine said no (or the grads are a mapping): resolve what it

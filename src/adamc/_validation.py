@@ -196,34 +196,65 @@ def check_step(step, where=""):
 # reads and, when one fails, calls these to raise the message.
 
 
-def check_array(a, label):
-    """A float32/float64, native-order, item-aligned, contiguous ndarray."""
+TORCH_HELP = "README.md, 'Using adamc with PyTorch'"
+
+
+def _foreign_array_hint(a, label, updated):
+    """The advice that works for another library's array object."""
+    module = type(a).__module__.split(".")[0]
+    name = f"{module}.{type(a).__name__}"
+    if module == "torch":
+        view = ("p.detach().numpy()" if updated else "p.grad.numpy()")
+        return (f"{label} is a {name}; pass a NumPy view of a CPU tensor's storage, "
+                f"{view} (same dtype; after .cpu() or a dtype change it is a copy "
+                f"and the model would not train): see {TORCH_HELP}")
+    if updated:
+        return (f"{label} is a {name}; adamc updates NumPy arrays in place, and "
+                f"np.asarray on a {name} may copy it, so adamc would step the copy and "
+                f"your model would not change; pass a NumPy array that shares the "
+                f"parameter's memory (if {module} offers one) and keep using it")
+    return (f"{label} is a {name}; convert it with np.asarray(g) (a copy is fine "
+            "for a gradient)")
+
+
+def check_array(a, label, role="param"):
+    """A float32/float64, native-order, item-aligned, contiguous ndarray.
+
+    ``role``: "param" (updated in place: a conversion hint says to keep
+    using the converted array), "grad" or "state" (read, or ours)."""
+    updated = role == "param"
+    keep = (" and keep using that array: adamc updates the array you pass, not the "
+            "original" if updated else "")
     if not isinstance(a, np.ndarray):
+        if type(a).__module__.split(".")[0] not in ("builtins", "numpy") and (
+                hasattr(a, "__array__") or hasattr(a, "__dlpack__")
+                or hasattr(a, "__array_interface__")):
+            raise TypeError(_foreign_array_hint(a, label, updated))
         raise TypeError(
             f"{label} must be a numpy.ndarray, got {type(a).__name__}; "
-            "convert it with np.asarray(x, dtype=np.float32)"
+            f"convert it with np.asarray(x, dtype=np.float32){keep}"
         )
     dt = a.dtype
     if dt.kind != "f" or dt.itemsize not in (4, 8):
         raise TypeError(
             f"{label} must have dtype float32 or float64, got {dt}; "
-            "convert it with .astype(np.float32)"
+            f"convert it with .astype(np.float32){keep}"
         )
     if not dt.isnative:
         raise TypeError(
             f"{label} has non-native byte order ({dt.str}); convert it with "
-            f".astype(np.dtype('{dt.name}'))"
+            f".astype(np.dtype('{dt.name}')){keep}"
         )
     if not (a.flags.c_contiguous or a.flags.f_contiguous):
         raise ValueError(
             f"{label} is not contiguous (strides {a.strides}); adamc works on "
-            "C- or F-contiguous buffers: pass np.ascontiguousarray(x) and keep "
-            "using that array"
+            "C- or F-contiguous buffers: pass np.ascontiguousarray(x)"
+            + (keep or "")
         )
     if not a.flags.aligned:
         raise ValueError(
             f"{label} is not aligned to its {dt.itemsize}-byte item size; "
-            "copy it with np.require(x, requirements='A')"
+            f"copy it with np.require(x, requirements='A'){keep}"
         )
 
 
@@ -314,7 +345,7 @@ def check_step_buffers(param, grad, exp_avg, exp_avg_sq, amsgrad, max_exp_avg_sq
         check_array(a, name)
         check_writeable(a, name)
         check_like(a, param, name, "param")
-    check_array(grad, "grad")
+    check_array(grad, "grad", role="grad")
     check_like(grad, param, "grad", "param", any_float=True)
     written = [param] + [a for _, a in named]
     labels = ["param"] + [name for name, _ in named]
@@ -480,8 +511,23 @@ def check_param_group_arg(param_group, named):
 # A step: the gradients, the groups' structure, each parameter and gradient.
 
 
+#: step()'s default: no gradients given (the torch habit), an error.
+NO_GRADS = type("NoGrads", (), {"__repr__": lambda self: "<no grads>"})()
+
+_GRADS_ARE_ARGUMENTS = (
+    "adamc takes the gradients as step's argument, opt.step([g0, g1, ...]) in "
+    "parameter order (or a mapping by name), and does not read a .grad attribute")
+
+
+def no_zero_grad():
+    raise TypeError(
+        f"zero_grad() has nothing to do: {_GRADS_ARE_ARGUMENTS}; drop the call")
+
+
 def grads_list(grads, n, names):
     """grads as a list in parameter order, or an error naming the mismatch."""
+    if grads is NO_GRADS:
+        raise TypeError(f"step() needs the gradients: {_GRADS_ARE_ARGUMENTS}")
     if names is not None:
         if not isinstance(grads, Mapping):
             raise TypeError(
@@ -578,7 +624,7 @@ def explain_grad(p, g, plab, glab, spans):
     """Raise the error for gradient ``g`` of parameter ``p``, if it has one."""
     check_array(p, plab)
     check_writeable(p, plab)
-    check_array(g, glab)
+    check_array(g, glab, role="grad")
     check_like(g, p, glab, plab, any_float=True)
     check_no_overlap(g, glab, spans)
 

@@ -277,6 +277,11 @@ def save_state(opt, path):
     digest = _digest(header, raws)
 
     directory, base = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"cannot save to {path!r}: the directory {directory!r} does not exist; "
+            f"create it first, e.g. os.makedirs({directory!r}, exist_ok=True)", path)
     tmp, fd = _open_temp(directory, base)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -1,0 +1,102 @@
+"""The mistakes a new user makes first get an error that leads to the fix
+that works, and change nothing."""
+
+import os
+
+import numpy as np
+import pytest
+
+import adamc
+from adamc import reference
+
+IMPLS = [adamc, reference]
+
+
+def fake_array_type(module, name="Tensor"):
+    """A stand-in for another library's array class (torch is not a test
+    dependency): the module name and the array protocol are what adamc sees."""
+    return type(name, (), {"__module__": module,
+                           "__array__": lambda self, dtype=None, copy=None: np.zeros(3)})
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_torch_tensor_parameters_get_the_view_advice(impl):
+    t = fake_array_type("torch")()
+    with pytest.raises(TypeError, match=r"params\[0\] is a torch.Tensor; .*p\.detach\(\)\.numpy\(\)"
+                                        r".*same dtype.*would not train.*Using adamc with PyTorch"):
+        impl.Adam([t])
+    w = np.zeros(3)
+    opt = impl.Adam([w])
+    with pytest.raises(TypeError, match=r"grads\[0\] is a torch.Tensor; .*p\.grad\.numpy\(\)"):
+        opt.step([t])
+    assert not w.any()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_other_array_libraries_are_told_a_copy_would_not_train(impl):
+    a = fake_array_type("jax", "Array")()
+    with pytest.raises(TypeError, match=r"params\[0\] is a jax.Array; .*may copy it.*step the "
+                                        r"copy.*keep using it"):
+        impl.Adam([a])
+    w = np.zeros(3)
+    with pytest.raises(TypeError, match=r"grads\[0\] is a jax.Array; convert it with "
+                                        r"np.asarray\(g\) \(a copy is fine"):
+        impl.Adam([w]).step([a])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("bad, msg", [
+    ([0.0, 1.0], r"np\.asarray\(x, dtype=np\.float32\) and keep using that array"),
+    (np.zeros(3, np.float16), r"\.astype\(np\.float32\) and keep using that array"),
+    (np.zeros(3, np.int32), r"\.astype\(np\.float32\) and keep using that array"),
+    (np.zeros(6)[::2], r"np\.ascontiguousarray\(x\) and keep using that array"),
+])
+def test_parameter_conversion_hints_say_keep_the_converted_array(impl, bad, msg):
+    with pytest.raises((TypeError, ValueError), match=msg):
+        impl.Adam([bad])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradient_conversion_hints_do_not(impl):
+    w = np.zeros(3)
+    opt = impl.Adam([w])
+    with pytest.raises(TypeError) as e:
+        opt.step([np.zeros(3, np.float16)])
+    assert "keep using" not in str(e.value)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_step_without_gradients_and_zero_grad_explain(impl):
+    w = np.ones(3)
+    opt = impl.Adam([w])
+    with pytest.raises(TypeError, match=r"step\(\) needs the gradients: adamc takes the "
+                                        r"gradients as step's argument, opt\.step\(\[g0, g1, "
+                                        r"\.\.\.\]\).*does not read a \.grad"):
+        opt.step()
+    with pytest.raises(TypeError, match=r"zero_grad\(\) has nothing to do: .*opt\.step\(\[g0"):
+        opt.zero_grad()
+    assert (w == 1).all() and opt.state_dict()["state"] == {}
+
+
+def test_save_state_into_a_missing_directory_names_the_users_path(tmp_path):
+    w = np.ones(3)
+    opt = adamc.Adam([w])
+    opt.step([np.ones(3)])
+    path = tmp_path / "ckpt" / "opt.npz"
+    with pytest.raises(FileNotFoundError) as e:
+        adamc.save_state(opt, path)
+    text = str(e.value)
+    assert str(path) in text and "does not exist" in text and ".tmp" not in text
+    assert "os.makedirs" in text
+    assert not (tmp_path / "ckpt").exists() and os.listdir(tmp_path) == []
+
+
+def test_real_torch_tensors():
+    torch = pytest.importorskip("torch")
+    p = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(TypeError, match=r"p\.detach\(\)\.numpy\(\)"):
+        adamc.Adam([p])
+    w = p.detach().numpy()  # the advice works: a view, stepped in place
+    opt = adamc.Adam([w], lr=0.1)
+    opt.step([np.ones(3, np.float32)])
+    assert (p.detach() < 0).all()
