@@ -1,16 +1,17 @@
 """Hypothesis settings profiles for adamc's property-based tests.
 
-Imported by tests/test_properties.py and tests/test_fuzz.py (conftest.py is
-left alone).  The profile comes from the environment variable
+Imported by tests/_strategies.py and tests/_fuzzing.py (so by every
+tests/test_properties_*.py and tests/test_fuzz_*.py; conftest.py is left
+alone).  The profile comes from the environment variable
 ``ADAMC_HYPOTHESIS_PROFILE``:
 
     dev (default)  ~40 examples per test, short state-machine runs: a quick
-                   local check (the two files together take well under 30 s
-                   on a 2-core machine)
+                   local check (the property and fuzz files together take
+                   well under 30 s on a 2-core machine)
     ci             several hundred examples per test and longer state-machine
                    runs, for CI
 
-    ADAMC_HYPOTHESIS_PROFILE=ci python -m pytest tests/test_properties.py tests/test_fuzz.py
+    ADAMC_HYPOTHESIS_PROFILE=ci python -m pytest tests/test_properties_*.py tests/test_fuzz_*.py
 
 ``deadline=None`` everywhere: timings on shared machines are too noisy for
 per-example deadlines to mean anything.  Examples are random (not

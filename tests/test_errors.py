@@ -8,49 +8,18 @@ import pytest
 import adamc
 from adamc import reference
 
-from conftest import like, make_array
-
-IMPLS = [adamc, reference]
-
-
-def snapshot(opt):
-    """Everything a failed call must leave as it was."""
-    return (
-        [p.copy(order="K") for p in opt._params],
-        opt.state_dict(),
-        copy.deepcopy([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]),
-    )
-
-
-def assert_unchanged(opt, snap, groups=True):
-    params, sd, _ = snap
-    for a, b in zip(opt._params, params):
-        np.testing.assert_array_equal(a, b)
-    now = opt.state_dict()
-    if groups:
-        assert now["param_groups"] == sd["param_groups"]
-    assert now["state"].keys() == sd["state"].keys()
-    for i, e in sd["state"].items():
-        assert now["state"][i]["step"] == e["step"]
-        for k in e:
-            if k != "step":
-                np.testing.assert_array_equal(now["state"][i][k], e[k])
-
-
-@pytest.fixture(params=IMPLS, ids=["adamc", "reference"])
-def impl(request):
-    return request.param
+from _toolkit import assert_unchanged, random_array, random_like, snapshot, state_of
 
 
 @pytest.fixture
 def stepped(rng, impl):
     """An optimizer with three parameters, stepped twice."""
-    ps = [make_array(rng, (5,), np.float32, "C"),
-          make_array(rng, (3, 4), np.float64, "F"),
-          make_array(rng, (7,), np.float32, "C")]
+    ps = [random_array(rng, (5,), np.float32, "C"),
+          random_array(rng, (3, 4), np.float64, "F"),
+          random_array(rng, (7,), np.float32, "C")]
     opt = impl.Adam(ps, lr=0.01, amsgrad=True)
     for _ in range(2):
-        opt.step([like(rng, p) for p in ps])
+        opt.step([random_like(rng, p) for p in ps])
     return opt, ps
 
 
@@ -158,7 +127,7 @@ def test_duplicate_names(impl):
 # ---------------------------------------------------------------- step
 
 def bad_grads(ps, rng):
-    g = [like(rng, p) for p in ps]
+    g = [random_like(rng, p) for p in ps]
     last = len(ps) - 1
 
     def with_last(x):
@@ -192,7 +161,7 @@ def test_bad_grads_change_nothing(rng, stepped):
 def test_grad_order_mismatch(rng, stepped):
     opt, ps = stepped
     snap = snapshot(opt)
-    g = [like(rng, p) for p in ps]
+    g = [random_like(rng, p) for p in ps]
     g[1] = np.ascontiguousarray(g[1])  # param 1 is F-ordered
     with pytest.raises(ValueError, match=r"grads\[1\] is C-contiguous but params\[1\] is F"):
         opt.step(g)
@@ -202,24 +171,24 @@ def test_grad_order_mismatch(rng, stepped):
 def test_grad_aliasing_state_buffer(rng, stepped):
     opt, ps = stepped
     snap = snapshot(opt)
-    g = [like(rng, p) for p in ps]
-    g[2] = opt._engine.get_state(0)["exp_avg_sq"][:0]  # empty view: harmless, but wrong shape
+    g = [random_like(rng, p) for p in ps]
+    g[2] = state_of(opt, 0)["exp_avg_sq"][:0]  # empty view: harmless, but wrong shape
     with pytest.raises(ValueError, match="shape"):
         opt.step(g)
-    big = [make_array(rng, (7,), np.float32, "C") for _ in range(2)]
+    big = [random_array(rng, (7,), np.float32, "C") for _ in range(2)]
     opt2 = type(opt)(big)
-    opt2.step([like(rng, p) for p in big])
+    opt2.step([random_like(rng, p) for p in big])
     with pytest.raises(ValueError, match=r"exp_avg of params\[0\]"):
-        opt2.step([opt2._engine.get_state(0)["exp_avg"], like(rng, big[1])])
+        opt2.step([state_of(opt2, 0)["exp_avg"], random_like(rng, big[1])])
     with pytest.raises(ValueError, match=r"max_exp_avg_sq of params\[2\]"):
-        opt.step(g[:2] + [opt._engine.get_state(2)["max_exp_avg_sq"]])
+        opt.step(g[:2] + [state_of(opt, 2)["max_exp_avg_sq"]])
     assert_unchanged(opt, snap)
 
 
 def test_edited_hyperparameters_checked_at_step(rng, stepped):
     opt, ps = stepped
     snap = snapshot(opt)
-    g = [like(rng, p) for p in ps]
+    g = [random_like(rng, p) for p in ps]
     for key, val, exc in [("lr", -0.1, ValueError), ("eps", float("nan"), ValueError),
                           ("betas", (0.9, 1.0), ValueError), ("amsgrad", "no", TypeError),
                           ("weight_decay", -1.0, ValueError)]:
@@ -243,7 +212,7 @@ def test_edited_hyperparameters_checked_at_step(rng, stepped):
 def test_schedule_error_changes_nothing(rng, stepped):
     opt, ps = stepped
     snap = snapshot(opt)
-    g = [like(rng, p) for p in ps]
+    g = [random_like(rng, p) for p in ps]
     opt.param_groups[0]["lr"] = lambda t: -1.0
     with pytest.raises(ValueError, match=r"lr\(3\)"):
         opt.step(g)
@@ -261,7 +230,7 @@ def test_schedule_error_changes_nothing(rng, stepped):
 def test_param_list_edits_rejected(rng, stepped):
     opt, ps = stepped
     snap = snapshot(opt)
-    g = [like(rng, p) for p in ps]
+    g = [random_like(rng, p) for p in ps]
     opt.param_groups[0]["params"].append(np.zeros(3))
     with pytest.raises(ValueError, match="add_param_group"):
         opt.step(g)
@@ -271,7 +240,7 @@ def test_param_list_edits_rejected(rng, stepped):
         opt.step(g)
     opt.param_groups[0]["params"][0] = ps[0]
     opt.step(g)
-    assert opt.state_dict()["state"][0]["step"] == snap[1]["state"][0]["step"] + 1
+    assert opt.state_dict()["state"][0]["step"] == snap.state_dict["state"][0]["step"] + 1
 
 
 def set_shape(a, shape):
@@ -289,7 +258,7 @@ def set_shape(a, shape):
 def test_param_made_read_only_or_reshaped(rng, stepped):
     opt, ps = stepped
     snap = snapshot(opt)
-    g = [like(rng, p) for p in ps]
+    g = [random_like(rng, p) for p in ps]
     ps[2].flags.writeable = False
     with pytest.raises(ValueError, match=r"params\[2\] is read-only"):
         opt.step(g)
@@ -303,8 +272,8 @@ def test_param_made_read_only_or_reshaped(rng, stepped):
 
 
 def test_mapping_grads_errors(rng, impl):
-    w = make_array(rng, (3,), np.float64, "C")
-    opt = impl.Adam({"w": w, "b": make_array(rng, (2,), np.float64, "C")})
+    w = random_array(rng, (3,), np.float64, "C")
+    opt = impl.Adam({"w": w, "b": random_array(rng, (2,), np.float64, "C")})
     with pytest.raises(TypeError, match="mapping"):
         opt.step([np.zeros(3), np.zeros(2)])
     with pytest.raises(ValueError, match=r"missing \['b'\]"):
@@ -357,7 +326,7 @@ def test_bad_state_dicts_change_nothing(rng, stepped):
 
 
 def test_adamw_refuses_coupled_state(rng):
-    p = make_array(rng, (3,), np.float32, "C")
+    p = random_array(rng, (3,), np.float32, "C")
     sd = adamc.Adam([p.copy()]).state_dict()
     with pytest.raises(ValueError, match="decoupled_weight_decay"):
         adamc.AdamW([p]).load_state_dict(sd)
@@ -366,8 +335,8 @@ def test_adamw_refuses_coupled_state(rng):
 # ---------------------------------------------------------------- functional
 
 def test_functional_errors(impl, rng):
-    p = make_array(rng, (4,), np.float32, "C")
-    g, m, v = like(rng, p), np.zeros_like(p), np.zeros_like(p)
+    p = random_array(rng, (4,), np.float32, "C")
+    g, m, v = random_like(rng, p), np.zeros_like(p), np.zeros_like(p)
     p0 = p.copy()
     for kw, exc, msg in [
         ({"step": 0}, ValueError, r"step must be between 1 and 2\*\*62"),
@@ -402,8 +371,8 @@ def test_functional_fast_checks_agree_with_full_checks(rng, monkeypatch):
     check = _validation.check_functional
     monkeypatch.setattr(_validation, "check_functional",
                         lambda *a: full.append(a) or check(*a))
-    p = make_array(rng, (6,), np.float64, "C")
-    g = like(rng, p)
+    p = random_array(rng, (6,), np.float64, "C")
+    g = random_like(rng, p)
     plain = dict(step=3, lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0,
                  decoupled_weight_decay=True, maximize=False, amsgrad=True)
     numpy_typed = dict(step=np.int64(3), lr=np.float64(1e-2), beta1=np.float32(0.9),

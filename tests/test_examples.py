@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import exact
+from _toolkit import exact
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -6,7 +6,7 @@ import pytest
 import adamc
 from adamc import reference
 
-from conftest import assert_matches, like, make_array
+from _toolkit import assert_matches, random_array, random_like
 
 
 def reference_steps(p, grads, lrs, **kw):
@@ -19,12 +19,12 @@ def reference_steps(p, grads, lrs, **kw):
 
 
 def test_param_groups_and_lr_change_mid_run(rng):
-    a = make_array(rng, (20,), np.float32, "C")
-    b = make_array(rng, (3, 5), np.float64, "F")
+    a = random_array(rng, (20,), np.float32, "C")
+    b = random_array(rng, (3, 5), np.float64, "F")
     a0, b0 = a.copy(), b.copy(order="K")
     opt = adamc.Adam([{"params": [a]}, {"params": [b], "lr": 0.05, "amsgrad": True}], lr=0.01)
-    ga = [like(rng, a) for _ in range(6)]
-    gb = [like(rng, b) for _ in range(6)]
+    ga = [random_like(rng, a) for _ in range(6)]
+    gb = [random_like(rng, b) for _ in range(6)]
     for t in range(6):
         if t == 3:
             for g in opt.param_groups:
@@ -35,10 +35,10 @@ def test_param_groups_and_lr_change_mid_run(rng):
 
 
 def test_betas_edited_in_place_as_list(rng):
-    a = make_array(rng, (9,), np.float64, "C")
+    a = random_array(rng, (9,), np.float64, "C")
     a0 = a.copy()
     opt = adamc.Adam([a], lr=0.01)
-    grads = [like(rng, a) for _ in range(4)]
+    grads = [random_like(rng, a) for _ in range(4)]
     opt.step([grads[0]])
     opt.step([grads[1]])
     opt.param_groups[0]["betas"] = [0.5, 0.9]
@@ -54,12 +54,12 @@ def test_betas_edited_in_place_as_list(rng):
 
 
 def test_none_grad_skips_parameter(rng):
-    a = make_array(rng, (10,), np.float32, "C")
-    b = make_array(rng, (10,), np.float32, "C")
+    a = random_array(rng, (10,), np.float32, "C")
+    b = random_array(rng, (10,), np.float32, "C")
     a0, b0 = a.copy(), b.copy()
     opt = adamc.Adam([a, b], lr=0.01)
-    ga = [like(rng, a) for _ in range(4)]
-    gb = [like(rng, b) for _ in range(2)]
+    ga = [random_like(rng, a) for _ in range(4)]
+    gb = [random_like(rng, b) for _ in range(2)]
     opt.step([ga[0], None])
     assert 1 not in opt.state_dict()["state"]
     np.testing.assert_array_equal(b, b0)
@@ -73,7 +73,7 @@ def test_none_grad_skips_parameter(rng):
 
 
 def test_all_none_changes_nothing(rng):
-    a = make_array(rng, (5,), np.float64, "C")
+    a = random_array(rng, (5,), np.float64, "C")
     a0 = a.copy()
     opt = adamc.Adam([a])
     opt.step([None])
@@ -82,7 +82,7 @@ def test_all_none_changes_nothing(rng):
 
 
 def test_lr_schedule_callable(rng):
-    a = make_array(rng, (16,), np.float64, "C")
+    a = random_array(rng, (16,), np.float64, "C")
     a0 = a.copy()
     seen = []
 
@@ -91,7 +91,7 @@ def test_lr_schedule_callable(rng):
         return 0.1 / t
 
     opt = adamc.Adam([a], lr=sched)
-    grads = [like(rng, a) for _ in range(5)]
+    grads = [random_like(rng, a) for _ in range(5)]
     for g in grads:
         opt.step([g])
     assert seen == [1, 2, 3, 4, 5]
@@ -99,24 +99,24 @@ def test_lr_schedule_callable(rng):
 
 
 def test_lr_schedule_same_in_reference(rng):
-    a = make_array(rng, (16,), np.float32, "C")
+    a = random_array(rng, (16,), np.float32, "C")
     b = a.copy()
     o = adamc.Adam([a], lr=lambda t: 0.01 * 0.9**t)
     r = reference.Adam([b], lr=lambda t: 0.01 * 0.9**t)
     for _ in range(5):
-        g = like(rng, a)
+        g = random_like(rng, a)
         o.step([g])
         r.step([g])
     assert_matches(a, b, 5)
 
 
 def test_mapping_params_and_grads(rng):
-    w = make_array(rng, (4, 3), np.float32, "C")
-    bias = make_array(rng, (3,), np.float32, "C")
+    w = random_array(rng, (4, 3), np.float32, "C")
+    bias = random_array(rng, (3,), np.float32, "C")
     w0, b0 = w.copy(), bias.copy()
     opt = adamc.Adam({"w": w, "b": bias}, lr=0.02)
-    gw = [like(rng, w) for _ in range(3)]
-    gb = [like(rng, bias) for _ in range(3)]
+    gw = [random_like(rng, w) for _ in range(3)]
+    gb = [random_like(rng, bias) for _ in range(3)]
     for t in range(3):
         opt.step({"b": gb[t], "w": gw[t]})  # key order does not matter
     assert_matches(w, reference_steps(w0, gw, [0.02] * 3), 3)
@@ -126,12 +126,12 @@ def test_mapping_params_and_grads(rng):
 
 
 def test_add_param_group(rng):
-    a = make_array(rng, (8,), np.float64, "C")
-    b = make_array(rng, (8,), np.float64, "C")
+    a = random_array(rng, (8,), np.float64, "C")
+    b = random_array(rng, (8,), np.float64, "C")
     a0, b0 = a.copy(), b.copy()
     opt = adamc.Adam([a], lr=0.01)
-    ga = [like(rng, a) for _ in range(3)]
-    gb = [like(rng, b) for _ in range(2)]
+    ga = [random_like(rng, a) for _ in range(3)]
+    gb = [random_like(rng, b) for _ in range(2)]
     opt.step([ga[0]])
     opt.add_param_group({"params": [b], "lr": 0.03})
     assert opt.param_groups[1]["betas"] == (0.9, 0.999)
@@ -145,13 +145,13 @@ def test_add_param_group(rng):
 
 def test_amsgrad_switched_on_later(rng):
     """Turning amsgrad on mid-run starts its running max from zero (= max with v)."""
-    a = make_array(rng, (12,), np.float64, "C")
+    a = random_array(rng, (12,), np.float64, "C")
     b = a.copy()
     o, r = adamc.Adam([a]), reference.Adam([b])
     for t in range(4):
         if t == 2:
             o.param_groups[0]["amsgrad"] = r.param_groups[0]["amsgrad"] = True
-        g = like(rng, a)
+        g = random_like(rng, a)
         o.step([g])
         r.step([g])
     assert "max_exp_avg_sq" in o.state_dict()["state"][0]
@@ -159,40 +159,40 @@ def test_amsgrad_switched_on_later(rng):
 
 
 def test_params_updated_in_place_never_replaced(rng):
-    a = make_array(rng, (6,), np.float32, "C")
+    a = random_array(rng, (6,), np.float32, "C")
     ptr = a.ctypes.data
     opt = adamc.Adam([a])
-    opt.step([like(rng, a)])
+    opt.step([random_like(rng, a)])
     assert opt.param_groups[0]["params"][0] is a
     assert a.ctypes.data == ptr
 
 
 def test_tuple_and_generator_grads(rng):
-    a = make_array(rng, (6,), np.float32, "C")
+    a = random_array(rng, (6,), np.float32, "C")
     b = a.copy()
     o1, o2 = adamc.Adam([a]), adamc.Adam([b])
-    g = like(rng, a)
+    g = random_like(rng, a)
     o1.step((g,))
     o2.step([g])
     np.testing.assert_array_equal(a, b)
 
 
 def test_read_only_grad_is_fine(rng):
-    a = make_array(rng, (6,), np.float32, "C")
-    g = like(rng, a)
+    a = random_array(rng, (6,), np.float32, "C")
+    g = random_like(rng, a)
     g.flags.writeable = False
     adamc.Adam([a]).step([g])
 
 
 def test_same_grad_for_two_params(rng):
-    a = make_array(rng, (6,), np.float32, "C")
-    b = make_array(rng, (6,), np.float32, "C")
-    g = like(rng, a)
+    a = random_array(rng, (6,), np.float32, "C")
+    b = random_array(rng, (6,), np.float32, "C")
+    g = random_like(rng, a)
     adamc.Adam([a, b]).step([g, g])  # reading one gradient twice is allowed
 
 
 def test_repr_lists_groups(rng):
-    opt = adamc.AdamW([make_array(rng, (2,), np.float32, "C")])
+    opt = adamc.AdamW([random_array(rng, (2,), np.float32, "C")])
     text = repr(opt)
     assert "AdamW" in text and "weight_decay: 0.01" in text
 

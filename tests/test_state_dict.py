@@ -8,24 +8,24 @@ import pytest
 
 import adamc
 
-from conftest import like, make_array
+from _toolkit import STATE_ENTRY_KEYS, random_array, random_like
 
 
 def make_opt(rng, cls=adamc.Adam, **kw):
-    ps = [make_array(rng, (17,), np.float32, "C"), make_array(rng, (4, 6), np.float64, "F")]
+    ps = [random_array(rng, (17,), np.float32, "C"), random_array(rng, (4, 6), np.float64, "F")]
     return ps, cls([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.02}], **kw)
 
 
 def test_layout(rng):
     ps, opt = make_opt(rng, amsgrad=True)
-    opt.step([like(rng, p) for p in ps])
+    opt.step([random_like(rng, p) for p in ps])
     sd = opt.state_dict()
     assert set(sd) == {"state", "param_groups"}
     assert sd["param_groups"][0]["params"] == [0]
     assert sd["param_groups"][1]["params"] == [1]
     assert sd["param_groups"][1]["lr"] == 0.02
     e = sd["state"][1]
-    assert set(e) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert set(e) == STATE_ENTRY_KEYS
     assert e["step"] == 1 and isinstance(e["step"], int)
     assert e["exp_avg"].shape == (4, 6) and e["exp_avg"].dtype == np.float64
     assert e["exp_avg"].flags.f_contiguous
@@ -33,10 +33,10 @@ def test_layout(rng):
 
 def test_saved_dict_is_a_copy(rng):
     ps, opt = make_opt(rng)
-    opt.step([like(rng, p) for p in ps])
+    opt.step([random_like(rng, p) for p in ps])
     sd = opt.state_dict()
     before = sd["state"][0]["exp_avg"].copy()
-    opt.step([like(rng, p) for p in ps])
+    opt.step([random_like(rng, p) for p in ps])
     np.testing.assert_array_equal(sd["state"][0]["exp_avg"], before)
     assert sd["state"][0]["step"] == 1
     sd["param_groups"][0]["lr"] = 123.0
@@ -95,7 +95,7 @@ def roundtrip_savez_flat(sd):
 def test_bitwise_resume(rng, trip, cls):
     grads = None
     ps, opt = make_opt(rng, cls, amsgrad=True, weight_decay=0.01)
-    grads = [[like(rng, p) for p in ps] for _ in range(10)]
+    grads = [[random_like(rng, p) for p in ps] for _ in range(10)]
     # uninterrupted run
     ps_a = [p.copy(order="K") for p in ps]
     opt_a = cls([{"params": ps_a[:1]}, {"params": ps_a[1:], "lr": 0.02}],
@@ -123,31 +123,31 @@ def test_bitwise_resume(rng, trip, cls):
 
 def test_load_copies_arrays_in(rng):
     ps, opt = make_opt(rng)
-    opt.step([like(rng, p) for p in ps])
+    opt.step([random_like(rng, p) for p in ps])
     sd = opt.state_dict()
     opt.load_state_dict(sd)
     saved = sd["state"][0]["exp_avg"].copy()
-    opt.step([like(rng, p) for p in ps])
+    opt.step([random_like(rng, p) for p in ps])
     np.testing.assert_array_equal(sd["state"][0]["exp_avg"], saved)
 
 
 def test_load_empty_state_resets(rng):
     ps, opt = make_opt(rng)
     fresh = opt.state_dict()
-    opt.step([like(rng, p) for p in ps])
+    opt.step([random_like(rng, p) for p in ps])
     opt.load_state_dict(fresh)
     assert opt.state_dict()["state"] == {}
 
 
 def test_state_dict_with_none_grads_resumes(rng):
     ps, opt = make_opt(rng)
-    opt.step([like(rng, ps[0]), None])
+    opt.step([random_like(rng, ps[0]), None])
     sd = opt.state_dict()
     assert list(sd["state"]) == [0]
     ps2 = [p.copy(order="K") for p in ps]
     opt2 = adamc.Adam([{"params": ps2[:1]}, {"params": ps2[1:], "lr": 0.02}])
     opt2.load_state_dict(sd)
-    g = [like(rng, p) for p in ps]
+    g = [random_like(rng, p) for p in ps]
     opt.step(g)
     opt2.step(g)
     for a, b in zip(ps, ps2):

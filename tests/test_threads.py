@@ -14,7 +14,7 @@ import pytest
 import adamc
 from adamc import reference
 
-from conftest import like, make_array
+from _toolkit import random_array, random_like
 
 
 def test_gil_released_during_large_step(rng, restore_threads):
@@ -52,9 +52,9 @@ def test_gil_released_during_large_step(rng, restore_threads):
 def test_many_threads_one_optimizer(rng):
     """Steps from 4 threads are serialized: the count and the values are those
     of 40 sequential steps with the same gradient."""
-    p = make_array(rng, (3000,), np.float64, "C")
+    p = random_array(rng, (3000,), np.float64, "C")
     q = p.copy()
-    g = like(rng, p)
+    g = random_like(rng, p)
     opt = adamc.Adam([p], lr=1e-3)
     barrier = threading.Barrier(4)
     errors = []
@@ -84,9 +84,9 @@ def test_many_threads_one_optimizer(rng):
 
 
 def test_separate_optimizers_in_threads(rng):
-    ps = [make_array(rng, (200_000,), np.float32, "C") for _ in range(3)]
+    ps = [random_array(rng, (200_000,), np.float32, "C") for _ in range(3)]
     qs = [p.copy() for p in ps]
-    grads = [[like(rng, p) for _ in range(5)] for p in ps]
+    grads = [[random_like(rng, p) for _ in range(5)] for p in ps]
     opts = [adamc.Adam([p]) for p in ps]
 
     def run(k):
@@ -109,8 +109,8 @@ def test_separate_optimizers_in_threads(rng):
 def test_results_bitwise_same_for_any_thread_count(rng, dtype, restore_threads, variant):
     """Mixed sizes, so thread chunks cross tensor boundaries mid-tensor."""
     shapes = [(70_001,), (3,), (130, 257), (0,), (65_537,), (1,)]
-    base = [make_array(rng, s, dtype, "C") for s in shapes]
-    grads = [[like(rng, p) for p in base] for _ in range(3)]
+    base = [random_array(rng, s, dtype, "C") for s in shapes]
+    grads = [[random_like(rng, p) for p in base] for _ in range(3)]
     results = []
     for n in (1, 2, 3, 5):
         adamc.set_num_threads(n)

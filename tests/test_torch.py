@@ -5,7 +5,7 @@ import pytest
 
 import adamc
 
-from conftest import like, make_array
+from _toolkit import random_array, random_like
 
 torch = pytest.importorskip("torch")
 
@@ -24,7 +24,7 @@ CASES = [
 @pytest.mark.parametrize("kw", CASES, ids=lambda k: ",".join(k) or "default")
 def test_matches_torch(rng, dtype, decoupled, kw):
     shapes = [(31,), (4, 5), ()]
-    ps = [make_array(rng, s, dtype, "C") for s in shapes]
+    ps = [random_array(rng, s, dtype, "C") for s in shapes]
     tps = [torch.tensor(p.copy(), requires_grad=True) for p in ps]
     if decoupled:
         kw = dict(kw)
@@ -36,7 +36,7 @@ def test_matches_torch(rng, dtype, decoupled, kw):
         theirs = torch.optim.Adam(tps, lr=1e-2, foreach=False, **kw)
     steps = 15
     for _ in range(steps):
-        grads = [like(rng, p) for p in ps]
+        grads = [random_like(rng, p) for p in ps]
         for tp, g in zip(tps, grads):
             tp.grad = torch.from_numpy(g.copy())
         ours.step(grads)

@@ -1,0 +1,222 @@
+"""adamc.load_state refuses bad files: truncated, torn, flipped bytes (with
+and without valid ZIP CRCs), wrong version or magic, malformed content,
+files of another optimizer, pickles; with a clear ValueError, changing
+nothing and never unpickling."""
+
+import io
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+import adamc
+
+from _checkpoint_files import (assert_refused, build, copies, grads_for, members, npy, rewrite,
+                               stepped)
+from _toolkit import assert_state_dicts_identical, random_array, random_like
+
+# ----------------------------------------------------------------------
+# bad files: a clear ValueError, the optimizer unchanged
+
+
+@pytest.fixture
+def saved(rng, tmp_path):
+    """An optimizer with state, a checkpoint of another state, and its path."""
+    ps, opt = stepped(rng, amsgrad=True)
+    path = tmp_path / "ck.npz"
+    adamc.save_state(opt, path)
+    opt.step(grads_for(rng, ps))  # now differs from the file
+    return ps, opt, path
+
+
+def test_control_rewritten_file_still_loads(saved, tmp_path):
+    # the tampering helper itself produces valid files: errors below come
+    # from the edits, not from the helper
+    ps, opt, path = saved
+    rewrite(path, tmp_path / "same.npz")
+    ps2 = copies(ps)
+    opt2 = build(adamc.Adam, ps2)
+    adamc.load_state(opt2, tmp_path / "same.npz")
+    opt3 = build(adamc.Adam, copies(ps))
+    adamc.load_state(opt3, path)
+    assert_state_dicts_identical(opt3.state_dict(), opt2.state_dict())
+
+
+def test_truncated(saved, tmp_path):
+    ps, opt, path = saved
+    data = path.read_bytes()
+    n = len(data)
+    bad = tmp_path / "cut.npz"
+    for cut in sorted({0, 1, 3, 4, 40, 200, n // 3, n // 2, 2 * n // 3, n - 100, n - 22, n - 1}):
+        bad.write_bytes(data[:cut])
+        assert_refused(opt, bad)
+
+
+def test_zeroed_block(saved, tmp_path):
+    # full length but a block of zeros, as a torn write can leave on disk
+    ps, opt, path = saved
+    data = path.read_bytes()
+    n = len(data)
+    bad = tmp_path / "torn.npz"
+    for at in (0, 100, n // 3, n // 2, n - 600, n - 60):
+        torn = data[:at] + bytes(min(512, n - at)) + data[at + 512:]
+        assert len(torn) == n and torn != data
+        bad.write_bytes(torn)
+        assert_refused(opt, bad)
+
+
+def test_flipped_byte_in_array_payload(saved, tmp_path):
+    ps, opt, path = saved
+    data = bytearray(path.read_bytes())
+    with np.load(path, allow_pickle=False) as f:
+        payload = f["a1"].tobytes(order="A")
+    at = bytes(data).find(payload)
+    assert at > 0
+    data[at + len(payload) // 2] ^= 0x10
+    (tmp_path / "flip.npz").write_bytes(bytes(data))
+    assert_refused(opt, tmp_path / "flip.npz")  # the ZIP CRC-32 catches this one
+
+    # the same change with valid ZIP CRCs: only the SHA-256 can catch it
+    def flip(arrays):
+        raw = bytearray(arrays[1].tobytes(order="A"))
+        raw[len(raw) // 2] ^= 0x10
+        order = "F" if arrays[1].flags.f_contiguous and not arrays[1].flags.c_contiguous else "C"
+        arrays[1] = np.frombuffer(bytes(raw), arrays[1].dtype).reshape(arrays[1].shape, order=order)
+
+    rewrite(path, tmp_path / "tamper.npz", edit_arrays=flip, fix_digest=False)
+    assert_refused(opt, tmp_path / "tamper.npz", "checksum")
+
+
+def test_flipped_byte_in_header(saved, tmp_path):
+    ps, opt, path = saved
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(b'"lr":0.02')
+    assert at > 0
+    data[at + 8] ^= 0x01  # 0.02 -> 0.03: still valid JSON
+    (tmp_path / "flip.npz").write_bytes(bytes(data))
+    assert_refused(opt, tmp_path / "flip.npz")
+
+    def edit(doc):
+        doc["param_groups"][1]["lr"] = 0.03
+    rewrite(path, tmp_path / "tamper.npz", edit_header=edit, fix_digest=False)
+    assert_refused(opt, tmp_path / "tamper.npz", "checksum")
+
+    def step_edit(doc):
+        doc["state"][0]["step"] += 1
+    rewrite(path, tmp_path / "tamper2.npz", edit_header=step_edit, fix_digest=False)
+    assert_refused(opt, tmp_path / "tamper2.npz", "checksum")
+
+
+def test_wrong_version_and_magic(saved, tmp_path):
+    ps, opt, path = saved
+
+    def v2(doc):
+        doc["version"] = 2
+    rewrite(path, tmp_path / "v2.npz", edit_header=v2)
+    assert_refused(opt, tmp_path / "v2.npz", "version 2")
+
+    def magic(doc):
+        doc["format"] = "someone-else"
+    rewrite(path, tmp_path / "magic.npz", edit_header=magic)
+    assert_refused(opt, tmp_path / "magic.npz", "someone-else")
+
+    # files that are not adamc checkpoints at all
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    assert_refused(opt, tmp_path / "plain.npy", "not an adamc checkpoint")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    assert_refused(opt, tmp_path / "other.npz", "not an adamc checkpoint")
+    (tmp_path / "sd.pkl").write_bytes(pickle.dumps(opt.state_dict()))
+    assert_refused(opt, tmp_path / "sd.pkl", "not an adamc checkpoint")
+
+
+def test_consistent_but_malformed_content(saved, tmp_path):
+    ps, opt, path = saved
+
+    def shape(doc):  # header and member disagree
+        doc["arrays"][0]["shape"] = [16]
+    rewrite(path, tmp_path / "a.npz", edit_header=shape)
+    assert_refused(opt, tmp_path / "a.npz", "shape")
+
+    def index(doc):  # two entries share an array
+        doc["state"][1]["exp_avg"] = doc["state"][0]["exp_avg"]
+    rewrite(path, tmp_path / "b.npz", edit_header=index)
+    assert_refused(opt, tmp_path / "b.npz", "array index")
+
+    def extra_member(_):
+        pass
+    rewrite(path, tmp_path / "c.npz", edit_header=extra_member)
+    with zipfile.ZipFile(tmp_path / "c.npz", "a") as zf:
+        zf.writestr("evil.npy", npy(np.zeros(2)))
+    assert_refused(opt, tmp_path / "c.npz", "evil.npy")
+
+
+@pytest.mark.parametrize("case", ["shape", "dtype", "count", "groups", "names", "adamw"])
+def test_file_from_a_different_optimizer(rng, tmp_path, case):
+    """A valid checkpoint of another optimizer: refused by load_state_dict's checks."""
+    ps, opt = stepped(rng, amsgrad=True)
+    other, named, src_cls = copies(ps), False, adamc.Adam
+    if case == "shape":
+        other[0] = random_array(rng, (18,), np.float32, "C")
+    elif case == "dtype":
+        other[0] = other[0].astype(np.float64)
+    elif case == "count":
+        other.append(random_array(rng, (2,), np.float32, "C"))
+    elif case == "names":
+        named = True
+        ps = copies(ps)
+        opt = adamc.Adam([{"params": {"x": ps[0], "w1": ps[1]}},
+                          {"params": dict(zip(["v0", "v1", "v2"], ps[2:]))}])
+        opt.step({"x": random_like(rng, ps[0]), "w1": random_like(rng, ps[1]), "v0": None,
+                  "v1": random_like(rng, ps[3]), "v2": None})
+    elif case == "adamw":
+        ps, opt = stepped(rng, cls=adamc.AdamW)
+    src = (adamc.Adam([{"params": other}]) if case == "groups"
+           else build(src_cls, other, named))
+    src.step(grads_for(rng, other, named))
+    path = tmp_path / "other.npz"
+    adamc.save_state(src, path)
+    assert_refused(opt, path, "does not fit this optimizer")
+
+
+# ----------------------------------------------------------------------
+# never unpickle
+
+
+class Bait:
+    calls = []
+
+    def __reduce__(self):
+        return (Bait.sprung, ("unpickled",))
+
+    @staticmethod
+    def sprung(x):
+        Bait.calls.append(x)
+        return x
+
+
+def test_object_arrays_are_never_unpickled(saved, tmp_path):
+    ps, opt, path = saved
+    evil = np.empty(2, dtype=object)
+    evil[0], evil[1] = Bait(), Bait()
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, evil, allow_pickle=True)
+    payload = buf.getvalue()
+    # control: the bait is live; unpickling this member runs code
+    Bait.calls.clear()
+    np.load(io.BytesIO(payload), allow_pickle=True)
+    assert Bait.calls == ["unpickled", "unpickled"]
+    Bait.calls.clear()
+
+    for target in ("a0.npy", "header.npy", "sha256.npy"):
+        m = members(path)
+        m[target] = payload
+        bad = tmp_path / f"evil-{target}.npz"
+        with zipfile.ZipFile(bad, "w") as zf:
+            for name, data in m.items():
+                zf.writestr(name, data)
+        assert_refused(opt, bad, "object", target)
+    # a pickle stored as the whole file
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Bait()))
+    assert_refused(opt, tmp_path / "evil.pkl")
+    assert Bait.calls == []
