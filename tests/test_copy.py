@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import adamc
+from _toolkit import state_of
 from adamc import _spec, reference
 
 
@@ -71,8 +72,8 @@ def test_independent_copy_continues_bit_identically(module, cls, named, how):
     for x, y in zip(params, tparams):
         assert not np.shares_memory(x, y)
     for i in range(len(params)):
-        for k, a in opt._engine.get_state(i).items():
-            assert not np.shares_memory(a, twin._engine.get_state(i)[k])
+        for k, a in state_of(opt, i).items():
+            assert not np.shares_memory(a, state_of(twin, i)[k])
     assert_same(opt, twin)
     # both continue identically from the same gradients
     for _ in range(3):
