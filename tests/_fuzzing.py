@@ -153,12 +153,19 @@ VALID_BOOLS = [np.bool_(True), False]
 BOOLS = BAD_BOOLS + VALID_BOOLS
 
 
+OPTBOOLS = [None, True, False, 0, 1, "True", np.bool_(True)]
+SEEDS = [None, 0, 1, 2**64 - 1, 2**64, -1, 1.5, "1", True, np.int64(5)]
+
+
 def hyper_pool(key):
     """The values fuzzed for a group option or synonym, by its kind in the spec."""
     if key in SYNONYM_KEYS:
         return BOOLS
-    return {"lr": LRS, "betas": BETAS, "bool": BOOLS, "choice": CHOICES,
-            "real": REALS}[_spec.OPTION[key].kind]
+    o = _spec.OPTION[key]
+    if o.kind == "choice":  # every valid choice, and near misses
+        return list(o.choices) + [c for c in CHOICES if c not in o.choices] + ["float8"]
+    return {"lr": LRS, "betas": BETAS, "bool": BOOLS, "real": REALS, "optbool": OPTBOOLS,
+            "seed": SEEDS}[o.kind]
 
 
 def hyper_value(key):
@@ -384,7 +391,9 @@ def functional_pool(name):
     """The values fuzzed for one of adam_step's option keywords, by its kind."""
     if name in BETA_POOLS:
         return BETA_POOLS[name]
-    return {"lr": REALS, "real": REALS, "bool": BOOLS, "choice": CHOICES}[
+    if FUNCTIONAL_OPTION[name].kind == "choice":
+        return hyper_pool(name)
+    return {"lr": REALS, "real": REALS, "bool": BOOLS, "seed": SEEDS}[
         FUNCTIONAL_OPTION[name].kind]
 
 

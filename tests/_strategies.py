@@ -118,7 +118,9 @@ def hypers(draw, schedule=False):
     """A full set of hyperparameters, every option of the spec drawn."""
     h = {}
     for o in _spec.OPTIONS:
-        if o.kind == "lr":
+        if o.storage:  # storage and rounding: tests/test_mixed_precision.py
+            h[o.name] = o.default
+        elif o.kind == "lr":
             h[o.name] = draw(lrs_or_schedules if schedule else lr_values)
         elif o.kind == "betas":
             h[o.name] = (draw(betas_values), draw(betas_values))

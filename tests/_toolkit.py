@@ -41,7 +41,8 @@ FREE_OPTIONS = tuple(o.name for o in _spec.OPTIONS if not o.forced)
 #: The per-parameter state buffers, in the spec's order.
 SLOT_NAMES = _spec.SLOT_NAMES
 #: The keys of one state_dict["state"] entry that has every slot.
-STATE_ENTRY_KEYS = frozenset(("step",) + SLOT_NAMES)
+#: (float32/float64 parameters: no master copy).
+STATE_ENTRY_KEYS = frozenset(("step",) + tuple(s.name for s in _spec.SLOTS if s.needs != "master"))
 #: adam_step's keyword names for the options (betas split in two).
 FUNCTIONAL_NAMES = _spec.FUNCTIONAL_NAMES
 #: adam_step's array arguments: the parameter, its gradient and the slots.
@@ -52,6 +53,8 @@ def _functional_options():
     """{adam_step keyword: the Option it sets}, walked as the spec builds Hypers."""
     names, out = iter(FUNCTIONAL_NAMES), {}
     for o in _spec.OPTIONS:
+        if not o.functional:
+            continue
         for _ in range(2 if o.kind == "betas" else 1):
             out[next(names)] = o
     assert next(names, None) is None, "FUNCTIONAL_NAMES and OPTIONS disagree"
@@ -65,11 +68,14 @@ BETA_NAMES = tuple(n for n, o in FUNCTIONAL_OPTION.items() if o.kind == "betas")
 
 
 def functional_kwargs(options):
-    """Constructor-style options as adam_step keywords: betas split in two."""
+    """Constructor-style options as adam_step keywords: betas split in two,
+    the storage options adam_step takes from its buffers left out."""
     kw = dict(options)
     for o in _spec.OPTIONS:
         if o.kind == "betas" and o.name in kw:
             kw.update(zip(BETA_NAMES, kw.pop(o.name)))
+        elif not o.functional:
+            kw.pop(o.name, None)
     return kw
 
 

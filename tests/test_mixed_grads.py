@@ -86,7 +86,7 @@ def test_other_gradient_dtypes_are_still_refused(module):
     p = np.ones(4, dtype=np.float32)
     opt = module.Adam([p])
     for g, exc, msg in [
-        (np.ones(4, dtype=np.float16), TypeError, r"grads\[0\] must have dtype float32 or float64"),
+        (np.ones(4, dtype=np.complex64), TypeError, r"grads\[0\] must have dtype float32 or float64"),
         (np.ones(4, dtype=np.int64), TypeError, "float32 or float64"),
         (np.ones(5), ValueError, r"grads\[0\] has shape \(5,\) but params\[0\] has shape"),
         (np.ones(4, dtype=">f8"), TypeError, "non-native byte order"),

@@ -48,7 +48,7 @@ def legal_edits():
     no class forces, by its kind in the spec ("toggle": flip the flag)."""
     edits = []
     for o in _spec.OPTIONS:
-        if o.name not in FREE_OPTIONS:
+        if o.name not in FREE_OPTIONS or o.storage:  # storage: fixed after the first step
             continue
         if o.kind == "lr":
             edits.append(st.tuples(st.just(o.name), lrs_or_schedules))

@@ -37,16 +37,19 @@ def test_constructor_signatures_follow_the_spec(module, variant):
 @pytest.mark.parametrize("module", [adamc, reference])
 def test_functional_signature_follows_the_spec(module):
     sig = inspect.signature(module.adam_step)
-    for name, default in zip(_spec.FUNCTIONAL_NAMES, _spec.Hypers(*[
-            d for o in OPTIONS
-            for d in (o.default if o.kind == "betas" else (o.default_for("adam_step"),))])):
-        assert sig.parameters[name].default == default
+    defaults = dict(zip(_spec.Hypers._fields, [
+        d for o in OPTIONS
+        for d in (o.default if o.kind == "betas" else (o.default_for("adam_step"),))]))
+    for name in _spec.FUNCTIONAL_NAMES:
+        assert sig.parameters[name].default == defaults[name]
+    for o in OPTIONS:
+        assert (o.name in sig.parameters) == (o.functional and o.kind != "betas")
 
 
 def test_docs_name_every_option():
     for o in OPTIONS:
         assert f"{o.name} :" in adamc.Adam.__doc__
-        assert o.name in adamc.adam_step.__doc__ or o.kind == "betas"
+        assert o.name in adamc.adam_step.__doc__ or o.kind == "betas" or not o.functional
     assert "beta1" in adamc.adam_step.__doc__
 
 
@@ -59,9 +62,19 @@ def test_defaults_and_examples_pass_their_own_checks():
         V.group_values({**_spec.defaults("Adam"), o.name: o.example})
 
 
-def run(module, options, functional=False):
+# Storage options change a step only with storage they act on: (parameter
+# dtype, the options they are compared under).
+STORAGE_SETUP = {
+    "master_weights": (np.float16, {}),
+    "state_dtype": (np.float32, {}),
+    "stochastic_rounding": (np.float16, {"master_weights": False, "seed": 1}),
+    "seed": (np.float16, {"master_weights": False, "stochastic_rounding": True, "seed": 0}),
+}
+
+
+def run(module, options, functional=False, dtype=np.float64):
     rng = np.random.default_rng(0)
-    p = rng.standard_normal(300)
+    p = rng.standard_normal(300).astype(dtype)
     grads = [rng.standard_normal(300) * s for s in (4.0, 1.0, 0.25)]  # v shrinks: amsgrad bites
     if functional:
         kw = dict(options)
@@ -83,13 +96,17 @@ def test_each_option_reaches_the_kernel(option, functional):
     """Changing one option (to the spec's example) changes the step, in the
     compiled kernel exactly as in the reference (baseline kernel: bitwise)."""
     from adamc import _kernels
+    if functional and (option.storage or not option.functional):
+        pytest.skip("storage through adam_step: tests/test_mixed_precision.py")
     base = {"weight_decay": 0.1, "eps": 0.1}  # so that decay and eps forms matter
+    dtype, extra = STORAGE_SETUP.get(option.name, (np.float64, {}))
+    base.update(extra)
     changed = {**base, option.name: option.example}
     old = _kernels.kernel_name()
     _kernels.use_variant("baseline")
     try:
-        a, b = run(adamc, base, functional), run(adamc, changed, functional)
+        a, b = run(adamc, base, functional, dtype), run(adamc, changed, functional, dtype)
     finally:
         _kernels.use_variant(old)
     assert not np.array_equal(a, b), option.name
-    np.testing.assert_array_equal(b, run(reference, changed, functional))
+    np.testing.assert_array_equal(b, run(reference, changed, functional, dtype))

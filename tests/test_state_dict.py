@@ -63,7 +63,8 @@ def roundtrip_savez_flat(sd):
             flat[f"state/{i}/{k}"] = np.asarray(v)
     for gi, g in enumerate(sd["param_groups"]):
         for k, v in g.items():
-            flat[f"group/{gi}/{k}"] = np.asarray(v)
+            if v is not None:  # (None values cannot go into a plain .npz: left out)
+                flat[f"group/{gi}/{k}"] = np.asarray(v)
     buf = io.BytesIO()
     np.savez(buf, **flat)
     buf.seek(0)

@@ -12,6 +12,7 @@ schedules, allocation).  Nothing here runs per element.
 from __future__ import annotations
 
 import copy
+import secrets
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,14 @@ import numpy as np
 
 from . import _spec
 from . import _validation as V
+
+
+def _new_slot(p, slot, dtype):
+    """A fresh state buffer for parameter p: zeros, or p's values (master)."""
+    dt = V.storage_dtype(dtype)
+    if _spec.SLOT[slot].init == "param":
+        return p.astype(dt, order="K")
+    return np.zeros_like(p, dtype=dt)
 
 
 class _Optimizer:
@@ -121,9 +130,14 @@ class _Optimizer:
         engine = self._engine
         if status == _spec.NEED_GROUPS:
             V.check_structure(self.param_groups, self._group_params, self._params)
-            engine.set_groups(self.param_groups, [
-                V.group_values(g, f"param_groups[{gi}]")
-                for gi, g in enumerate(self.param_groups)])
+            hypers = self._group_hypers()
+            slots = self._slots(hypers)
+            for i, want in enumerate(slots):
+                V.check_state_fits(engine.get_state(i), want, self._label(i))
+            for g, h in zip(self.param_groups, hypers):  # every check passed
+                if h.seed is not None and g.get("seed") is None:
+                    g["seed"] = h.seed  # drawn for stochastic rounding turned on by an edit
+            engine.set_groups(self.param_groups, hypers, slots)
         elif status == _spec.BAD_PARAM:
             i = engine.bad_index
             V.explain_param(self._params[i], self._label(i), engine.get_state(i), changed=True)
@@ -139,23 +153,42 @@ class _Optimizer:
                 (gi, t): V.scheduled_lr(self.param_groups[gi]["lr"], t, f"param_groups[{gi}]")
                 for gi, t in engine.wanted_lrs()})
         elif status == _spec.NEED_STATE:
-            hypers = [V.group_values(g, f"param_groups[{gi}]")
-                      for gi, g in enumerate(self.param_groups)]
-            self._allocate([(i, _spec.slots_for(hypers[self._group_of[i]]))
-                            for i in engine.stateless()])
+            slots = self._slots(self._group_hypers())
+            self._allocate([(i, slots[i]) for i in engine.stateless()])
         else:  # pragma: no cover
             raise RuntimeError(f"adamc: unknown engine status {status} (please report)")
 
+    def _group_hypers(self):
+        """Every group's Hypers, its storage options checked against its
+        parameters."""
+        hypers = []
+        for gi, g in enumerate(self.param_groups):
+            where = f"param_groups[{gi}]"
+            h = V.group_values(g, where)
+            if h.stochastic_rounding and h.seed is None:  # turned on by an edit
+                h = h._replace(seed=secrets.randbits(63))
+            idx = [i for i, j in enumerate(self._group_of) if j == gi]
+            V.check_group_storage(h, [self._params[i] for i in idx],
+                                  [self._label(i) for i in idx], where)
+            hypers.append(h)
+        return hypers
+
+    def _slots(self, hypers):
+        """{slot: dtype name} per parameter."""
+        return [_spec.slots_for(hypers[gi], V.dtype_name(p.dtype))
+                for p, gi in zip(self._params, self._group_of)]
+
     def _allocate(self, wanted):
         """Create the missing state slots of the parameters about to step:
-        ``wanted`` is [(index, slot names)].  All-or-nothing: every buffer is
-        made before any is handed to the engine; each takes its parameter's
-        memory order."""
+        ``wanted`` is [(index, {slot: dtype name})].  All-or-nothing: every
+        buffer is made before any is handed to the engine; each takes its
+        parameter's memory order, and starts as its slot says (_spec.SLOTS)."""
         new = {}
         for i, slots in wanted:
             have = self._engine.get_state(i) or {}
-            new[i] = {s: have[s] if s in have else np.zeros_like(self._params[i])
-                      for s in slots}
+            p = self._params[i]
+            new[i] = {s: have[s] if s in have else _new_slot(p, s, dt)
+                      for s, dt in slots.items()}
         self._engine.set_states(new)
 
     # ------------------------------------------------------------------
@@ -202,10 +235,11 @@ class _Optimizer:
             new = {i: None for i in range(n)}
             for i, e in state.items():
                 new[i] = {}
-                for key in _spec.SLOT_NAMES:
-                    if key in e:
-                        b = np.empty_like(self._params[i])
-                        b[...] = e[key]
+                for key, val in e.items():
+                    if key != "step":  # converted to the slot's dtype by value
+                        a, dt = val
+                        b = np.empty_like(self._params[i], dtype=V.storage_dtype(dt))
+                        b[...] = a.astype(b.dtype)
                         new[i][key] = b
                 steps[i] = int(e["step"])
             # Every buffer exists; nothing below can fail.

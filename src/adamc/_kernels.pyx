@@ -34,7 +34,7 @@ int beyond 2**53, a float subclass); it never says yes to an invalid one.
 
 cimport cython
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uintptr_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from libc.math cimport INFINITY
@@ -51,12 +51,16 @@ cdef extern from "csrc/adamc.h" nogil:
     enum:
         ADAMC_F32
         ADAMC_F64
+        ADAMC_F16
+        ADAMC_BF16
         ADAMC_AMSGRAD
         ADAMC_PROBE
         ADAMC_NO_PREFETCH
     ctypedef struct adamc_hyper:
         double lr, beta1, beta2, eps, weight_decay
         int amsgrad, maximize, decoupled_weight_decay, bias_correction, eps_mode
+        int stochastic_rounding
+        uint64_t seed
     ctypedef struct adamc_scalars:
         int flags
     ctypedef struct adamc_task:
@@ -68,12 +72,17 @@ cdef extern from "csrc/adamc.h" nogil:
         int64_t n
         int64_t offset
         const adamc_scalars *s
+        void *master_param
         int dtype
         int grad_dtype
+        int state_dtype
+        int sr
+        uint32_t sr_keys[4]
     ctypedef struct adamc_kernel:
         const char *name
     int64_t adamc_work(int64_t n, int dtype)
     void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h)
+    void adamc_sr_keys(uint32_t keys[4], uint64_t seed, int64_t index, int64_t step)
     void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
                           int64_t ntasks, int nthreads)
     void adamc_split(int64_t total, int nthreads, int tid, int64_t *lo, int64_t *hi)
@@ -235,15 +244,47 @@ cdef int _fill_hyper(adamc_hyper *c, object h) except -1:
     c.decoupled_weight_decay = h.decoupled_weight_decay
     c.bias_correction = h.bias_correction
     c.eps_mode = _EPS_MODE_CODE[h.eps_mode]
+    c.stochastic_rounding = h.stochastic_rounding
+    c.seed = h.seed if h.seed is not None else 0
     return 0
 
 
-cdef inline int _dtype_code(int typenum):
-    return ADAMC_F32 if typenum == cnp.NPY_FLOAT else ADAMC_F64
+cdef extern from "numpy/ndarraytypes.h":
+    enum:
+        NPY_HALF
+        NPY_USERDEF
+
+cdef int _bf16_typenum = -2   # ml_dtypes' bfloat16 (a user type): looked up once seen
 
 
-cdef inline bint _is_float_type(int tn):
-    return tn == cnp.NPY_FLOAT or tn == cnp.NPY_DOUBLE
+cdef int _lookup_bf16() except -2:
+    """bfloat16's type number, once ml_dtypes has been imported (by whoever
+    made a bfloat16 array); -1 until then."""
+    global _bf16_typenum
+    import sys
+    ml = sys.modules.get("ml_dtypes")
+    if ml is None:
+        return -1
+    _bf16_typenum = np.dtype(ml.bfloat16).num
+    return _bf16_typenum
+
+
+cdef inline int _dtype_code(int tn) except -2:
+    """The storage code of a type number, or -1 for a type adamc does not step."""
+    if tn == cnp.NPY_FLOAT:
+        return ADAMC_F32
+    if tn == cnp.NPY_DOUBLE:
+        return ADAMC_F64
+    if tn == NPY_HALF:
+        return ADAMC_F16
+    if tn >= NPY_USERDEF and (tn == _bf16_typenum
+                                  or (_bf16_typenum < 0 and tn == _lookup_bf16())):
+        return ADAMC_BF16
+    return -1
+
+
+cdef inline bint _is_float_type(int tn) except -1:
+    return _dtype_code(tn) >= 0
 
 
 # --------------------------------------------------------------------------
@@ -338,7 +379,7 @@ def fast_checks():
 
 cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
                   cnp.ndarray exp_avg_sq, object max_exp_avg_sq, int64_t step,
-                  const adamc_hyper *h) except -1:
+                  const adamc_hyper *h, object master=None) except -1:
     cdef adamc_scalars s
     cdef adamc_task t
     cdef int nthreads
@@ -353,18 +394,24 @@ cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     t.s = &s
     t.dtype = _dtype_code(cnp.PyArray_TYPE(param))
     t.grad_dtype = _dtype_code(cnp.PyArray_TYPE(grad))
+    t.state_dtype = _dtype_code(cnp.PyArray_TYPE(exp_avg))
+    t.master_param = NULL if master is None else cnp.PyArray_DATA(<cnp.ndarray>master)
+    t.sr = h.stochastic_rounding
+    if t.sr:
+        adamc_sr_keys(t.sr_keys, h.seed, 0, step)
     nthreads = _threads_for(adamc_work(t.n, t.dtype))
     with nogil:
         adamc_multi_step(_kernel, &t, 1, nthreads)
     return 0
 
 
-def step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, hypers):
+def step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, hypers,
+                 master_param=None):
     """One in-place step of one parameter's buffers, already validated
     (_validation.check_functional): ``hypers`` a _spec.Hypers, lr a float."""
     cdef adamc_hyper h
     _fill_hyper(&h, hypers)
-    _run_one(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, &h)
+    _run_one(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, &h, master_param)
 
 
 cdef int64_t _MAX_STEP = _spec.MAX_STEP
@@ -396,9 +443,16 @@ cdef bint _fast_option(adamc_hyper *h, object key, object x):
             return False
         h.eps_mode = _EPS_MODE_CODE[x]
         return True
+    if key == "seed":
+        if type(x) is not int or not 0 <= x < 2**64:
+            return False
+        h.seed = x
+        return True
     if not _plain_bool(x):
         return False
-    if key == "amsgrad":
+    if key == "stochastic_rounding":
+        h.stochastic_rounding = x is True
+    elif key == "amsgrad":
         h.amsgrad = x is True
     elif key == "maximize":
         h.maximize = x is True
@@ -424,7 +478,12 @@ def try_adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, dict o
     for key, x in options.items():
         if not _fast_option(&h, key, x):
             return False
-    if not (_plain_buffer(param, True) and _plain_buffer(exp_avg, True)
+    if h.stochastic_rounding:
+        return False       # (whether there is anything to round: the full check)
+    if not (_plain_buffer(param, True)
+            and (cnp.PyArray_TYPE(param) == cnp.NPY_FLOAT
+                 or cnp.PyArray_TYPE(param) == cnp.NPY_DOUBLE)
+            and _plain_buffer(exp_avg, True)
             and _plain_buffer(exp_avg_sq, True) and _plain_buffer(grad, False)
             and (not h.amsgrad or _plain_buffer(max_exp_avg_sq, True))):
         return False
@@ -470,6 +529,9 @@ def probe_buffers(list quads, bint prefetch=True):
             tasks[i].s = &s
             tasks[i].dtype = _dtype_code(cnp.PyArray_TYPE(<cnp.ndarray>p))
             tasks[i].grad_dtype = tasks[i].dtype
+            tasks[i].state_dtype = tasks[i].dtype
+            tasks[i].master_param = NULL
+            tasks[i].sr = 0
             offset += tasks[i].n
             work += adamc_work(tasks[i].n, tasks[i].dtype)
         nthreads = _threads_for(work)
@@ -488,6 +550,7 @@ cdef int GRADS_LIST = _spec.GRADS_LIST
 cdef tuple _GROUP_KEYS = tuple(o.name for o in _spec.OPTIONS) + tuple(_spec.SYNONYMS)
 cdef Py_ssize_t _NKEYS = len(_GROUP_KEYS)
 cdef object _MISSING = object()
+cdef Py_ssize_t _NBUF = len(_spec.SLOTS) + 1   # buffers a parameter's step writes
 
 
 cdef inline object _key_of(object value):
@@ -509,6 +572,9 @@ cdef struct Plan:
     void *m
     void *v
     void *x
+    void *mp                 # master_param
+    int sdtype               # the moments' storage code
+    bint need_x, need_mp     # amsgrad's maximum, master weights (set_groups)
     int dtype                # its ADAMC_F32/F64 code
     # this step
     bint active
@@ -554,7 +620,7 @@ cdef class Engine:
             nd += cnp.PyArray_NDIM(<cnp.ndarray>params[i])
         self.ngroups = max(group_of) + 1 if n else 0
         size = (n * (sizeof(Plan) + sizeof(adamc_task) + sizeof(adamc_scalars)
-                     + 8 * sizeof(uintptr_t))
+                     + 2 * _NBUF * sizeof(uintptr_t))
                 + self.ngroups * sizeof(GroupPlan) + nd * sizeof(cnp.npy_intp) + 64)
         self.block = malloc(size)
         if self.block == NULL:
@@ -564,8 +630,8 @@ cdef class Engine:
         self.plan = <Plan *>at; at += n * sizeof(Plan)
         self.tasks = <adamc_task *>at; at += n * sizeof(adamc_task)
         self.scal = <adamc_scalars *>at; at += n * sizeof(adamc_scalars)
-        self.span_lo = <uintptr_t *>at; at += 4 * n * sizeof(uintptr_t)
-        self.span_hi = <uintptr_t *>at; at += 4 * n * sizeof(uintptr_t)
+        self.span_lo = <uintptr_t *>at; at += _NBUF * n * sizeof(uintptr_t)
+        self.span_hi = <uintptr_t *>at; at += _NBUF * n * sizeof(uintptr_t)
         self.gplan = <GroupPlan *>at; at += self.ngroups * sizeof(GroupPlan)
         self.dims = <cnp.npy_intp *>at
         self.n = n
@@ -628,16 +694,24 @@ cdef class Engine:
             self.state[i] = dict(st) if st else None
             m, v, x = (st or {}).get("exp_avg"), (st or {}).get("exp_avg_sq"), \
                 (st or {}).get("max_exp_avg_sq")
+            mp = (st or {}).get("master_param")
+            self.plan[i].mp = cnp.PyArray_DATA(<cnp.ndarray>mp) if mp is not None else NULL
+            self.plan[i].sdtype = (_dtype_code(cnp.PyArray_TYPE(<cnp.ndarray>m))
+                                   if m is not None else self.plan[i].dtype)
             self.plan[i].m = cnp.PyArray_DATA(<cnp.ndarray>m) if m is not None else NULL
             self.plan[i].v = cnp.PyArray_DATA(<cnp.ndarray>v) if v is not None else NULL
             self.plan[i].x = cnp.PyArray_DATA(<cnp.ndarray>x) if x is not None else NULL
         self._index_spans()
 
-    def set_groups(self, list groups, list hypers):
-        """Take each group's validated Hypers, and remember the group
-        objects, so a step can tell by identity that nothing changed."""
-        cdef Py_ssize_t gi
+    def set_groups(self, list groups, list hypers, list slots):
+        """Take each group's validated Hypers and each parameter's slots (the
+        names it needs: _spec.slots_for), and remember the group objects, so
+        a step can tell by identity that nothing changed."""
+        cdef Py_ssize_t gi, i
         cdef GroupPlan *gp
+        for i in range(self.n):
+            self.plan[i].need_x = "max_exp_avg_sq" in slots[i]
+            self.plan[i].need_mp = "master_param" in slots[i]
         self.any_schedule = False
         for gi in range(self.ngroups):
             h = hypers[gi]
@@ -665,8 +739,8 @@ cdef class Engine:
     # -- internals --------------------------------------------------------
 
     cdef inline bint _needs_state(self, Py_ssize_t i):
-        return self.plan[i].m == NULL or (
-            self.gplan[self.plan[i].group].h.amsgrad and self.plan[i].x == NULL)
+        cdef Plan *q = &self.plan[i]
+        return q.m == NULL or (q.need_x and q.x == NULL) or (q.need_mp and q.mp == NULL)
 
     cdef _index_spans(self):
         """The sorted spans of every buffer a step writes."""
@@ -845,6 +919,12 @@ cdef class Engine:
             task.offset = offset
             task.dtype = q.dtype
             task.grad_dtype = q.gtype
+            task.state_dtype = q.sdtype
+            task.master_param = q.mp
+            task.sr = h.stochastic_rounding and (q.dtype >= ADAMC_F16 and q.mp == NULL
+                                                 or q.sdtype >= ADAMC_F16)
+            if task.sr:
+                adamc_sr_keys(task.sr_keys, h.seed, i, t)
             offset += q.size
             work[0] += adamc_work(q.size, q.dtype)
             ntask += 1

@@ -43,6 +43,8 @@ class Option(NamedTuple):
     forced: dict = {}               # per-variant value the user cannot change
     synonyms: tuple = ()            # (old keyword, its meaning) pairs
     example: Any = None             # a value that changes a step (tests/test_spec.py)
+    functional: bool = True         # a keyword of adam_step (else its buffers say it)
+    storage: bool = False           # about storage and rounding, not the update's math
 
     def default_for(self, variant):
         return self.forced.get(variant, self.defaults.get(variant, self.default))
@@ -77,7 +79,30 @@ OPTIONS = (
         "use, ``p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``.  "
         "``eps_inside_sqrt=True`` is accepted as a synonym for "
         "``eps_mode=\"inside\"``.")),
+    Option("master_weights", "optbool", None, example=False, functional=False, storage=True,
+           doc=(
+        "Keep a float32 copy of each 16-bit parameter (state slot "
+        "``master_param``), step it, and write its rounded value into the "
+        "parameter in the same pass.  None: True for float16/bfloat16 "
+        "parameters; True is an error for float32/float64 ones.")),
+    Option("state_dtype", "choice", None, choices=(None, "float32", "bfloat16", "float16", "float64"),
+           example="bfloat16", functional=False, storage=True, doc=(
+        "Storage of ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq``): "
+        "\"float32\", \"bfloat16\" or \"float16\".  None: the parameter's "
+        "dtype for float32/float64 parameters, float32 for 16-bit ones.  "
+        "float64 parameters keep float64 state (\"float64\" is for them only).")),
+    Option("stochastic_rounding", "bool", False, example=True, storage=True, doc=(
+        "Round every value written to 16 bits (parameters without master "
+        "weights, 16-bit state) stochastically instead of to nearest even: "
+        "a pure function of (seed, parameter index, step, element index).")),
+    Option("seed", "seed", None, example=12345, storage=True, doc=(
+        "The stochastic rounding seed, an int in [0, 2**64); None draws one "
+        "when the optimizer is built (state_dict records it).")),
 )
+
+#: Storage dtypes by name: the 16-bit ones are rounded to, float32/float64 computed in.
+SIXTEEN_BIT = ("float16", "bfloat16")
+STORAGE = ("float16", "bfloat16", "float32", "float64")
 
 OPTION = {o.name: o for o in OPTIONS}
 #: Old keywords accepted as another way to set an option: name -> (option, value when True).
@@ -94,32 +119,58 @@ def _hyper_fields():
 #: a float, or the schedule itself when it is callable.
 Hypers = namedtuple("Hypers", tuple(_hyper_fields()))
 
-#: The functional step's keyword names for the options (``betas`` split).
-FUNCTIONAL_NAMES = Hypers._fields
+#: The functional step's keyword names for the options (``betas`` split);
+#: adam_step takes the storage options from its buffers instead.
+FUNCTIONAL_NAMES = tuple(f for f in Hypers._fields
+                         if f not in [o.name for o in OPTIONS if not o.functional])
 
 
 class Slot(NamedTuple):
     """One per-parameter state buffer: its name in state_dicts and
-    checkpoints, and the option that must be on for it to exist (None:
-    always).  Every slot has the parameter's dtype, shape and memory order
-    and starts at zeros."""
+    checkpoints, when it exists (``needs``: "always", "amsgrad" or
+    "master"), its dtype ("state": the resolved state_dtype; "float32") and
+    how it starts ("zeros", or "param": the parameter's value).  Every slot
+    has the parameter's shape and memory order."""
 
     name: str
-    needs: str | None
+    needs: str
+    dtype: str
+    init: str
     doc: str
 
 
 SLOTS = (
-    Slot("exp_avg", None, "first moment estimate m"),
-    Slot("exp_avg_sq", None, "second moment estimate v"),
-    Slot("max_exp_avg_sq", "amsgrad", "running maximum of v (amsgrad)"),
+    Slot("exp_avg", "always", "state", "zeros", "first moment estimate m"),
+    Slot("exp_avg_sq", "always", "state", "zeros", "second moment estimate v"),
+    Slot("max_exp_avg_sq", "amsgrad", "state", "zeros", "running maximum of v (amsgrad)"),
+    Slot("master_param", "master", "float32", "param", "float32 master copy of a 16-bit parameter"),
 )
 SLOT_NAMES = tuple(s.name for s in SLOTS)
+SLOT = {s.name: s for s in SLOTS}
 
 
-def slots_for(hypers):
-    """The names of the slots a parameter stepping with ``hypers`` needs."""
-    return tuple(s.name for s in SLOTS if s.needs is None or getattr(hypers, s.needs))
+def uses_master(param_dtype, hypers):
+    """Whether a parameter of this dtype (name) keeps a float32 master copy."""
+    if hypers.master_weights is None:
+        return param_dtype in SIXTEEN_BIT
+    return bool(hypers.master_weights)
+
+
+def state_dtype_for(param_dtype, hypers):
+    """The moments' storage dtype (name) for a parameter of this dtype."""
+    if hypers.state_dtype is not None:
+        return hypers.state_dtype
+    return "float32" if param_dtype in SIXTEEN_BIT else param_dtype
+
+
+def slots_for(hypers, param_dtype="float32"):
+    """{slot name: dtype name} of the slots a parameter of this dtype
+    stepping with ``hypers`` needs."""
+    on = {"always": True, "amsgrad": hypers.amsgrad,
+          "master": uses_master(param_dtype, hypers)}
+    state = state_dtype_for(param_dtype, hypers)
+    return {s.name: (state if s.dtype == "state" else s.dtype)
+            for s in SLOTS if on[s.needs]}
 
 
 def defaults(variant):
@@ -152,8 +203,11 @@ def functional_signature():
     P = inspect.Parameter
     params = [P(n, P.POSITIONAL_OR_KEYWORD)
               for n in ("param", "grad", "exp_avg", "exp_avg_sq")]
-    params += [P("step", P.KEYWORD_ONLY), P("max_exp_avg_sq", P.KEYWORD_ONLY, default=None)]
+    params += [P("step", P.KEYWORD_ONLY), P("max_exp_avg_sq", P.KEYWORD_ONLY, default=None),
+               P("master_param", P.KEYWORD_ONLY, default=None)]
     for o in OPTIONS:
+        if not o.functional:
+            continue
         d = o.default_for("adam_step")
         if o.kind == "betas":
             params += [P("beta1", P.KEYWORD_ONLY, default=d[0]),
@@ -172,7 +226,8 @@ def parameters_doc(variant):
             continue
         default = o.default_for(variant)
         kind = {"lr": "float or callable", "betas": "(float, float)", "real": "float",
-                "bool": "bool", "choice": "str"}[o.kind]
+                "bool": "bool", "choice": "str or None" if None in o.choices else "str",
+                "optbool": "bool or None", "seed": "int or None"}[o.kind]
         lines.append(f"{o.name} : {kind}, default {default!r}")
         lines.append(f"    {o.doc}")
     return "\n".join(lines)

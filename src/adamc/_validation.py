@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import math
 import numbers
+import secrets
 from collections.abc import Mapping
 
 import numpy as np
@@ -66,7 +67,7 @@ def check_bool(value, name, where=""):
 
 
 def check_choice(value, name, choices, where=""):
-    if not isinstance(value, str) or value not in choices:
+    if value not in choices or not (isinstance(value, str) or value is None):
         raise (ValueError if isinstance(value, str) else TypeError)(
             f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
             f"{_where(where)}"
@@ -115,7 +116,23 @@ def _check_option(o, value, where):
         return (check_real(value, o.name, where),)
     if o.kind == "bool":
         return (check_bool(value, o.name, where),)
+    if o.kind == "optbool":
+        return (None if value is None else check_bool(value, o.name, where),)
+    if o.kind == "seed":
+        return (check_seed(value, where),)
     return (check_choice(value, o.name, o.choices, where),)
+
+
+def check_seed(seed, where=""):
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(
+            f"seed must be an int in [0, 2**64) or None, got {type(seed).__name__}"
+            f"{_where(where)}")
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}{_where(where)}")
+    return int(seed)
 
 
 def resolve_synonyms(options, where="", *, complete=False):
@@ -170,7 +187,9 @@ def options_for(variant, given, where, base=None):
     opts = dict(_spec.defaults(variant) if base is None else base)
     opts.update(resolve_synonyms(given, where))
     opts.update(_spec.forced(variant))
-    group_values(opts, where)
+    h = group_values(opts, where)
+    if h.stochastic_rounding and h.seed is None:  # drawn once: state_dict records it
+        opts["seed"] = secrets.randbits(63)
     if isinstance(opts["betas"], list):
         opts["betas"] = tuple(opts["betas"])
     return opts
@@ -197,6 +216,64 @@ def check_step(step, where=""):
 
 
 TORCH_HELP = "README.md, 'Using adamc with PyTorch'"
+
+
+def dtype_name(dt):
+    """The storage name ("float16", "bfloat16", "float32", "float64") of a
+    dtype adamc steps, or None."""
+    if dt.kind == "f" and dt.itemsize in (2, 4, 8):
+        return {2: "float16", 4: "float32", 8: "float64"}[dt.itemsize]
+    if dt.name == "bfloat16" and dt.itemsize == 2:  # ml_dtypes.bfloat16
+        return "bfloat16"
+    return None
+
+
+def check_storage(param_dtype, h, label, where=""):
+    """The storage options of a group (``h``: its Hypers) fit a parameter of
+    this dtype (a name); refused combinations say why."""
+    sixteen = param_dtype in _spec.SIXTEEN_BIT
+    if h.master_weights and not sixteen:
+        raise ValueError(
+            f"master_weights=True{_where(where)}, but {label} is {param_dtype}: master "
+            "weights are a float32 copy of a float16/bfloat16 parameter; leave "
+            "master_weights=None (or False) for it")
+    state = _spec.state_dtype_for(param_dtype, h)
+    if param_dtype == "float64" and state != "float64":
+        raise ValueError(
+            f"state_dtype={h.state_dtype!r}{_where(where)} with {label} in float64: "
+            "rounding its moments to fewer bits loses more than float64 parameters "
+            "gain; keep float64 state (state_dtype=None) or use float32 parameters")
+    if state == "float64" and param_dtype != "float64":
+        raise ValueError(
+            f"state_dtype='float64'{_where(where)} is for float64 parameters; "
+            f"{label} is {param_dtype}: use 'float32' (or None)")
+    if state == "bfloat16" and "ml_dtypes" not in __import__("sys").modules:
+        try:
+            import ml_dtypes  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                f"state_dtype='bfloat16'{_where(where)} needs ml_dtypes for NumPy's "
+                "bfloat16 arrays: pip install ml_dtypes (or \"adamc[bfloat16]\")"
+            ) from None
+
+
+def rounds_to_16_bits(param_dtype, h):
+    """Whether a parameter of this dtype writes any 16-bit value when stepped."""
+    return (_spec.state_dtype_for(param_dtype, h) in _spec.SIXTEEN_BIT
+            or (param_dtype in _spec.SIXTEEN_BIT and not _spec.uses_master(param_dtype, h)))
+
+
+def check_group_storage(h, params, labels, where):
+    """Every parameter of a group fits its storage options, and stochastic
+    rounding has a 16-bit rounding to do."""
+    names = [dtype_name(p.dtype) for p in params]
+    for name, lab in zip(names, labels):
+        check_storage(name, h, lab, where)
+    if h.stochastic_rounding and not any(rounds_to_16_bits(n, h) for n in names):
+        raise ValueError(
+            f"stochastic_rounding=True{_where(where)}, but no parameter of the group "
+            "is rounded to 16 bits (float16/bfloat16 parameters without master "
+            "weights, or 16-bit state_dtype); drop it or choose such storage")
 
 
 def _foreign_array_hint(a, label, updated):
@@ -235,10 +312,10 @@ def check_array(a, label, role="param"):
             f"convert it with np.asarray(x, dtype=np.float32){keep}"
         )
     dt = a.dtype
-    if dt.kind != "f" or dt.itemsize not in (4, 8):
+    if dtype_name(dt) is None:
         raise TypeError(
-            f"{label} must have dtype float32 or float64, got {dt}; "
-            f"convert it with .astype(np.float32){keep}"
+            f"{label} must have dtype float32 or float64 (or float16, or "
+            f"ml_dtypes.bfloat16), got {dt}; convert it with .astype(np.float32){keep}"
         )
     if not dt.isnative:
         raise TypeError(
@@ -329,12 +406,16 @@ def check_no_overlap(a, label, spans):
         )
 
 
-def check_step_buffers(param, grad, exp_avg, exp_avg_sq, amsgrad, max_exp_avg_sq):
-    """Validate the buffers of a functional step (shared with the reference)."""
+def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, h):
+    """Validate the buffers of a functional step (shared with the reference):
+    the state buffers share one dtype, which the storage rules allow for the
+    parameter (``h``: the step's Hypers; its state_dtype and master_weights
+    are taken from the buffers)."""
     check_array(param, "param")
     check_writeable(param, "param")
+    pname = dtype_name(param.dtype)
     named = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
-    if amsgrad:
+    if h.amsgrad:
         if max_exp_avg_sq is None:
             raise ValueError(
                 "amsgrad=True needs max_exp_avg_sq: pass an array like exp_avg_sq, "
@@ -344,11 +425,30 @@ def check_step_buffers(param, grad, exp_avg, exp_avg_sq, amsgrad, max_exp_avg_sq
     for name, a in named:
         check_array(a, name)
         check_writeable(a, name)
-        check_like(a, param, name, "param")
-    check_array(grad, "grad", role="grad")
-    check_like(grad, param, "grad", "param", any_float=True)
+        check_like(a, exp_avg if name != "exp_avg" else param, name,
+                   "exp_avg" if name != "exp_avg" else "param", any_float=name == "exp_avg")
     written = [param] + [a for _, a in named]
     labels = ["param"] + [name for name, _ in named]
+    if master_param is not None:
+        check_array(master_param, "master_param")
+        check_writeable(master_param, "master_param")
+        if master_param.dtype != np.float32:
+            raise TypeError(f"master_param must be float32, got {master_param.dtype}")
+        check_like(master_param, param, "master_param", "param", any_float=True)
+        written.append(master_param)
+        labels.append("master_param")
+    storage = h._replace(state_dtype=dtype_name(exp_avg.dtype),
+                         master_weights=master_param is not None)
+    check_storage(pname, storage, "param")
+    if h.stochastic_rounding and not rounds_to_16_bits(pname, storage):
+        raise ValueError(
+            "stochastic_rounding=True, but nothing is rounded to 16 bits (a "
+            "float16/bfloat16 param without master_param, or 16-bit state); drop it")
+    if h.stochastic_rounding and h.seed is None:
+        raise ValueError("stochastic_rounding=True needs seed=int (the rounding is a "
+                         "pure function of seed, step and element index)")
+    check_array(grad, "grad", role="grad")
+    check_like(grad, param, "grad", "param", any_float=True)
     check_disjoint(written, labels)
     check_no_overlap(grad, "grad", spans_of(written, labels))
 
@@ -361,7 +461,8 @@ def functional_values(step, options):
     if unknown:
         raise TypeError(
             f"adam_step() got an unexpected keyword argument {unknown[0]!r}; its "
-            f"options are {', '.join(_spec.FUNCTIONAL_NAMES)}"
+            f"options are {', '.join(_spec.FUNCTIONAL_NAMES)} (the state's dtype "
+            "comes from exp_avg, master weights from master_param)"
         )
     opts = resolve_synonyms(options)
     vals = []
@@ -376,10 +477,11 @@ def functional_values(step, options):
     return t, Hypers(*vals)
 
 
-def check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, options):
+def check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, step,
+                     options):
     """Validate adam_step's arguments; return (t, Hypers)."""
     t, h = functional_values(step, options)
-    check_step_buffers(param, grad, exp_avg, exp_avg_sq, h.amsgrad, max_exp_avg_sq)
+    check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, h)
     return t, h
 
 
@@ -653,7 +755,7 @@ def check_state_dict(sd, param_groups, params, names, variant):
         )
     index = {}  # saved index -> our flat index
     flat = 0
-    updates = []
+    updates, group_hypers, group_of = [], [], []
     for gi, (saved, ours) in enumerate(zip(groups, param_groups)):
         where = f"state_dict['param_groups'][{gi}]"
         if not isinstance(saved, Mapping) or "params" not in saved:
@@ -674,7 +776,12 @@ def check_state_dict(sd, param_groups, params, names, variant):
                       if k not in GROUP_KEYS and k not in ("params", "param_names")})
         merged = {k: v for k, v in ours.items() if k not in SYNONYMS}
         merged.update(hyper)
-        group_values(merged, where)
+        h = group_values(merged, where)
+        ps = ours["params"] if not isinstance(ours["params"], Mapping) else list(
+            ours["params"].values())
+        check_group_storage(h, ps, [param_label(names, flat + j) for j in range(len(ps))],
+                            where)
+        group_hypers.append(h)
         for key, val in _spec.forced(variant).items():
             if merged[key] != val:
                 raise ValueError(
@@ -685,6 +792,7 @@ def check_state_dict(sd, param_groups, params, names, variant):
             if sid in index:
                 raise ValueError(f"{where}: parameter index {sid!r} appears twice")
             index[sid] = flat
+            group_of.append(gi)
             flat += 1
     checked = {}
     for sid, e in state.items():
@@ -697,7 +805,7 @@ def check_state_dict(sd, param_groups, params, names, variant):
         where = f"state_dict['state'][{sid!r}]"
         if not isinstance(e, Mapping):
             raise TypeError(f"{where} must be a dict")
-        required = [s.name for s in _spec.SLOTS if s.needs is None]
+        required = [s.name for s in _spec.SLOTS if s.needs == "always"]
         extra = set(e) - {"step", *SLOT_NAMES}
         if extra or "step" not in e or any(k not in e for k in required):
             optional = [s for s in SLOT_NAMES if s not in required]
@@ -712,6 +820,10 @@ def check_state_dict(sd, param_groups, params, names, variant):
             raise ValueError(
                 f"{where}['step'] must be between 0 and 2**62 - 1, got {step}")
         p = params[i]
+        h = group_hypers[group_of[i]]
+        # amsgrad's maximum is kept while amsgrad is off (it resumes from it)
+        want = _spec.slots_for(h._replace(amsgrad=True), dtype_name(p.dtype))
+        entry = {"step": int(step)}
         for key in SLOT_NAMES:
             if key not in e:
                 continue
@@ -719,13 +831,43 @@ def check_state_dict(sd, param_groups, params, names, variant):
             lab = f"{where}[{key!r}]"
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"{lab} must be a numpy.ndarray, got {type(a).__name__}")
-            if a.dtype != p.dtype:
+            if key not in want:
+                raise ValueError(
+                    f"{lab}: {param_label(names, i)} has no {key} with these options "
+                    f"(its slots: {', '.join(want)})")
+            if dtype_name(a.dtype) is None:
                 raise TypeError(
-                    f"{lab} has dtype {a.dtype} but {param_label(names, i)} has {p.dtype}"
-                )
+                    f"{lab} has dtype {a.dtype}; state is float16, bfloat16, float32 or "
+                    "float64 (it is converted to the state's dtype, "
+                    f"{want[key]}, by value, never reinterpreted)")
             if a.shape != p.shape:
                 raise ValueError(
                     f"{lab} has shape {a.shape} but {param_label(names, i)} has {p.shape}"
                 )
-        checked[i] = e
+            entry[key] = (a, want[key])
+        checked[i] = entry
     return updates, checked
+
+
+def storage_dtype(name):
+    """The NumPy dtype of a storage name (bfloat16 through ml_dtypes)."""
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def check_state_fits(state, want, label):
+    """A parameter's existing state has the slots' dtypes its options now
+    ask for (state_dtype and master_weights are fixed once state exists)."""
+    for slot, a in (state or {}).items():
+        if slot in want and dtype_name(a.dtype) != want[slot]:
+            raise ValueError(
+                f"the {slot} of {label} is {dtype_name(a.dtype)}, but the options now "
+                f"ask for {want[slot]}: state_dtype and master_weights cannot change "
+                "after the first step; build the optimizer with them, or convert "
+                "through state_dict()/load_state_dict() on a new optimizer")
+        if slot == "master_param" and slot not in want:
+            raise ValueError(
+                f"{label} has a master copy, but the options now ask for none: "
+                "master_weights cannot change after the first step")

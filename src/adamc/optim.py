@@ -77,19 +77,25 @@ class AdamW(Adam):
 
 def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
               exp_avg_sq: np.ndarray, *, step: int,
-              max_exp_avg_sq: np.ndarray | None = None, **options: Any) -> None:
+              max_exp_avg_sq: np.ndarray | None = None,
+              master_param: np.ndarray | None = None, **options: Any) -> None:
     """One fused Adam/AdamW update of one parameter, in place.
 
     Parameters
     ----------
-    param : ndarray, float32 or float64, contiguous, writeable   # IN/OUT
-    grad : ndarray, like param, float32 or float64 (read only)    # IN
-    exp_avg, exp_avg_sq : ndarray, like param                     # IN/OUT
-        First and second moment estimates (zeros before step 1).
+    param : ndarray, float16, bfloat16, float32 or float64, contiguous,
+        writeable                                                 # IN/OUT
+    grad : ndarray, param's shape and order, any of those dtypes  # IN
+    exp_avg, exp_avg_sq : ndarray, param's shape and order        # IN/OUT
+        First and second moment estimates (zeros before step 1); their
+        dtype is the state's (float32 or 16-bit; float64 for float64 param).
     step : int
         The timestep t >= 1 of this update (for the bias corrections).
     max_exp_avg_sq : ndarray, like param, optional                # IN/OUT
         Required with ``amsgrad=True``.
+    master_param : ndarray, float32, param's shape, optional      # IN/OUT
+        The float32 master copy of a 16-bit param (start: param's values):
+        it is stepped, and param receives its rounded value.
     {options} (keywords)
         As for :class:`Adam` (``lr`` must be a number here; ``betas`` is
         given as ``beta1`` and ``beta2``).
@@ -103,11 +109,12 @@ def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
     >>> p
     array([0.99, 2.01])
     """
-    if not _kernels.try_adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-                                  step, options):
+    if master_param is not None or not _kernels.try_adam_step(
+            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, options):
         t, h = V.check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-                                  step, options)
-        _kernels.step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, t, h)
+                                  master_param, step, options)
+        _kernels.step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, t, h,
+                              master_param)
 
 
 adam_step.__signature__ = _spec.functional_signature()

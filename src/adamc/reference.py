@@ -65,7 +65,108 @@ def _update(p, grad, m, v, vmax, t, h):
     p += dt(-step_size) * (m / denom)
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, max_exp_avg_sq=None, **options):
+# ---------------------------------------------------------------------------
+# 16-bit storage: the NumPy twins of csrc/convert.h and csrc/blocked.inc
+
+
+def _hash32(x):
+    """convert.h's adamc_hash32 on uint32 arrays (or scalars), wrapping."""
+    x = np.array(x, dtype=np.uint32, ndmin=1)
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def sr_keys(seed, index, step):
+    """convert.h/step.c's adamc_sr_keys: the four stream keys of one step."""
+    m = 0xFFFFFFFF
+    k = _hash32((seed & m) ^ 0x243F6A88)
+    for word in (seed >> 32, index & m, (index >> 32) & m, step & m, (step >> 32) & m):
+        k = _hash32(k ^ np.uint32(word & m))
+    return [int(_hash32(k ^ np.uint32(s))[0]) for s in range(4)]
+
+
+def sr_bits(key, n):
+    """The 32 random bits of elements 0..n-1 of the stream with this key."""
+    i = np.arange(n, dtype=np.uint64)
+    lo = (i & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return _hash32(_hash32(lo + np.uint32(key)) ^ (i >> np.uint64(32)).astype(np.uint32))
+
+
+def _f16_sr(x, r):
+    """convert.h's adamc_f2h_sr: float32 values x, random bits r -> float16 bits."""
+    u = x.view(np.uint32).astype(np.uint64)
+    sign = (u >> 16) & 0x8000
+    ax = u & 0x7FFFFFFF
+    normal = (((ax - 0x38000000) & 0xFFFFFFFF) + (r & 0x1FFF)) >> 13
+    e = ax >> 23
+    E = np.maximum(e, 1)
+    M = (ax & 0x7FFFFF) | np.where(e > 0, 0x800000, 0).astype(np.uint64)
+    shift = 126 - E.astype(np.int64)
+    sh = np.clip(shift, 0, 63).astype(np.uint64)
+    rem = np.where(shift < 64, M & ((np.uint64(1) << sh) - np.uint64(1)), M)
+    up = np.clip(32 - shift, 0, 63).astype(np.uint64)
+    down = np.clip(shift - 32, 0, 63).astype(np.uint64)
+    thr = np.where(shift <= 32, rem << up, np.where(shift - 32 < 64, M >> down, 0))
+    sub = np.where(shift < 64, M >> sh, 0) + (r.astype(np.uint64) < thr)
+    nan = 0x7C00 | ((ax >> 13) & 0x3FF)
+    nan = nan + (nan == 0x7C00)
+    res = np.where(ax > 0x7F800000, nan, np.where(ax >= 0x47800000, 0x7C00,
+                                                  np.where(ax >= 0x38800000, normal, sub)))
+    return (res | sign).astype(np.uint16).view(np.float16)
+
+
+def _bf16_sr(x, r):
+    """convert.h's adamc_f2b_sr."""
+    import ml_dtypes
+    u = x.view(np.uint32).astype(np.uint64)
+    nan = ((u >> 16) & 0x8000) | 0x7FC0
+    res = np.where((u & 0x7FFFFFFF) > 0x7F800000, nan, (u + (r & 0xFFFF)) >> 16)
+    return res.astype(np.uint16).view(ml_dtypes.bfloat16)
+
+
+def round_to(x, dtype, key=None):
+    """float32 values x rounded to a 16-bit dtype: to nearest even (NumPy's
+    and ml_dtypes' casts), or stochastically with stream ``key``."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if key is None:
+            return x.astype(dtype)
+        # element i of the stream is the i-th element in memory, as in the kernel
+        order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
+        flat = np.ascontiguousarray(x.ravel(order=order), dtype=np.float32)
+        r = sr_bits(key, flat.size).astype(np.uint64)
+        out = _f16_sr(flat, r) if dtype == np.float16 else _bf16_sr(flat, r)
+        return out.reshape(x.shape, order=order)
+
+
+def _write(dst, value):
+    """dst[...] = value in dst's own memory order (value in storage dtype)."""
+    dst[...] = value
+
+
+def _step_storage(p, g, st, t, h, index):
+    """One step of a parameter with 16-bit storage or a master copy, op for op
+    as blocked.inc: widen, the one update (_update) in the compute dtype,
+    round back (stochastically with h.stochastic_rounding)."""
+    c = np.float64 if p.dtype == np.float64 else np.float32
+    keys = sr_keys(h.seed, index, t) if h.stochastic_rounding else [None] * 4
+    master = st.get("master_param")
+    pw = master if master is not None else (p if p.dtype == c else p.astype(c, order="K"))
+    slots = [s for s in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if s in st]
+    work = {s: (st[s] if st[s].dtype == c else st[s].astype(c, order="K")) for s in slots}
+    _update(pw, g.astype(c) if g.dtype.itemsize == 2 else g, work["exp_avg"],
+            work["exp_avg_sq"], work.get("max_exp_avg_sq"), t, h)
+    if p.dtype != c:
+        _write(p, round_to(pw, p.dtype, None if master is not None else keys[0]))
+    for k, s in zip(keys[1:], slots):
+        if st[s].dtype != c:
+            _write(st[s], round_to(work[s], st[s].dtype, k))
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, max_exp_avg_sq=None,
+              master_param=None, **options):
     """The NumPy twin of :func:`adamc.adam_step` (same arguments and checks).
 
     Examples
@@ -77,9 +178,24 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, max_exp_avg_sq=None, **
     >>> p
     array([0.99, 2.01])
     """
-    t, h = V.check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step,
-                              options)
-    _update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, t, h)
+    t, h = V.check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+                              master_param, step, options)
+    st = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    if h.amsgrad:
+        st["max_exp_avg_sq"] = max_exp_avg_sq
+    if master_param is not None:
+        st["master_param"] = master_param
+    _step(param, grad, st, t, h, 0)
+
+
+def _step(p, g, st, t, h, index):
+    """One parameter's step: the direct update when everything is stored in
+    the compute dtype, the 16-bit path otherwise."""
+    if "master_param" in st or p.dtype.itemsize == 2 or st["exp_avg"].dtype != p.dtype \
+            or (g.dtype.itemsize == 2):
+        _step_storage(p, g, st, t, h, index)
+    else:
+        _update(p, g, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"), t, h)
 
 
 adam_step.__signature__ = _spec.functional_signature()
@@ -123,8 +239,9 @@ class Engine:
         for i, st in states.items():
             self._state[i] = dict(st) if st else None
 
-    def set_groups(self, groups, hypers):
+    def set_groups(self, groups, hypers, slots):
         self._hypers = list(hypers)
+        self._slots = list(slots)
         self._groups = list(groups)
         self._lists = [g["params"] for g in groups]
         # values compared by identity, except lists (editable in place): by items
@@ -141,7 +258,7 @@ class Engine:
 
     def _needs_state(self, i):
         have = self._state[i] or {}
-        return any(s not in have for s in _spec.slots_for(self._hypers[self._group_of[i]]))
+        return any(s not in have for s in self._slots[i])
 
     def _groups_unchanged(self, groups):
         if self._keys is None or type(groups) is not list or len(groups) != len(self._keys):
@@ -201,8 +318,9 @@ class Engine:
             if callable(h.lr):
                 h = h._replace(lr=self._lrs[(gi, t)])
             st = self._state[i]
-            _update(self._params[i], grads[i], st["exp_avg"], st["exp_avg_sq"],
-                    st.get("max_exp_avg_sq"), t, h)
+            if not h.amsgrad:
+                st = {k: v for k, v in st.items() if k != "max_exp_avg_sq"}
+            _step(self._params[i], grads[i], st, t, h, i)
             self._steps[i] += 1
         self._lrs = {}
         return _spec.OK

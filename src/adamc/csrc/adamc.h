@@ -13,7 +13,8 @@
 extern "C" {
 #endif
 
-enum { ADAMC_F32 = 0, ADAMC_F64 = 1 };
+/* Storage types (param, gradient, state). */
+enum { ADAMC_F32 = 0, ADAMC_F64 = 1, ADAMC_F16 = 2, ADAMC_BF16 = 3 };
 
 /* Where epsilon enters the denominator (adamc_hyper.eps_mode). */
 enum {
@@ -44,6 +45,8 @@ typedef struct {
     double lr, beta1, beta2, eps, weight_decay;
     int amsgrad, maximize, decoupled_weight_decay, bias_correction;
     int eps_mode;       /* ADAMC_EPS_MODE_* */
+    int stochastic_rounding;
+    uint64_t seed;
 } adamc_hyper;
 
 /*
@@ -69,9 +72,11 @@ typedef struct {
  * arrangement of the bias corrections).  step is t >= 1. */
 void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h);
 
-/* One parameter's buffers: all contiguous, the same length n; the state has
- * the parameter's dtype, the gradient may have the other float dtype (it is
- * converted to the parameter's in registers, round to nearest). */
+/* One parameter's buffers: all contiguous, the same length n.  Compute is in
+ * float64 for float64 parameters, else in float32; a gradient of another
+ * type is converted as it is loaded (round to nearest), 16-bit storage
+ * block by block (blocked.inc).  With master_param (16-bit parameters), the
+ * float32 master copy is stepped and the parameter gets its rounded value. */
 typedef struct {
     void *param;              /* IN/OUT */
     const void *grad;         /* IN     */
@@ -81,9 +86,17 @@ typedef struct {
     int64_t n;                /* elements */
     int64_t offset;           /* sum of n over the tasks before this one */
     const adamc_scalars *s;
-    int dtype;                /* ADAMC_F32 or ADAMC_F64: param and state */
-    int grad_dtype;           /* ADAMC_F32 or ADAMC_F64                  */
+    void *master_param;       /* IN/OUT float32, or NULL                 */
+    int dtype;                /* ADAMC_F32/F64/F16/BF16: param storage   */
+    int grad_dtype;           /* ADAMC_F32/F64/F16/BF16                  */
+    int state_dtype;          /* exp_avg, exp_avg_sq, max_exp_avg_sq     */
+    int sr;                   /* round to 16 bits stochastically         */
+    uint32_t sr_keys[4];      /* streams: param, exp_avg, exp_avg_sq, max */
 } adamc_task;
+
+/* The stochastic-rounding keys of one parameter's step: a pure function of
+ * (seed, parameter index, step), one per stream (convert.h). */
+void adamc_sr_keys(uint32_t keys[4], uint64_t seed, int64_t index, int64_t step);
 
 /* The work of n elements, in float32 elements: a float64 element costs
  * about twice as much (bench/thread_cutoff.py).  The serial cutoff is in

@@ -6,7 +6,9 @@
  * symbol, adamc_kernel_<isa>().
  */
 #include <math.h>
+#include <string.h>
 #include "adamc.h"
+#include "convert.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define ADAMC_ALWAYS_INLINE __attribute__((always_inline))
@@ -40,6 +42,14 @@
 
 #define ADAMC_CAT_(a, b) a##b
 #define ADAMC_CAT(a, b) ADAMC_CAT_(a, b)
+/* this variant's copy of a function: name_<isa> */
+#define ISA(name) ADAMC_CAT(ADAMC_CAT(name, _), ADAMC_ISA)
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#define ADAMC_ALIGNED(n) __declspec(align(n))
+#else
+#define ADAMC_ALIGNED(n) __attribute__((aligned(n)))
+#endif
 
 /* FMA is chosen on purpose, per variant, never by the compiler's contraction:
  * a fused a*b+c is one rounding, which moves results by up to an ulp against
@@ -87,19 +97,28 @@
 #undef MULADD
 #undef SQRT
 
-static void ADAMC_CAT(adamc_range_, ADAMC_ISA)(const adamc_task *t, int64_t lo, int64_t hi)
+#include "blocked.inc"
+
+/* Every task goes through here: the direct loops when the buffers are in
+ * the compute type (float32/float64 storage, either float gradient), the
+ * blocked conversions otherwise. */
+static void ISA(adamc_range)(const adamc_task *t, int64_t lo, int64_t hi)
 {
-    const int same = t->grad_dtype == t->dtype;
-    if (t->dtype == ADAMC_F32) {
-        if (same)
-            ADAMC_CAT(adamc_range_f32f32_, ADAMC_ISA)(t, lo, hi);
+    const int gd = t->grad_dtype, wide_grad = gd == ADAMC_F32 || gd == ADAMC_F64;
+    if (t->dtype == ADAMC_F64) {
+        if (gd == ADAMC_F64)
+            ISA(adamc_range_f64f64)(t, lo, hi);
+        else if (gd == ADAMC_F32)
+            ISA(adamc_range_f64f32)(t, lo, hi);
         else
-            ADAMC_CAT(adamc_range_f32f64_, ADAMC_ISA)(t, lo, hi);
+            ISA(adamc_blocked_f64)(t, lo, hi);
+    } else if (t->dtype == ADAMC_F32 && t->state_dtype == ADAMC_F32 && wide_grad) {
+        if (gd == ADAMC_F32)
+            ISA(adamc_range_f32f32)(t, lo, hi);
+        else
+            ISA(adamc_range_f32f64)(t, lo, hi);
     } else {
-        if (same)
-            ADAMC_CAT(adamc_range_f64f64_, ADAMC_ISA)(t, lo, hi);
-        else
-            ADAMC_CAT(adamc_range_f64f32_, ADAMC_ISA)(t, lo, hi);
+        ISA(adamc_blocked_f32)(t, lo, hi);
     }
 }
 
@@ -108,6 +127,6 @@ static void ADAMC_CAT(adamc_range_, ADAMC_ISA)(const adamc_task *t, int64_t lo, 
 
 const adamc_kernel *ADAMC_CAT(adamc_kernel_, ADAMC_ISA)(void)
 {
-    static const adamc_kernel k = {ADAMC_STR(ADAMC_ISA), ADAMC_CAT(adamc_range_, ADAMC_ISA)};
+    static const adamc_kernel k = {ADAMC_STR(ADAMC_ISA), ISA(adamc_range)};
     return &k;
 }
