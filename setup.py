@@ -36,8 +36,8 @@ COMMON_SOURCES = ["step.c", "threads.c", "dispatch.c", "kernel_baseline.c"]
 # x86-64 variants: file, GCC/Clang flags, MSVC flags.  Chosen at run time
 # (csrc/dispatch.c), so a wheel built anywhere keeps them all.
 X86_VARIANTS = [
-    ("avx2", ["-mavx2", "-mfma"], ["/arch:AVX2"]),
-    ("avx512", ["-mavx512f", "-mfma", "-mprefer-vector-width=512"], ["/arch:AVX512"]),
+    ("avx2", ["-mavx2", "-mfma", "-mf16c"], ["/arch:AVX2"]),
+    ("avx512", ["-mavx512f", "-mfma", "-mf16c", "-mprefer-vector-width=512"], ["/arch:AVX512"]),
 ]
 
 

@@ -56,6 +56,7 @@ class _Optimizer:
         self._params, self._names, self._group_of, self._group_params = [], None, [], []
         for g in new:
             self._add_group(g)
+        self._group_hypers()  # the storage options fit every parameter
         self._lock = threading.Lock()
         self._engine = self._Engine(self._params, self._group_of)
 
@@ -85,6 +86,11 @@ class _Optimizer:
             g = V.make_group(param_group, len(self.param_groups), named, self._variant,
                              self.defaults)
             V.check_new_params(self._params, self._names, [g])
+            h = V.group_values(g, f"param_groups[{len(self.param_groups)}]")
+            names = (self._names or []) + list(g.get("param_names", ())) if named else None
+            V.check_group_storage(h, g["params"], [
+                V.param_label(names, len(self._params) + j)
+                for j in range(len(g["params"]))], f"param_groups[{len(self.param_groups)}]")
             old = self._engine
             self._add_group(g)
             self._engine = self._Engine(self._params, self._group_of)

@@ -42,8 +42,10 @@ static int x86_level(void)
     if (max_leaf < 7)
         return 0;
     cpuid(1, 0, r);
-    /* ECX: FMA bit 12, OSXSAVE bit 27, AVX bit 28 */
-    if (!((r[2] >> 12) & 1) || !((r[2] >> 27) & 1) || !((r[2] >> 28) & 1))
+    /* ECX: FMA bit 12, OSXSAVE bit 27, AVX bit 28, F16C bit 29 (the
+     * float16 conversions of the avx2 and avx512 variants) */
+    if (!((r[2] >> 12) & 1) || !((r[2] >> 27) & 1) || !((r[2] >> 28) & 1)
+        || !((r[2] >> 29) & 1))
         return 0;
     xcr0 = xgetbv0();
     if ((xcr0 & 0x6) != 0x6) /* XMM and YMM state saved by the OS */
