@@ -111,10 +111,16 @@ def test_flipped_byte_in_header(saved, tmp_path):
 def test_wrong_version_and_magic(saved, tmp_path):
     ps, opt, path = saved
 
-    def v2(doc):
-        doc["version"] = 2
-    rewrite(path, tmp_path / "v2.npz", edit_header=v2)
-    assert_refused(opt, tmp_path / "v2.npz", "version 2")
+    def v3(doc):
+        doc["version"] = 3
+    rewrite(path, tmp_path / "v3.npz", edit_header=v3)
+    assert_refused(opt, tmp_path / "v3.npz", "version 3")
+
+    def v1_with_float16(doc):  # version 1 knew float32 and float64 only
+        doc["version"] = 1
+        doc["arrays"][0]["dtype"] = "<f2"
+    rewrite(path, tmp_path / "v1f2.npz", edit_header=v1_with_float16)
+    assert_refused(opt, tmp_path / "v1f2.npz", "version 1")
 
     def magic(doc):
         doc["format"] = "someone-else"

@@ -249,3 +249,22 @@ def test_all_combinations_cover_the_rules():
              o.get("master_weights") is not False and sixteen(p)) for p, o in STORAGE}
     for p, s, m in itertools.product([F16, BF16], ["float32"], [True, False]):
         assert (p, s, m) in seen
+
+
+@pytest.mark.parametrize("pdt, options", [(BF16, {"amsgrad": True}),
+                                          (F16, {"master_weights": False,
+                                                 "state_dtype": "float16"}),
+                                          (F32, {"state_dtype": "bfloat16"})], ids=str)
+def test_checkpoints_carry_16_bit_state_and_master_weights(tmp_path, pdt, options):
+    pa, a = run(adamc, pdt, F32, options, steps=2)
+    adamc.save_state(a, tmp_path / "mp.npz")
+    pb = pa.copy()
+    b = adamc.Adam([pb], lr=1e-2, **options)
+    adamc.load_state(b, tmp_path / "mp.npz")
+    for k, v in state_of(a, 0).items():
+        assert state_of(b, 0)[k].dtype == v.dtype
+        np.testing.assert_array_equal(state_of(b, 0)[k], v)
+    g = np.linspace(-1, 1, pa.size).astype(np.float32)
+    a.step([g])
+    b.step([g])
+    np.testing.assert_array_equal(pa, pb)

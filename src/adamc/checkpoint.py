@@ -30,15 +30,21 @@ import zipfile
 import numpy as np
 import numpy.lib.format as npy_format
 
+from . import _spec
+
 __all__ = ["save_state", "load_state"]
 
 FORMAT_NAME = "adamc-optimizer-state"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this reader accepts: 1 (float32/float64 state), 2 (adds float16,
+#: bfloat16 and the master_param slot).
+READ_VERSIONS = (1, 2)
 
 _HEADER = "header.npy"
 _DIGEST = "sha256.npy"
-_BUFFERS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-_DTYPES = {"<f4": np.dtype("<f4"), "<f8": np.dtype("<f8")}
+_BUFFERS = _spec.SLOT_NAMES
+_DTYPES = {"<f2": np.dtype("<f2"), "<f4": np.dtype("<f4"), "<f8": np.dtype("<f8"),
+           "bfloat16": np.dtype("<u2")}  # bfloat16: its bits, as little-endian uint16
 _TOP_KEYS = {"format", "version", "optimizer", "adamc_version", "param_groups",
              "state", "arrays"}
 _CHUNK = 1 << 22  # bytes per write call
@@ -139,15 +145,17 @@ def _encode(opt, sd):
         for key in _BUFFERS:
             if key not in e:
                 continue
-            a, order = _le(e[key])
-            if a.dtype.str not in _DTYPES:
+            bf16 = e[key].dtype.name == "bfloat16" and e[key].dtype.itemsize == 2
+            a, order = _le(e[key].view(np.uint16) if bf16 else e[key])
+            tag = "bfloat16" if bf16 else a.dtype.str
+            if tag not in _DTYPES or (not bf16 and a.dtype.kind != "f"):
                 raise ValueError(
                     f"cannot save state[{i}][{key!r}]: dtype {e[key].dtype} is not "
-                    "float32 or float64"
+                    "float16, bfloat16, float32 or float64"
                 )
             ent[key] = len(arrays)
             arrays.append(a)
-            metas.append({"dtype": a.dtype.str, "shape": list(a.shape), "order": order})
+            metas.append({"dtype": tag, "shape": list(a.shape), "order": order})
         entries.append(ent)
     from . import __version__
 
@@ -361,10 +369,10 @@ def _parse_header(doc):
         fmt = doc.get("format") if isinstance(doc, dict) else None
         raise _Bad(f"not an adamc checkpoint: format is {fmt!r}, expected {FORMAT_NAME!r}")
     version = doc.get("version")
-    if version != FORMAT_VERSION or not _is_int(version):
+    if version not in READ_VERSIONS or not _is_int(version):
         raise _Bad(
             f"unsupported checkpoint format version {version!r}; this adamc reads "
-            f"version {FORMAT_VERSION}"
+            f"versions {', '.join(map(str, READ_VERSIONS))}"
         )
     if set(doc) != _TOP_KEYS:
         raise _Bad(f"the header has keys {sorted(doc)}, expected {sorted(_TOP_KEYS)}")
@@ -377,6 +385,9 @@ def _parse_header(doc):
                 or not isinstance(m["shape"], list)
                 or not all(_is_int(n) and n >= 0 for n in m["shape"])):
             raise _Bad(f"the header's arrays[{k}] is malformed: {m!r}")
+        if version == 1 and m["dtype"] not in ("<f4", "<f8"):
+            raise _Bad(f"the header's arrays[{k}] has dtype {m['dtype']}, which version 1 "
+                       "files do not hold")
     return metas
 
 
@@ -459,13 +470,22 @@ def _read(f):
                 "its header (missing or unexpected)"
             )
         arrays = [
-            _read_npy(member(f"a{k}.npy"), f"a{k}.npy", m["dtype"], m["shape"], m["order"])
+            _read_npy(member(f"a{k}.npy"), f"a{k}.npy", _DTYPES[m["dtype"]].str, m["shape"],
+                      m["order"])
             for k, m in enumerate(metas)
         ]
         stored = _read_npy(member(_DIGEST), _DIGEST, "|u1", (32,)).tobytes()
     if _digest(header, [_raw(a) for a in arrays]) != stored:
         raise _Bad("checksum mismatch: the file is corrupted or was modified")
     native = [a.astype(a.dtype.newbyteorder("="), copy=False) for a in arrays]
+    if any(m["dtype"] == "bfloat16" for m in metas):
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise _Bad("it holds bfloat16 state, which needs ml_dtypes: pip install "
+                       "ml_dtypes") from None
+        native = [a.view(ml_dtypes.bfloat16) if m["dtype"] == "bfloat16" else a
+                  for a, m in zip(native, metas)]
     return _build_state_dict(doc, native)
 
 
