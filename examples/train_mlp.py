@@ -185,8 +185,16 @@ def progress_line(epoch, epochs, loss, acc, width=20):
     return f"epoch {epoch:>{digits}}/{epochs} [{bar}] loss {loss:.4f}  test acc {100 * acc:.1f}%"
 
 
+def storage_dtype(name):
+    """A dtype by name; "bfloat16" is ml_dtypes' (pip install ml_dtypes)."""
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 def train(optimizer="adamc", *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 64),
-          dtype=np.float32, seed=0, data=None, log=print):
+          dtype=np.float32, seed=0, data=None, log=print, **options):
     """Train the MLP with mini-batch Adam and record what happened.
 
     The seed fixes the initial weights and the order of the mini-batches, so
@@ -208,6 +216,12 @@ def train(optimizer="adamc", *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 
         :func:`load_data` returns them (the default: ``load_data(dtype, seed)``).
     log : callable or None, default print
         Receives one progress line per epoch; None is silent.
+    **options
+        More options of the optimizer (``master_weights``, ``state_dtype``,
+        ``stochastic_rounding``, ``seed``...).  With a 16-bit ``dtype`` the
+        weights are stored in it, forward and backward compute in float32 and
+        the gradients are handed over in the 16-bit dtype, as a mixed-precision
+        training loop does.
 
     Returns
     -------
@@ -217,13 +231,20 @@ def train(optimizer="adamc", *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 
         inside ``opt.step``), ``train_seconds`` (total time of the loop),
         ``steps`` (number of ``opt.step`` calls) and ``params`` (final weights).
     """
-    X_train, y_train, X_test, y_test = data if data is not None else load_data(dtype, seed)
+    dtype = np.dtype(dtype)
+    compute = np.float32 if dtype.itemsize == 2 else dtype  # 16-bit: float32 arithmetic
+    X_train, y_train, X_test, y_test = data if data is not None else load_data(compute, seed)
     rng = np.random.default_rng(seed)
     sizes = (X_train.shape[1], *hidden, int(y_train.max()) + 1)
-    params = init_params(sizes, rng, dtype)
+    params = {k: v.astype(dtype) for k, v in init_params(sizes, rng, compute).items()}
     # Built from a mapping, the optimizer takes its gradients as a mapping
     # with the same names: backward() returns exactly that.
-    opt = OPTIMIZERS[optimizer](params, lr=lr)
+    if options.get("stochastic_rounding"):
+        options = {"seed": seed, **options}  # the rounding, like the rest, follows the seed
+    opt = OPTIMIZERS[optimizer](params, lr=lr, **options)
+
+    def widened():
+        return params if dtype == compute else {k: v.astype(compute) for k, v in params.items()}
 
     losses, test_accuracy = [], []
     step_seconds = 0.0
@@ -234,9 +255,12 @@ def train(optimizer="adamc", *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 
         batch_losses = []
         for first in range(0, len(order), batch_size):
             batch = order[first:first + batch_size]
-            logits, activations = forward(params, X_train[batch])
+            work = widened()
+            logits, activations = forward(work, X_train[batch])
             loss, dlogits = softmax_cross_entropy(logits, y_train[batch])
-            grads = backward(params, activations, dlogits)
+            grads = backward(work, activations, dlogits)
+            if dtype != compute:
+                grads = {k: g.astype(dtype) for k, g in grads.items()}
             # Time the optimizer alone: forward and backward are the same
             # NumPy code for both optimizers.
             t0 = time.perf_counter()
@@ -245,7 +269,7 @@ def train(optimizer="adamc", *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 
             steps += 1
             batch_losses.append(loss)
         losses.append(float(np.mean(batch_losses)))
-        test_accuracy.append(accuracy(params, X_test, y_test))
+        test_accuracy.append(accuracy(widened(), X_test, y_test))
         if log is not None:
             log(progress_line(epoch, epochs, losses[-1], test_accuracy[-1]))
     return {
@@ -289,7 +313,15 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"],
+                        default="float32", help="the weights' storage (16-bit: float32 math)")
+    parser.add_argument("--master-weights", action=argparse.BooleanOptionalAction,
+                        default=None, help="float32 master copy of 16-bit weights "
+                        "(default: on for 16-bit weights)")
+    parser.add_argument("--state", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="state_dtype of the moments (default: float32 for 16-bit weights)")
+    parser.add_argument("--stochastic-rounding", action="store_true",
+                        help="round 16-bit writes stochastically")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, metavar="N",
                         help="threads adamc may use per step (default: adamc's own default)")
@@ -315,9 +347,11 @@ def main(argv=None):
             raise SystemExit("--plot needs matplotlib: pip install matplotlib")
     if args.threads is not None:
         adamc.set_num_threads(args.threads)
-    dtype = np.dtype(args.dtype)
+    dtype = storage_dtype(args.dtype)
     names = ["adamc", "reference"] if args.optimizer == "both" else [args.optimizer]
-    data = load_data(dtype, args.seed)
+    data = load_data(np.float32 if dtype.itemsize == 2 else dtype, args.seed)
+    options = {"master_weights": args.master_weights, "state_dtype": args.state,
+               "stochastic_rounding": args.stochastic_rounding}
     print(f"digits: {len(data[0])} training / {len(data[2])} held-out images, "
           f"{args.dtype}, adamc kernel {adamc.cpu_info()['isa']}, "
           f"{adamc.get_num_threads()} thread(s)")
@@ -327,7 +361,8 @@ def main(argv=None):
         label = f"{name:<9} " if len(names) > 1 else ""
         runs[name] = train(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            dtype=dtype, seed=args.seed, data=data,
-                           log=lambda line, label=label: print(label + line, flush=True))
+                           log=lambda line, label=label: print(label + line, flush=True),
+                           **options)
     results = {"runs": runs}
 
     print()
