@@ -32,7 +32,7 @@ from setuptools.command.build_ext import build_ext
 
 CSRC = os.path.join("src", "adamc", "csrc")
 # Files compiled with the common flags only.
-COMMON_SOURCES = ["step.c", "threads.c", "dispatch.c", "kernel_baseline.c"]
+COMMON_SOURCES = ["step.c", "norm.c", "threads.c", "dispatch.c", "kernel_baseline.c"]
 # x86-64 variants: file, GCC/Clang flags, MSVC flags.  Chosen at run time
 # (csrc/dispatch.c), so a wheel built anywhere keeps them all.
 X86_VARIANTS = [

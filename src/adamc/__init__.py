@@ -7,6 +7,7 @@ from . import reference
 from ._kernels import get_num_threads, set_num_threads
 from .checkpoint import load_state, save_state
 from .optim import Adam, AdamW, adam_step
+from .training import LossScaler, clip_grad_norm, global_norm
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,9 @@ __all__ = [
     "Adam",
     "AdamW",
     "adam_step",
+    "LossScaler",
+    "global_norm",
+    "clip_grad_norm",
     "reference",
     "set_num_threads",
     "get_num_threads",

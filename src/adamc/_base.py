@@ -12,10 +12,11 @@ schedules, allocation).  Nothing here runs per element.
 from __future__ import annotations
 
 import copy
+import math
 import secrets
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,6 +30,37 @@ def _new_slot(p, slot, dtype):
     if _spec.SLOT[slot].init == "param":
         return p.astype(dt, order="K")
     return np.zeros_like(p, dtype=dt)
+
+
+class StepInfo(NamedTuple):
+    """What a fused step did (``opt.last_step``).
+
+    norm : float
+        The global L2 norm of the gradients, after unscaling, before clipping.
+    factor : float
+        What every gradient was multiplied by: ``clip / grad_scale``.
+    skipped : bool
+        A gradient was Inf or NaN and ``skip_nonfinite`` was set: nothing
+        changed (no parameter, moment or step count).
+    """
+
+    norm: float
+    factor: float
+    skipped: bool
+
+
+def fused_factor(sumsq, scale, max_norm, skip):
+    """The fused step's decision from the gradients' sum of squares, in double,
+    with torch's rules: clip_grad_norm_'s ``max_norm / (norm + 1e-6)``
+    clamped to 1, GradScaler's skip when any gradient is not finite."""
+    norm = math.sqrt(sumsq) / (scale or 1.0)
+    if skip and not math.isfinite(norm):
+        return StepInfo(norm, 0.0, True)
+    clip = 1.0
+    if max_norm is not None:
+        coef = max_norm / (norm + 1e-6)
+        clip = 1.0 if coef >= 1.0 else coef  # (a NaN norm gives a NaN factor, as torch)
+    return StepInfo(norm, clip / (scale or 1.0), False)
 
 
 class _Optimizer:
@@ -57,6 +89,7 @@ class _Optimizer:
         for g in new:
             self._add_group(g)
         self._group_hypers()  # the storage options fit every parameter
+        self.last_step = None  # a StepInfo after a fused step
         self._lock = threading.Lock()
         self._engine = self._Engine(self._params, self._group_of)
 
@@ -99,7 +132,8 @@ class _Optimizer:
             self._engine.set_steps(np.concatenate(
                 [old.steps, np.zeros(len(self._params) - n, dtype=np.int64)]))
 
-    def step(self, grads=V.NO_GRADS) -> None:
+    def step(self, grads=V.NO_GRADS, *, grad_scale=None, max_grad_norm=None,
+             skip_nonfinite=False) -> None:
         """Update every parameter in place from its gradient.
 
         Parameters
@@ -112,11 +146,43 @@ class _Optimizer:
             float64 (converted to the parameter's in the kernel, no copy).
             ``None`` skips that parameter: its state and step count stay as
             they are.
+        grad_scale : float, optional
+            The loss scale the gradients carry: they are divided by it (in
+            the kernel, no pass of their own).
+        max_grad_norm : float, optional
+            Clip by the global L2 norm over all gradients of the step (after
+            unscaling), as ``torch.nn.utils.clip_grad_norm_``.  One setting
+            for the whole step (not per group).
+        skip_nonfinite : bool, default False
+            If any gradient element is Inf or NaN, change nothing (as
+            ``GradScaler`` skips ``optimizer.step``).
+
+        With any of these, the step reads the gradients twice (norm, then
+        step) and records a :class:`StepInfo` in ``opt.last_step``.
         """
+        if grad_scale is not None or max_grad_norm is not None or skip_nonfinite is not False:
+            return self._fused_step(grads, grad_scale, max_grad_norm, skip_nonfinite)
         with self._lock:
             if self._names is None and not self._engine.step(grads, self.param_groups):
                 return
             self._step_slowly(grads)
+
+    def _fused_step(self, grads, grad_scale, max_grad_norm, skip_nonfinite):
+        scale, max_norm, skip = V.check_fused(grad_scale, max_grad_norm, skip_nonfinite)
+        with self._lock:
+            grads = V.grads_list(grads, len(self._params), self._names)
+            engine = self._engine
+            status = engine.step(grads, self.param_groups, 1.0, True)
+            while status != _spec.MEASURED:  # every check passes before the norm
+                self._resolve(status, grads)
+                status = engine.step(grads, self.param_groups, 1.0, True)
+            info = fused_factor(engine.sumsq, scale, max_norm, skip)
+            if not info.skipped:
+                status = engine.step(grads, self.param_groups, info.factor)
+                while status:
+                    self._resolve(status, grads)
+                    status = engine.step(grads, self.param_groups, info.factor)
+            self.last_step = info
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Not needed: adamc takes the gradients as ``step``'s argument."""
@@ -273,6 +339,7 @@ class _Optimizer:
 
     def __setstate__(self, d):
         self.defaults = d["defaults"]
+        self.last_step = None
         self.param_groups = []
         self._params, self._names, self._group_of, self._group_params = [], None, [], []
         for g in d["param_groups"]:

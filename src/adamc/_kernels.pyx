@@ -61,6 +61,7 @@ cdef extern from "csrc/adamc.h" nogil:
         int amsgrad, maximize, decoupled_weight_decay, bias_correction, eps_mode
         int stochastic_rounding
         uint64_t seed
+        double grad_factor
     ctypedef struct adamc_scalars:
         int flags
     ctypedef struct adamc_task:
@@ -83,6 +84,7 @@ cdef extern from "csrc/adamc.h" nogil:
     int64_t adamc_work(int64_t n, int dtype)
     void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h)
     void adamc_sr_keys(uint32_t keys[4], uint64_t seed, int64_t index, int64_t step)
+    double adamc_grad_sumsq(const adamc_task *tasks, int64_t ntasks, int nthreads)
     void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
                           int64_t ntasks, int nthreads)
     void adamc_split(int64_t total, int nthreads, int tid, int64_t *lo, int64_t *hi)
@@ -246,6 +248,7 @@ cdef int _fill_hyper(adamc_hyper *c, object h) except -1:
     c.eps_mode = _EPS_MODE_CODE[h.eps_mode]
     c.stochastic_rounding = h.stochastic_rounding
     c.seed = h.seed if h.seed is not None else 0
+    c.grad_factor = 1.0
     return 0
 
 
@@ -502,6 +505,32 @@ def try_adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, dict o
     return True
 
 
+def grad_sumsq(list grads):
+    """The sum of squares of every element of ``grads`` (validated arrays of
+    any float dtype adamc takes), in norm.c's fixed order."""
+    cdef Py_ssize_t i, k = len(grads)
+    cdef adamc_task *tasks = <adamc_task *>malloc(max(k, 1) * sizeof(adamc_task))
+    cdef int64_t offset = 0
+    cdef int nthreads
+    cdef double s
+    if tasks == NULL:
+        raise MemoryError()
+    try:
+        for i in range(k):
+            g = <cnp.ndarray>grads[i]
+            tasks[i].grad = cnp.PyArray_DATA(g)
+            tasks[i].grad_dtype = _dtype_code(cnp.PyArray_TYPE(g))
+            tasks[i].n = cnp.PyArray_SIZE(g)
+            tasks[i].offset = offset
+            offset += tasks[i].n
+        nthreads = _threads_for(offset)
+        with nogil:
+            s = adamc_grad_sumsq(tasks, k, nthreads)
+    finally:
+        free(tasks)
+    return s
+
+
 def probe_buffers(list quads, bint prefetch=True):
     """Roofline probe over [(p, g, m, v), ...]: exactly Adam's memory traffic
     (read 4, write 3) with one add per array, through the same multi-tensor
@@ -546,7 +575,7 @@ def probe_buffers(list quads, bint prefetch=True):
 
 cdef int OK = _spec.OK, NEED_GROUPS = _spec.NEED_GROUPS, BAD_PARAM = _spec.BAD_PARAM
 cdef int BAD_GRAD = _spec.BAD_GRAD, NEED_LR = _spec.NEED_LR, NEED_STATE = _spec.NEED_STATE
-cdef int GRADS_LIST = _spec.GRADS_LIST
+cdef int GRADS_LIST = _spec.GRADS_LIST, MEASURED = _spec.MEASURED
 cdef tuple _GROUP_KEYS = tuple(o.name for o in _spec.OPTIONS) + tuple(_spec.SYNONYMS)
 cdef Py_ssize_t _NKEYS = len(_GROUP_KEYS)
 cdef object _MISSING = object()
@@ -601,6 +630,7 @@ cdef class Engine:
     cdef dict lrs
     cdef list wanted
     cdef readonly Py_ssize_t bad_index
+    cdef readonly double sumsq
     cdef bint any_schedule
     # one block, allocated in __cinit__ and freed in __dealloc__:
     cdef void *block
@@ -829,10 +859,13 @@ cdef class Engine:
                     return False   # (a list, edited in place, is compared by value)
         return start == self.n
 
-    def step(self, grads, groups):
-        """One step of every parameter whose gradient is not None; returns
-        a status of the engine protocol (_spec.py): OK, or what the
-        optimizer must resolve first (nothing has changed then)."""
+    def step(self, grads, groups, double grad_factor=1.0, bint measure=False):
+        """One step of every parameter whose gradient is not None, each
+        gradient multiplied by ``grad_factor``; returns a status of the
+        engine protocol (_spec.py): OK, or what the optimizer must resolve
+        first (nothing has changed then).  With ``measure``, check everything,
+        change nothing, and return MEASURED with ``sumsq``, the active
+        gradients' sum of squares (norm.c)."""
         cdef Py_ssize_t i
         cdef int64_t ntask, work = 0
         cdef int status, nthreads
@@ -841,9 +874,12 @@ cdef class Engine:
         if not self._groups_unchanged(groups):
             return NEED_GROUPS
         status = self._check_inputs(grads)
+        if measure and (status == OK or status == NEED_STATE):
+            self.sumsq = self._measure()
+            return MEASURED
         if status != OK:
             return status
-        ntask = self._fill_tasks(&work)
+        ntask = self._fill_tasks(&work, grad_factor)
         nthreads = _threads_for(work)
         if self.lrs:
             self.lrs = {}
@@ -884,7 +920,30 @@ cdef class Engine:
             return NEED_LR
         return NEED_STATE if need_state else OK
 
-    cdef int64_t _fill_tasks(self, int64_t *work) except -1:
+    cdef double _measure(self) except? -1:
+        """The active gradients' sum of squares (their checks have passed)."""
+        cdef Py_ssize_t i
+        cdef int64_t ntask = 0, offset = 0, work = 0
+        cdef Plan *q
+        cdef double s
+        cdef int nthreads
+        for i in range(self.n):
+            q = &self.plan[i]
+            if not q.active:
+                continue
+            self.tasks[ntask].grad = q.gdata
+            self.tasks[ntask].grad_dtype = q.gtype
+            self.tasks[ntask].n = q.size
+            self.tasks[ntask].offset = offset
+            offset += q.size
+            work += q.size
+            ntask += 1
+        nthreads = _threads_for(work)
+        with nogil:
+            s = adamc_grad_sumsq(self.tasks, ntask, nthreads)
+        return s
+
+    cdef int64_t _fill_tasks(self, int64_t *work, double grad_factor) except -1:
         """The per-step scalars (once per group and timestep) and one task
         per active parameter; returns the number of tasks."""
         cdef Py_ssize_t i, gi, prev_g = -1
@@ -903,6 +962,7 @@ cdef class Engine:
             if gi != prev_g or t != prev_t:
                 gp = &self.gplan[gi]
                 h = gp.h
+                h.grad_factor = grad_factor
                 if gp.lr_is_callable:
                     h.lr = self.lrs[(gi, t)]
                 s = &self.scal[i]

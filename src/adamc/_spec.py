@@ -245,3 +245,5 @@ BAD_PARAM = 2     #: parameter ``engine.bad_index`` changed or is invalid: raise
 BAD_GRAD = 3      #: gradient ``engine.bad_index`` fails a check: raise
 NEED_LR = 4       #: schedules to call: ``engine.wanted_lrs()`` -> set_lrs
 NEED_STATE = 5    #: ``engine.stateless()`` step for the first time (or gain amsgrad): set_states
+MEASURED = 7      #: (measure=True) checked, nothing changed; ``engine.sumsq`` holds the
+                  #: gradients' sum of squares for the fused step's norm

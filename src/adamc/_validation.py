@@ -871,3 +871,52 @@ def check_state_fits(state, want, label):
             raise ValueError(
                 f"{label} has a master copy, but the options now ask for none: "
                 "master_weights cannot change after the first step")
+
+
+# --------------------------------------------------------------------------
+# The fused training step (grad_scale, max_grad_norm, skip_nonfinite), the
+# loss scaler and the standalone clipping.
+
+
+def check_positive(value, name, where=""):
+    """A finite real > 0 (a loss scale, a maximum norm)."""
+    x = check_real(value, name, where)
+    if not x > 0.0:
+        raise ValueError(f"{name} must be > 0, got {x!r}{_where(where)}")
+    return x
+
+
+def check_fused(grad_scale, max_grad_norm, skip_nonfinite):
+    """step()'s fused options: (scale or None, max norm or None, skip)."""
+    scale = None if grad_scale is None else check_positive(grad_scale, "grad_scale")
+    max_norm = None if max_grad_norm is None else check_positive(max_grad_norm,
+                                                                 "max_grad_norm")
+    return scale, max_norm, check_bool(skip_nonfinite, "skip_nonfinite")
+
+
+def check_grad_arrays(grads, what="grads"):
+    """A list of gradient arrays for global_norm / clip_grad_norm."""
+    if isinstance(grads, np.ndarray):
+        grads = [grads]
+    if isinstance(grads, Mapping):
+        grads = list(grads.values())
+    try:
+        grads = [g for g in grads if g is not None]
+    except TypeError:
+        raise TypeError(f"{what} must be a list of arrays, got {type(grads).__name__}") from None
+    for i, g in enumerate(grads):
+        check_array(g, f"{what}[{i}]", role="grad")
+    return grads
+
+
+def check_scaler_state(sd, keys):
+    if not isinstance(sd, Mapping) or set(sd) != set(keys):
+        raise ValueError(
+            f"a LossScaler state_dict has exactly the keys {sorted(keys)}, got "
+            f"{sorted(map(str, sd)) if isinstance(sd, Mapping) else type(sd).__name__}")
+    scale = check_positive(sd["scale"], "state_dict['scale']")
+    tracker = sd["growth_tracker"]
+    if isinstance(tracker, (bool, np.bool_)) or not isinstance(tracker, numbers.Integral) \
+            or tracker < 0:
+        raise ValueError(f"state_dict['growth_tracker'] must be an int >= 0, got {tracker!r}")
+    return scale, int(tracker)

@@ -24,13 +24,18 @@ from ._base import _Optimizer
 __all__ = ["Adam", "AdamW", "adam_step"]
 
 
-def _update(p, grad, m, v, vmax, t, h):
+def _update(p, grad, m, v, vmax, t, h, factor=1.0):
     """Kingma & Ba 2015, Algorithm 1 (torch's arrangement), in place; ``h``
-    a _spec.Hypers with a float lr."""
+    a _spec.Hypers with a float lr; the gradient times ``factor`` (the fused
+    step's unscale and clip, one multiply with maximize's sign)."""
     dt = p.dtype.type
     lr, beta1, beta2, wd = h.lr, h.beta1, h.beta2, h.weight_decay
     grad = grad.astype(p.dtype, copy=False)  # a gradient of the other float dtype
-    g = -grad if h.maximize else grad
+    if factor != 1.0:
+        with np.errstate(invalid="ignore"):  # inf * 0: NaN, as torch
+            g = grad * dt((-1.0 if h.maximize else 1.0) * factor)
+    else:
+        g = -grad if h.maximize else grad
     if wd != 0.0:
         if h.decoupled_weight_decay:
             p *= dt(1.0 - lr * wd)  # Loshchilov & Hutter 2019
@@ -146,7 +151,7 @@ def _write(dst, value):
     dst[...] = value
 
 
-def _step_storage(p, g, st, t, h, index):
+def _step_storage(p, g, st, t, h, index, factor=1.0):
     """One step of a parameter with 16-bit storage or a master copy, op for op
     as blocked.inc: widen, the one update (_update) in the compute dtype,
     round back (stochastically with h.stochastic_rounding)."""
@@ -157,7 +162,7 @@ def _step_storage(p, g, st, t, h, index):
     slots = [s for s in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if s in st]
     work = {s: (st[s] if st[s].dtype == c else st[s].astype(c, order="K")) for s in slots}
     _update(pw, g.astype(c) if g.dtype.itemsize == 2 else g, work["exp_avg"],
-            work["exp_avg_sq"], work.get("max_exp_avg_sq"), t, h)
+            work["exp_avg_sq"], work.get("max_exp_avg_sq"), t, h, factor)
     if p.dtype != c:
         _write(p, round_to(pw, p.dtype, None if master is not None else keys[0]))
     for k, s in zip(keys[1:], slots):
@@ -188,14 +193,50 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, max_exp_avg_sq=None,
     _step(param, grad, st, t, h, 0)
 
 
-def _step(p, g, st, t, h, index):
+def _step(p, g, st, t, h, index, factor=1.0):
     """One parameter's step: the direct update when everything is stored in
     the compute dtype, the 16-bit path otherwise."""
     if "master_param" in st or p.dtype.itemsize == 2 or st["exp_avg"].dtype != p.dtype \
             or (g.dtype.itemsize == 2):
-        _step_storage(p, g, st, t, h, index)
+        _step_storage(p, g, st, t, h, index, factor)
     else:
-        _update(p, g, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"), t, h)
+        _update(p, g, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"), t, h,
+                factor)
+
+
+NORM_CHUNK = 16384  # csrc/norm.c's ADAMC_NORM_CHUNK
+
+
+def _segment_sumsq(g):
+    """norm.c's segment_sumsq: eight interleaved accumulators, a fixed tree."""
+    x = np.square(g.ravel(order="K").astype(np.float64))
+    n8 = x.size - x.size % 8
+    acc = np.zeros(8)
+    if n8:
+        acc = np.add.reduce(x[:n8].reshape(-1, 8), axis=0)  # row by row: lane order
+    for j, y in enumerate(x[n8:]):
+        acc[j] += y
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
+def grad_sumsq(grads):
+    """norm.c's adamc_grad_sumsq: the gradients' elements concatenated in
+    fixed chunks, each chunk's segments summed in order, then the chunks."""
+    flat = [g.ravel(order="K") for g in grads]
+    bounds = np.cumsum([0] + [f.size for f in flat])
+    total = int(bounds[-1])
+    chunks = []
+    for lo in range(0, total, NORM_CHUNK):
+        hi, s = lo + NORM_CHUNK, 0.0
+        for f, start in zip(flat, bounds[:-1]):
+            a, b = max(lo - start, 0), min(hi - start, f.size)
+            if a < b:
+                s += _segment_sumsq(f[a:b])
+        chunks.append(s)
+    out = 0.0
+    for s in chunks:
+        out += s
+    return out
 
 
 adam_step.__signature__ = _spec.functional_signature()
@@ -290,7 +331,7 @@ class Engine:
             return False
         return True
 
-    def step(self, grads, groups):
+    def step(self, grads, groups, factor=1.0, measure=False):
         if type(grads) is not list or len(grads) != len(self._params):
             return _spec.GRADS_LIST
         if not self._groups_unchanged(groups):
@@ -310,6 +351,10 @@ class Engine:
         } - set(self._lrs))
         if self._wanted:
             return _spec.NEED_LR
+        if measure:
+            with np.errstate(over="ignore", invalid="ignore"):
+                self.sumsq = grad_sumsq([grads[i] for i in self._active])
+            return _spec.MEASURED
         if any(self._needs_state(i) for i in self._active):
             return _spec.NEED_STATE
         for i in self._active:
@@ -320,7 +365,7 @@ class Engine:
             st = self._state[i]
             if not h.amsgrad:
                 st = {k: v for k, v in st.items() if k != "max_exp_avg_sq"}
-            _step(self._params[i], grads[i], st, t, h, i)
+            _step(self._params[i], grads[i], st, t, h, i, factor)
             self._steps[i] += 1
         self._lrs = {}
         return _spec.OK

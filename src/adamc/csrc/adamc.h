@@ -47,6 +47,7 @@ typedef struct {
     int eps_mode;       /* ADAMC_EPS_MODE_* */
     int stochastic_rounding;
     uint64_t seed;
+    double grad_factor; /* gradients are multiplied by this (unscale, clip); 1: none */
 } adamc_hyper;
 
 /*
@@ -93,6 +94,11 @@ typedef struct {
     int sr;                   /* round to 16 bits stochastically         */
     uint32_t sr_keys[4];      /* streams: param, exp_avg, exp_avg_sq, max */
 } adamc_task;
+
+/* The sum of squares of every gradient element of the tasks, in double, in
+ * an order fixed by the data (bitwise the same for any thread count);
+ * non-finite if any element is (norm.c). */
+double adamc_grad_sumsq(const adamc_task *tasks, int64_t ntasks, int nthreads);
 
 /* The stochastic-rounding keys of one parameter's step: a pure function of
  * (seed, parameter index, step), one per stream (convert.h). */

@@ -19,7 +19,8 @@ void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h)
     double bc2 = h->bias_correction ? 1.0 - pow(beta2, (double)step) : 1.0;
     int flags = 0;
 
-    s->grad_sign = h->maximize ? -1.0 : 1.0;
+    /* one multiply applies maximize's sign and the unscale/clip factor */
+    s->grad_sign = (h->maximize ? -1.0 : 1.0) * h->grad_factor;
     s->decay = 1.0;
     s->wd = 0.0;
     if (weight_decay != 0.0) {

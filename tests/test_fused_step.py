@@ -1,0 +1,248 @@
+"""The fused training step: grad_scale (unscale), max_grad_norm (global-norm
+clipping) and skip_nonfinite in the step; the LossScaler; global_norm and
+clip_grad_norm.  Against the reference (bitwise on the baseline kernel), a
+NumPy transcription of torch's rules, and torch itself when installed."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+import adamc
+from _toolkit import snapshot, assert_unchanged, state_of
+from adamc import reference
+
+
+def problem(rng, dtypes=(np.float32, np.float64), n=5000, scale=30.0):
+    ps = [rng.standard_normal(n).astype(dtypes[0]),
+          np.asfortranarray(rng.standard_normal((40, 9)).astype(dtypes[-1]))]
+    gs = [[np.asarray(rng.standard_normal(p.shape) * scale, dtype=p.dtype, order="K")
+           .reshape(p.shape, order="A") for p in ps] for _ in range(4)]
+    gs = [[np.asfortranarray(g) if p.flags.f_contiguous and p.ndim > 1 else g
+           for g, p in zip(step, ps)] for step in gs]
+    return ps, gs
+
+
+def torch_rules(sumsq, scale, max_norm):
+    """torch: GradScaler.unscale_ (g * (1/scale)), clip_grad_norm_ (coef
+    max_norm / (norm + 1e-6) clamped to 1)."""
+    norm = math.sqrt(sumsq) / scale
+    return norm, min(1.0, max_norm / (norm + 1e-6)) / scale
+
+
+@pytest.mark.parametrize("options", [{}, {"amsgrad": True, "maximize": True},
+                                     {"weight_decay": 0.1, "decoupled_weight_decay": True}])
+@pytest.mark.parametrize("fused", [{"grad_scale": 1024.0}, {"max_grad_norm": 0.5},
+                                   {"grad_scale": 8.0, "max_grad_norm": 1.0,
+                                    "skip_nonfinite": True}, {"skip_nonfinite": True}])
+def test_fused_step_matches_the_reference(variant, options, fused):
+    rng = np.random.default_rng(1)
+    ps, gs = problem(rng)
+    runs = []
+    for module in (adamc, reference):
+        qs = [p.copy(order="K") for p in ps]
+        opt = module.Adam(qs, lr=1e-2, **options)
+        infos = []
+        for g in gs:
+            opt.step(g, **fused)
+            infos.append(opt.last_step)
+        runs.append((qs, infos))
+    (qa, ia), (qb, ib) = runs
+    assert ia == ib  # the norm and the factor: bitwise, in double
+    for a, b in zip(qa, qb):
+        if variant == "baseline":
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_norm_and_factor_follow_torchs_formulas():
+    rng = np.random.default_rng(2)
+    ps, gs = problem(rng, dtypes=(np.float64,))
+    opt = adamc.Adam([p.copy(order="K") for p in ps])
+    opt.step(gs[0], grad_scale=16.0, max_grad_norm=2.0)
+    sumsq = sum(float(np.sum(g.astype(np.float64) ** 2)) for g in gs[0])
+    norm, factor = torch_rules(sumsq, 16.0, 2.0)
+    assert opt.last_step.norm == pytest.approx(norm, rel=1e-13)
+    assert opt.last_step.factor == pytest.approx(factor, rel=1e-13)
+    assert not opt.last_step.skipped
+
+
+def test_fused_step_equals_unscale_clip_then_plain_step():
+    """In float64 the fused step and NumPy's separate passes (unscale, clip,
+    step) agree to rounding."""
+    rng = np.random.default_rng(3)
+    ps, gs = problem(rng, dtypes=(np.float64,))
+    a = [p.copy(order="K") for p in ps]
+    b = [p.copy(order="K") for p in ps]
+    fused, plain = adamc.Adam(a, lr=1e-2), adamc.Adam(b, lr=1e-2)
+    for g in gs:
+        fused.step(g, grad_scale=4.0, max_grad_norm=3.0)
+        u = [x / 4.0 for x in g]
+        norm = math.sqrt(sum(float(np.sum(x * x)) for x in u))
+        coef = min(1.0, 3.0 / (norm + 1e-6))
+        plain.step([x * coef for x in u])
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)
+
+
+def test_norm_is_bitwise_the_same_for_any_thread_count(clean_env):
+    rng = np.random.default_rng(4)
+    gs = [rng.standard_normal(n).astype(dt) for n, dt in
+          [(300_001, np.float32), (77, np.float64), (150_000, np.float16)]]
+    os.environ["ADAMC_SERIAL_CUTOFF"] = "0"
+    norms = set()
+    for threads in (1, 2, 3):
+        adamc.set_num_threads(threads)
+        norms.add(adamc.global_norm(gs))
+    assert len(norms) == 1
+    assert norms.pop() == math.sqrt(reference.grad_sumsq(gs))
+
+
+@pytest.mark.parametrize("module", [adamc, reference])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_nonfinite_gradient_skips_the_whole_step(module, bad):
+    rng = np.random.default_rng(5)
+    ps, gs = problem(rng)
+    opt = module.Adam(ps, lr=1e-2)
+    opt.step(gs[0])
+    snap = snapshot(opt)
+    g = [x.copy(order="K") for x in gs[1]]
+    g[1].flat[7] = bad
+    opt.step(g, skip_nonfinite=True, max_grad_norm=1.0)
+    assert opt.last_step.skipped and not math.isfinite(opt.last_step.norm)
+    assert_unchanged(opt, snap)
+    # the first step skipped: no state appears either
+    fresh = module.Adam([p.copy(order="K") for p in ps])
+    fresh.step(g, skip_nonfinite=True)
+    assert fresh.state_dict()["state"] == {}
+    # without skip_nonfinite it goes through, as torch's clip_grad_norm_ lets
+    # it: an infinite norm clips by 0 (inf * 0 = NaN there), a NaN norm by NaN
+    opt.step(g, max_grad_norm=1.0)
+    assert np.isnan(ps[1].flat[7])
+    assert np.isnan(ps[0]).all() == np.isnan(bad)
+
+
+@pytest.mark.parametrize("module", [adamc, reference])
+def test_an_all_zero_gradient_steps_as_the_plain_step(module):
+    p, q = np.ones(9), np.ones(9)
+    a, b = module.Adam([p]), module.Adam([q])
+    a.step([np.zeros(9)], max_grad_norm=1.0, grad_scale=2.0, skip_nonfinite=True)
+    b.step([np.zeros(9)])
+    assert a.last_step == (0.0, 0.5, False)
+    np.testing.assert_array_equal(p, q)
+    for k, v in state_of(a, 0).items():
+        np.testing.assert_array_equal(v, state_of(b, 0)[k])
+
+
+@pytest.mark.parametrize("module", [adamc, reference])
+@pytest.mark.parametrize("kw, exc, msg", [
+    ({"grad_scale": 0.0}, ValueError, "grad_scale must be > 0"),
+    ({"grad_scale": -2.0}, ValueError, "grad_scale must be >= 0"),
+    ({"grad_scale": np.nan}, ValueError, "grad_scale must be finite"),
+    ({"grad_scale": np.inf}, ValueError, "grad_scale must be finite"),
+    ({"max_grad_norm": 0}, ValueError, "max_grad_norm must be > 0"),
+    ({"max_grad_norm": float("nan")}, ValueError, "max_grad_norm must be finite"),
+    ({"max_grad_norm": "1"}, TypeError, "max_grad_norm must be a real number"),
+    ({"skip_nonfinite": 1}, TypeError, "skip_nonfinite must be True or False"),
+])
+def test_bad_fused_options_change_nothing(module, kw, exc, msg):
+    p = np.ones(4)
+    opt = module.Adam([p])
+    opt.step([np.ones(4)])
+    snap = snapshot(opt)
+    with pytest.raises(exc, match=msg):
+        opt.step([np.ones(4)], **kw)
+    assert_unchanged(opt, snap)
+
+
+def test_loss_scaler_follows_grad_scalers_rules():
+    """Growth after growth_interval clean steps, backoff on an Inf, the
+    skipped step changing nothing: a hand simulation of torch's rules."""
+    w = np.ones(3, dtype=np.float32)
+    opt = adamc.Adam([w], lr=1e-3)
+    scaler = adamc.LossScaler(init_scale=8.0, growth_interval=3)
+    scale, tracker = 8.0, 0
+    pattern = [0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0]
+    for t, inject in enumerate(pattern):
+        g = np.full(3, 0.5 * scaler.scale, dtype=np.float32)
+        if inject:
+            g[1] = np.inf
+        before = w.copy()
+        took = scaler.step(opt, [g], max_grad_norm=10.0)
+        assert took == (not inject)
+        if inject:
+            np.testing.assert_array_equal(w, before)
+            scale, tracker = scale * 0.5, 0
+        else:
+            assert opt.last_step.norm == pytest.approx(0.5 * math.sqrt(3))
+            tracker += 1
+            if tracker == 3:
+                scale, tracker = scale * 2.0, 0
+        assert (scaler.scale, scaler.growth_tracker) == (scale, tracker), t
+    assert opt.state_dict()["state"][0]["step"] == pattern.count(0)
+    # state_dict round trip, and bad ones refused whole
+    sd = scaler.state_dict()
+    other = adamc.LossScaler()
+    other.load_state_dict(sd)
+    assert other.state_dict() == sd
+    for bad in [{**sd, "scale": -1.0}, {k: v for k, v in sd.items() if k != "scale"},
+                {**sd, "extra": 1}, {**sd, "growth_tracker": -1}, [1, 2]]:
+        with pytest.raises(ValueError):
+            other.load_state_dict(bad)
+        assert other.state_dict() == sd
+
+
+def test_defaults_are_torchs():
+    s = adamc.LossScaler()
+    assert (s.scale, s.growth_factor, s.backoff_factor, s.growth_interval) == \
+        (65536.0, 2.0, 0.5, 2000)
+
+
+def test_global_norm_and_clip_grad_norm():
+    rng = np.random.default_rng(6)
+    gs = [rng.standard_normal(1000).astype(np.float32), rng.standard_normal((5, 5))]
+    want = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in gs))
+    assert adamc.global_norm(gs) == pytest.approx(want, rel=1e-14)
+    assert adamc.global_norm(gs + [None]) == adamc.global_norm(gs)
+    before = [g.copy() for g in gs]
+    norm = adamc.clip_grad_norm(gs, 1.0)
+    assert norm == pytest.approx(want, rel=1e-14)
+    coef = 1.0 / (want + 1e-6)
+    for g, b in zip(gs, before):
+        np.testing.assert_array_equal(g, b * g.dtype.type(coef))
+    assert adamc.global_norm(gs) == pytest.approx(1.0, rel=1e-6)
+    # under the limit: untouched
+    small = [np.full(4, 0.1)]
+    assert adamc.clip_grad_norm(small, 1.0) == pytest.approx(0.2)
+    np.testing.assert_array_equal(small[0], 0.1)
+    with pytest.raises(ValueError, match="max_norm must be > 0"):
+        adamc.clip_grad_norm(gs, 0.0)
+    with pytest.raises(TypeError, match=r"grads\[0\] must have dtype"):
+        adamc.global_norm([np.zeros(3, np.int32)])
+
+
+def test_against_torch_gradscaler_and_clip_grad_norm():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    init = rng.standard_normal(64).astype(np.float32)
+    tp = torch.nn.Parameter(torch.from_numpy(init.copy()))
+    topt = torch.optim.Adam([tp], lr=1e-2)
+    w = init.copy()
+    opt = adamc.Adam([w], lr=1e-2)
+    scale = 1024.0
+    for t in range(6):
+        g = (rng.standard_normal(64) * 5).astype(np.float32)
+        if t == 3:
+            g[5] = np.inf
+        scaled = g * np.float32(scale)
+        tp.grad = torch.from_numpy(scaled.copy())
+        tp.grad.mul_(1.0 / scale)  # GradScaler.unscale_
+        finite = bool(torch.isfinite(tp.grad).all())
+        torch.nn.utils.clip_grad_norm_([tp], 1.0)
+        if finite:
+            topt.step()
+        opt.step([scaled], grad_scale=scale, max_grad_norm=1.0, skip_nonfinite=True)
+        assert opt.last_step.skipped == (not finite)
+    np.testing.assert_allclose(w, tp.detach().numpy(), rtol=1e-5, atol=1e-6)
