@@ -84,7 +84,8 @@ cdef extern from "csrc/adamc.h" nogil:
     int64_t adamc_work(int64_t n, int dtype)
     void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h)
     void adamc_sr_keys(uint32_t keys[4], uint64_t seed, int64_t index, int64_t step)
-    double adamc_grad_sumsq(const adamc_task *tasks, int64_t ntasks, int nthreads)
+    double adamc_grad_sumsq(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
+                            int nthreads)
     void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
                           int64_t ntasks, int nthreads)
     void adamc_split(int64_t total, int nthreads, int tid, int64_t *lo, int64_t *hi)
@@ -525,7 +526,7 @@ def grad_sumsq(list grads):
             offset += tasks[i].n
         nthreads = _threads_for(offset)
         with nogil:
-            s = adamc_grad_sumsq(tasks, k, nthreads)
+            s = adamc_grad_sumsq(_kernel, tasks, k, nthreads)
     finally:
         free(tasks)
     return s
@@ -940,7 +941,7 @@ cdef class Engine:
             ntask += 1
         nthreads = _threads_for(work)
         with nogil:
-            s = adamc_grad_sumsq(self.tasks, ntask, nthreads)
+            s = adamc_grad_sumsq(_kernel, self.tasks, ntask, nthreads)
         return s
 
     cdef int64_t _fill_tasks(self, int64_t *work, double grad_factor) except -1:

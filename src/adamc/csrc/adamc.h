@@ -95,11 +95,6 @@ typedef struct {
     uint32_t sr_keys[4];      /* streams: param, exp_avg, exp_avg_sq, max */
 } adamc_task;
 
-/* The sum of squares of every gradient element of the tasks, in double, in
- * an order fixed by the data (bitwise the same for any thread count);
- * non-finite if any element is (norm.c). */
-double adamc_grad_sumsq(const adamc_task *tasks, int64_t ntasks, int nthreads);
-
 /* The stochastic-rounding keys of one parameter's step: a pure function of
  * (seed, parameter index, step), one per stream (convert.h). */
 void adamc_sr_keys(uint32_t keys[4], uint64_t seed, int64_t index, int64_t step);
@@ -115,10 +110,20 @@ static inline int64_t adamc_work(int64_t n, int dtype)
 /* Per-ISA kernel: update elements [lo, hi) of one task. */
 typedef void (*adamc_range_fn)(const adamc_task *t, int64_t lo, int64_t hi);
 
+/* Per-ISA sum of squares of one task's gradient elements [lo, hi) (norm.inc). */
+typedef double (*adamc_sumsq_fn)(const adamc_task *t, int64_t lo, int64_t hi);
+
 typedef struct {
     const char *name;
     adamc_range_fn range;
+    adamc_sumsq_fn segment_sumsq;
 } adamc_kernel;
+
+/* The sum of squares of every gradient element of the tasks, in double, in
+ * an order fixed by the data (bitwise the same for any thread count);
+ * non-finite if any element is (norm.c). */
+double adamc_grad_sumsq(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
+                        int nthreads);
 
 /*
  * Run every task.  Tasks' offset fields must be the running sum of n.

@@ -98,6 +98,7 @@
 #undef SQRT
 
 #include "blocked.inc"
+#include "norm.inc"
 
 /* Every task goes through here: the direct loops when the buffers are in
  * the compute type (float32/float64 storage, either float gradient), the
@@ -127,6 +128,7 @@ static void ISA(adamc_range)(const adamc_task *t, int64_t lo, int64_t hi)
 
 const adamc_kernel *ADAMC_CAT(adamc_kernel_, ADAMC_ISA)(void)
 {
-    static const adamc_kernel k = {ADAMC_STR(ADAMC_ISA), ISA(adamc_range)};
+    static const adamc_kernel k = {ADAMC_STR(ADAMC_ISA), ISA(adamc_range),
+                                   ISA(adamc_segment_sumsq)};
     return &k;
 }
