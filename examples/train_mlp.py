@@ -194,7 +194,8 @@ def storage_dtype(name):
 
 
 def train(optimizer="adamc", *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 64),
-          dtype=np.float32, seed=0, data=None, log=print, **options):
+          dtype=np.float32, seed=0, data=None, log=print, clip=None, loss_scaling=False,
+          **options):
     """Train the MLP with mini-batch Adam and record what happened.
 
     The seed fixes the initial weights and the order of the mini-batches, so
@@ -216,6 +217,13 @@ def train(optimizer="adamc", *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 
         :func:`load_data` returns them (the default: ``load_data(dtype, seed)``).
     log : callable or None, default print
         Receives one progress line per epoch; None is silent.
+    clip : float, optional
+        Clip the gradients by their global norm (``max_grad_norm``, fused
+        into the step).
+    loss_scaling : bool, default False
+        Dynamic loss scaling (``adamc.LossScaler``): the loss gradient is
+        multiplied by the scale before the backward pass, the step divides
+        it out, and a step whose gradients overflowed is skipped.
     **options
         More options of the optimizer (``master_weights``, ``state_dtype``,
         ``stochastic_rounding``, ``seed``...).  With a 16-bit ``dtype`` the
@@ -229,7 +237,8 @@ def train(optimizer="adamc", *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 
         ``losses`` (mean training loss of each epoch), ``test_accuracy``
         (held-out accuracy after each epoch), ``step_seconds`` (total time
         inside ``opt.step``), ``train_seconds`` (total time of the loop),
-        ``steps`` (number of ``opt.step`` calls) and ``params`` (final weights).
+        ``steps`` (number of ``opt.step`` calls), ``skipped`` (steps the loss
+        scaler skipped) and ``params`` (final weights).
     """
     dtype = np.dtype(dtype)
     compute = np.float32 if dtype.itemsize == 2 else dtype  # 16-bit: float32 arithmetic
@@ -246,9 +255,12 @@ def train(optimizer="adamc", *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 
     def widened():
         return params if dtype == compute else {k: v.astype(compute) for k, v in params.items()}
 
+    # A scale high enough that float16 gradients overflow at first, as they
+    # do on a large model: the scaler skips those steps and backs off.
+    scaler = adamc.LossScaler(init_scale=2.0**24) if loss_scaling else None
     losses, test_accuracy = [], []
     step_seconds = 0.0
-    steps = 0
+    steps = skipped = 0
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         order = rng.permutation(len(X_train))
@@ -258,13 +270,20 @@ def train(optimizer="adamc", *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 
             work = widened()
             logits, activations = forward(work, X_train[batch])
             loss, dlogits = softmax_cross_entropy(logits, y_train[batch])
+            if scaler is not None:
+                dlogits = dlogits * np.float32(scaler.scale)  # the scaled loss's gradient
             grads = backward(work, activations, dlogits)
             if dtype != compute:
                 grads = {k: g.astype(dtype) for k, g in grads.items()}
             # Time the optimizer alone: forward and backward are the same
             # NumPy code for both optimizers.
             t0 = time.perf_counter()
-            opt.step(grads)
+            if scaler is not None:
+                skipped += not scaler.step(opt, grads, max_grad_norm=clip)
+            elif clip is not None:
+                opt.step(grads, max_grad_norm=clip)
+            else:
+                opt.step(grads)
             step_seconds += time.perf_counter() - t0
             steps += 1
             batch_losses.append(loss)
@@ -278,6 +297,7 @@ def train(optimizer="adamc", *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 
         "step_seconds": step_seconds,
         "train_seconds": time.perf_counter() - start,
         "steps": steps,
+        "skipped": skipped,
         "params": params,
     }
 
@@ -322,6 +342,11 @@ def parse_args(argv):
                         help="state_dtype of the moments (default: float32 for 16-bit weights)")
     parser.add_argument("--stochastic-rounding", action="store_true",
                         help="round 16-bit writes stochastically")
+    parser.add_argument("--clip", type=float, metavar="MAX_NORM",
+                        help="clip gradients by their global norm (fused into the step)")
+    parser.add_argument("--loss-scaling", action="store_true",
+                        help="dynamic loss scaling (adamc.LossScaler): overflowing steps "
+                        "are skipped and the scale backs off")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, metavar="N",
                         help="threads adamc may use per step (default: adamc's own default)")
@@ -362,7 +387,7 @@ def main(argv=None):
         runs[name] = train(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            dtype=dtype, seed=args.seed, data=data,
                            log=lambda line, label=label: print(label + line, flush=True),
-                           **options)
+                           clip=args.clip, loss_scaling=args.loss_scaling, **options)
     results = {"runs": runs}
 
     print()
@@ -371,6 +396,10 @@ def main(argv=None):
     for name, run in runs.items():
         print(f"{name:<10} {run['losses'][-1]:>10.6f} {100 * run['test_accuracy'][-1]:>8.1f}% "
               f"{run['step_seconds']:>13.3f} s {run['train_seconds']:>13.3f} s")
+    for name, run in runs.items():
+        if args.loss_scaling:
+            print(f"{name}: the loss scaler skipped {run['skipped']} of {run['steps']} steps "
+                  "(gradients overflowed), backed off and carried on")
     if len(runs) == 2:
         ours, ref = runs["adamc"], runs["reference"]
         diff = float(np.max(np.abs(np.subtract(ours["losses"], ref["losses"]))))

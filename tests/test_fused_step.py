@@ -246,3 +246,24 @@ def test_against_torch_gradscaler_and_clip_grad_norm():
         opt.step([scaled], grad_scale=scale, max_grad_norm=1.0, skip_nonfinite=True)
         assert opt.last_step.skipped == (not finite)
     np.testing.assert_allclose(w, tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_example_survives_skipped_fp16_steps():
+    """examples/train_mlp.py --dtype float16 --loss-scaling --clip 1: the
+    first steps overflow float16 and are skipped, the scale backs off, and
+    training reaches float32's accuracy (within 1 point, 4 epochs)."""
+    pytest.importorskip("sklearn")
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "examples" / "train_mlp.py"
+    if not path.exists():
+        pytest.skip("run from outside the source tree")
+    spec = importlib.util.spec_from_file_location("example_train_mlp_fused", path)
+    mlp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mlp)
+    data = mlp.load_data(np.float32, 0)
+    base = mlp.train("adamc", epochs=4, data=data, log=None)
+    run = mlp.train("adamc", epochs=4, data=data, log=None, dtype=np.float16,
+                    loss_scaling=True, clip=1.0)
+    assert run["skipped"] >= 1 and run["skipped"] < run["steps"] // 10
+    assert run["test_accuracy"][-1] >= base["test_accuracy"][-1] - 0.01
