@@ -632,6 +632,7 @@ cdef class Engine:
     cdef list wanted
     cdef readonly Py_ssize_t bad_index
     cdef readonly double sumsq
+    cdef object measured     # the grads list a measure=True call checked
     cdef bint any_schedule
     # one block, allocated in __cinit__ and freed in __dealloc__:
     cdef void *block
@@ -874,9 +875,13 @@ cdef class Engine:
             return GRADS_LIST
         if not self._groups_unchanged(groups):
             return NEED_GROUPS
-        status = self._check_inputs(grads)
+        # the fused step's second call, right after measuring the same list
+        # under the optimizer's lock, need not check each array again
+        status = self._check_inputs(grads, grads is self.measured and not measure)
+        self.measured = None
         if measure and (status == OK or status == NEED_STATE):
             self.sumsq = self._measure()
+            self.measured = grads
             return MEASURED
         if status != OK:
             return status
@@ -891,9 +896,10 @@ cdef class Engine:
                     self.steps[i] += 1
         return OK
 
-    cdef int _check_inputs(self, list grads) except -1:
-        """Every parameter and gradient, before anything changes; then what
-        the optimizer must supply first (schedules' values, state)."""
+    cdef int _check_inputs(self, list grads, bint checked) except -1:
+        """Every parameter and gradient (unless ``checked``), before anything
+        changes; then what the optimizer must supply first (schedules'
+        values, state)."""
         cdef Py_ssize_t i
         cdef Plan *q
         cdef bint need_state = False
@@ -904,10 +910,10 @@ cdef class Engine:
             q.active = g is not None
             if not q.active:
                 continue
-            if not self._param_unchanged(i):
+            if not checked and not self._param_unchanged(i):
                 self.bad_index = i
                 return BAD_PARAM
-            if not self._grad_ok(i, g):
+            if not checked and not self._grad_ok(i, g):
                 self.bad_index = i
                 return BAD_GRAD
             q.gtype = _dtype_code(cnp.PyArray_TYPE(<cnp.ndarray>g))
