@@ -16,6 +16,7 @@ Speed is only ever reported, never asserted.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import random
 import statistics
@@ -385,3 +386,56 @@ def times_table(results, names):
     rows = [[case_label(r)] + [fmt_time(r["times"][n]).strip() if n in r["times"]
                                else "-" for n in names] for r in results]
     return head, rows
+
+
+# ---------------------------------------------------------------- a busy host
+
+#: Rounds of one contender that differ by more than this factor (slowest over
+#: fastest) mean something else took the cores meanwhile.
+SPREAD_LIMIT = 1.5
+
+
+def load_average():
+    """The 1-minute load average, or None where the OS has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_host_reasons(load=None, cpus=None, samples=None, bounds=(), spread_limit=SPREAD_LIMIT):
+    """Why a run's figures are not this machine's own: [] if no sign of it.
+
+    load, cpus : the 1-minute load average before the run (None: unknown)
+        and the CPUs the run may use; a load above half of them means other
+        processes held the cores.
+    samples : {label: [seconds of each round]}; rounds of one contender that
+        differ by more than ``spread_limit`` times.
+    bounds : (label, value, low, high, unit) sanity bounds; a figure outside
+        them is impossible on a quiet machine.
+    """
+    reasons = []
+    if load is not None and cpus and load > 0.5 * cpus:
+        reasons.append(f"load average {load:.2f} on {cpus} CPU(s) before the run: other "
+                       "processes were using the cores (a 1-minute average: after other work "
+                       "of your own, wait a minute)")
+    for label, xs in (samples or {}).items():
+        xs = [x for x in xs if x > 0]
+        if len(xs) >= 2 and max(xs) > spread_limit * min(xs):
+            reasons.append(f"{label}: rounds differ by {max(xs) / min(xs):.1f}x (more than "
+                           f"{spread_limit}x)")
+    for label, value, low, high, unit in bounds:
+        if not low <= value <= high:
+            reasons.append(f"{label}: {value:.3g} {unit}, outside the plausible {low:g} to "
+                           f"{high:g}")
+    return reasons
+
+
+def busy_host_message(script, reasons):
+    lines = [f"{script}: the host looks busy, so no table (its figures would not be this "
+             "machine's):"]
+    lines += [f"  - {r}" for r in reasons[:10]]
+    if len(reasons) > 10:
+        lines.append(f"  - and {len(reasons) - 10} more")
+    lines.append("Run it again on an idle machine, or with --force to print the table anyway.")
+    return "\n".join(lines)
