@@ -24,7 +24,10 @@ pytestmark = pytest.mark.skipif(not (BENCH / "compare.py").exists(),
 def load(name, monkeypatch):
     """Import bench/<name>.py; the environment it sets is restored afterwards."""
     for var in ("ADAMC_SERIAL_CUTOFF", "OMP_WAIT_POLICY"):
-        monkeypatch.delenv(var, raising=False)
+        # setenv records the value before (or its absence) for teardown;
+        # a delenv of an absent variable alone would record nothing
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -107,6 +110,14 @@ def test_ceiling_prints_the_table_on_a_quiet_host(monkeypatch):
     out = ceiling.render(QUIET_CEILING, [])
     assert out.splitlines()[0].split("|")[1].split() == ["compute", "GB/s", "memory", "GB/s"]
     assert len(out.splitlines()) == 5
+
+
+def test_loading_a_script_leaves_the_environment_as_it_was(monkeypatch):
+    before = {v: os.environ.get(v) for v in ("ADAMC_SERIAL_CUTOFF", "OMP_WAIT_POLICY")}
+    with monkeypatch.context() as mp:
+        load("ceiling", mp)
+        assert os.environ.get("ADAMC_SERIAL_CUTOFF") == "0"
+    assert {v: os.environ.get(v) for v in before} == before
 
 
 def test_load_and_spread_are_reasons():

@@ -162,7 +162,8 @@ def headline(result, names):
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m adamc", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m adamc",
+                                 description=__doc__.split("\n")[0].replace("``", ""))
     sizes = ap.add_mutually_exclusive_group()
     sizes.add_argument("--full", action="store_true",
                        help="the large cases too: 1e3 to 5e7 elements, 500 x 64 tensors and a "
