@@ -8,7 +8,7 @@ in GB/s of Adam's traffic (7 arrays x itemsize per element):
   far larger than the caches, the faster of its two loops (with and without
   software prefetch).
 
-    python bench/ceiling.py [--rounds 9]
+    python bench/ceiling.py [--rounds 9] [--force]
 
 If the compute ceiling is not well above the memory one, a step on large
 buffers cannot reach the probe's speed whatever the memory system does.  On
@@ -16,6 +16,12 @@ x86 the bound is the floating-point divider: each element needs one
 correctly rounded square root and one division, and a core has one divider.
 The last column converts the in-cache rate to core cycles per element at the
 clock /proc/cpuinfo reports (a VM reports its nominal clock).
+
+On a busy host (another process on the cores) the figures are impossible
+ones (0.5 GB/s, hundreds of cycles per element): the script then prints
+why it thinks so (load average before the run, rounds that differ by more
+than 1.5x, figures outside plausible bounds, two threads slower than one)
+instead of the table; --force prints the table anyway, marked.
 
 The in-cache steps are far below the serial cutoff, so this script sets
 ADAMC_SERIAL_CUTOFF=0 (every step splits across the threads asked for) and,
@@ -53,16 +59,19 @@ def clock_hz():
     return None
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--large", type=float, default=2e7, help="elements (float64; float32 x2)")
-    args = ap.parse_args()
+#: Plausible ranges on a quiet machine (GB/s of Adam traffic; core cycles
+#: per element of the in-cache step, which is a few on any x86-64 core).
+GBS_RANGE = (1.0, 5000.0)
+CYCLES_RANGE = (0.2, 50.0)
+
+
+def measure(args):
+    """Rows (dtype, threads, compute GB/s, memory GB/s, cycles or None) and
+    the per-round samples of every timing, labelled."""
     rng = np.random.default_rng(0)
     hz = clock_hz()
     cpus = adamc.cpu_info()["available_cpus"]
-    print(f"{'dtype':>7} {'threads':>7} | {'compute GB/s':>12} {'memory GB/s':>11} | "
-          f"{'memory/compute':>14} | cycles/element/core")
+    rows, samples = [], {}
     for dtype in ("float32", "float64"):
         item = np.dtype(dtype).itemsize
         small = (256 * 1024) // item            # per thread: 4 x 256 KiB in its L2
@@ -72,21 +81,71 @@ def main():
             adamc.set_num_threads(threads)
             hot = buffers(small * threads, dtype, rng)
             opt = adamc.Adam([hot[0]], lr=1e-3)
-            samples = _bench.interleaved_samples(
+            got = _bench.interleaved_samples(
                 {"hot": lambda: opt.step([hot[1]]),
                  "probe": lambda: _kernels.probe_buffers(cold),
                  "plain probe": lambda: _kernels.probe_buffers(cold, False)},
                 rounds=args.rounds, target=0.2)
-            t_hot = np.median(samples["hot"])
-            t_cold = _bench.probe_time({k: np.median(v) for k, v in samples.items()})
+            for name, xs in got.items():
+                what = "in-cache step" if name == "hot" else name
+                samples[f"{dtype}, {threads} thread(s), {what}"] = xs
+            t_hot = np.median(got["hot"])
+            t_cold = _bench.probe_time({k: np.median(v) for k, v in got.items()})
             compute = 7 * item * small * threads / t_hot / 1e9
             memory = 7 * item * large / t_cold / 1e9
-            cyc = f"{hz * t_hot / small:.2f}" if hz else "-"
-            print(f"{dtype:>7} {threads:>7} | {compute:>12.1f} {memory:>11.1f} | "
-                  f"{memory / compute:>14.2f} | {cyc}")
+            cyc = hz * t_hot / small if hz else None
+            rows.append((dtype, threads, compute, memory, cyc))
             del hot, opt
         del cold
     adamc.set_num_threads(None)
+    return rows, samples
+
+
+def reasons(rows, samples, load, cpus):
+    """Why these figures cannot be this machine's (see _bench.busy_host_reasons)."""
+    bounds = []
+    for dtype, threads, compute, memory, cyc in rows:
+        at = f"{dtype}, {threads} thread(s)"
+        bounds += [(f"{at}, compute", compute, *GBS_RANGE, "GB/s"),
+                   (f"{at}, memory", memory, *GBS_RANGE, "GB/s")]
+        if cyc is not None:
+            bounds.append((f"{at}, in-cache step", cyc, *CYCLES_RANGE, "cycles per element"))
+    out = _bench.busy_host_reasons(load, cpus, samples, bounds)
+    one = {d: c for d, t, c, _, _ in rows if t == 1}
+    for dtype, threads, compute, _, _ in rows:
+        if threads > 1 and compute < 0.75 * one[dtype]:
+            out.append(f"{dtype}: {threads} threads ran the in-cache step at {compute:.1f} "
+                       f"GB/s, one thread at {one[dtype]:.1f}: the other cores were taken")
+    return out
+
+
+def render(rows, why=(), force=False):
+    if why and not force:
+        return _bench.busy_host_message("bench/ceiling.py", why)
+    lines = []
+    if why:
+        lines.append("HOST BUSY, figures unreliable (--force):\n" +
+                     "\n".join(f"  - {r}" for r in why))
+    lines.append(f"{'dtype':>7} {'threads':>7} | {'compute GB/s':>12} {'memory GB/s':>11} | "
+                 f"{'memory/compute':>14} | cycles/element/core")
+    for dtype, threads, compute, memory, cyc in rows:
+        c = f"{cyc:.2f}" if cyc is not None else "-"
+        lines.append(f"{dtype:>7} {threads:>7} | {compute:>12.1f} {memory:>11.1f} | "
+                     f"{memory / compute:>14.2f} | {c}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--large", type=float, default=2e7, help="elements (float64; float32 x2)")
+    ap.add_argument("--force", action="store_true",
+                    help="print the table even if the host looks busy")
+    args = ap.parse_args(argv)
+    cpus = adamc.cpu_info()["available_cpus"]
+    load = _bench.load_average()
+    rows, samples = measure(args)
+    print(render(rows, reasons(rows, samples, load, cpus), args.force))
 
 
 if __name__ == "__main__":

@@ -114,10 +114,7 @@ def test_nonfinite_grads_match_reference(variant, case):
 # the loop into vector body and scalar tail (a sanitizer build, for one, does
 # not show it).  The README documents the exception.
 @pytest.mark.xfail(strict=False, reason=(
-    "README: 'Results are bitwise the same for any thread count' - not for NaN bits: on "
-    "the baseline variant a NaN's sign depends on whether its element falls in the "
-    "vector body or the scalar tail of a thread's range (found by "
-    "test_nonfinite_grads_match_reference with threads=2, cutoff=0)"))
+    "a NaN's sign bit may depend on the thread split (README, Threads and the GIL)"))
 def test_nan_bits_independent_of_thread_count(clean_env):
     from adamc import _kernels
 

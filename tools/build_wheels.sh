@@ -111,6 +111,8 @@ one_python() {  # $1 = X.Y, $2 = interpreter
     auditwheel repair -w "$WORK/wheelhouse/$v" "$WORK/raw/$v"/adamc-*.whl > "$logs/repair.log" 2>&1 \
         || { cat "$logs/repair.log" >&2; fail "$v" "auditwheel repair failed"; }
     wheel=$(ls "$WORK/wheelhouse/$v"/adamc-*.whl); basename "$wheel" > "$RES/$v.wheel"
+    "$py" "$REPO/tools/add_licences.py" "$wheel" >> "$logs/repair.log" 2>&1 \
+        || { cat "$logs/repair.log" >&2; fail "$v" "adding the bundled libraries' licences failed"; }
     auditwheel show "$wheel" > "$logs/show.log" 2>&1 || { cat "$logs/show.log" >&2; fail "$v" "auditwheel show failed"; }
     rc=0; "$py" "$CHECK" wheel "$wheel" --python "$v" --source "$SNAP" --auditwheel-show "$logs/show.log" \
         > "$logs/wheel.log" 2>&1 || rc=$?

@@ -48,7 +48,8 @@ STRAY_IN_SDIST = re.compile(r"(^|/)(build|dist|__pycache__)/|\.(so|o|pyd|pyc|whl
                             r"|^src/adamc/_kernels\.c$|(^|/)\.")
 SDIST_EGG_INFO = {"PKG-INFO", "SOURCES.txt", "dependency_links.txt", "requires.txt", "top_level.txt"}
 SDIST_REQUIRED = ["setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "PKG-INFO",
-                  "src/adamc/_kernels.pyx", "tests/conftest.py", "tools/wheelcheck.py"]
+                  "src/adamc/_kernels.pyx", "tests/conftest.py", "tools/wheelcheck.py",
+                  "tools/add_licences.py", "tools/licences/LICENSE.libgomp.txt"]
 
 
 @dataclass
@@ -219,7 +220,7 @@ def check_wheel(path: str, python: str | None = None, source: str | None = None,
         if gomp and not licence:
             r.problems.append(f"libgomp bundled without its licence text {GOMP_LICENCE}")
         if licence and not gomp and not linux:
-            r.warnings.append(f"{GOMP_LICENCE} ships in a wheel that bundles no libgomp")
+            r.problems.append(f"{GOMP_LICENCE} ships in a wheel that bundles no libgomp")
     return r
 
 

@@ -16,9 +16,12 @@ Speed is only ever reported, never asserted.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -274,37 +277,68 @@ def make_problem(shapes, dtype, seed=0):
 
 # ---------------------------------------------------------------- cases and tables
 
-def run_case(layout, dtype, n, rounds, names, pause):
+def run_case(layout, dtype, n, rounds, names, pause, share=False, target=None):
+    """Time the contenders ``names`` on one case.
+
+    share=True gives every contender the same parameter and gradient arrays
+    (each still has its own state), and the two probes one set of buffers:
+    about a third of the memory, for ``python -m adamc``.  The parameters
+    then drift under several optimizers at once, which changes no timing.
+    ``target``: seconds per contender per round (default: 0.05, or 0.3 for
+    cases that move more than 100 MB per step).
+    """
     shapes = layout_shapes(layout, n)
     total = sum(int(np.prod(s)) for s in shapes)
     itemsize = np.dtype(dtype).itemsize
     fns = {}
+    shared = make_problem(shapes, dtype) if share else None
+    quads = None
     for name in names:
         maker, limit = CONTENDERS[name]
         if limit is not None and total > limit:
             continue
-        params, grads = make_problem(shapes, dtype)
-        fns[name] = maker(params, grads)
-    big = total * itemsize * 7 > 100e6
-    samples = interleaved_samples(fns, rounds=rounds, target=0.3 if big else 0.05, pause=pause)
+        params, grads = shared or make_problem(shapes, dtype)
+        if share and name in PROBES:
+            from . import _kernels
+
+            if quads is None:
+                quads = [(p, g, np.zeros_like(p), np.zeros_like(p)) for p, g in zip(params, grads)]
+            fns[name] = (lambda q=quads, pf=(name == "probe"): _kernels.probe_buffers(q, pf))
+        else:
+            fns[name] = maker(params, grads)
+    if target is None:
+        target = 0.3 if total * itemsize * 7 > 100e6 else 0.05
+    samples = interleaved_samples(fns, rounds=rounds, target=target, pause=pause)
     return {"layout": layout, "dtype": dtype, "n": total, "tensors": len(shapes),
             "bytes": adam_bytes(total, itemsize), "samples": samples,
             "times": {name: statistics.median(x) for name, x in samples.items()}}
+
+
+def cpu_model():
+    """The CPU's model name (/proc/cpuinfo on Linux, else what platform knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
+                                 capture_output=True, text=True, timeout=5).stdout.strip()
+            if out:
+                return out
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def describe_machine():
     from . import __version__, cpu_info
 
     info = cpu_info()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     parts = [cpu, f"{info['available_cpus']} CPUs", f"adamc {__version__} "
              f"({info['isa']}, {info['num_threads']} threads)", f"NumPy {np.__version__}",
              f"Python {platform.python_version()}"]
@@ -352,3 +386,56 @@ def times_table(results, names):
     rows = [[case_label(r)] + [fmt_time(r["times"][n]).strip() if n in r["times"]
                                else "-" for n in names] for r in results]
     return head, rows
+
+
+# ---------------------------------------------------------------- a busy host
+
+#: Rounds of one contender that differ by more than this factor (slowest over
+#: fastest) mean something else took the cores meanwhile.
+SPREAD_LIMIT = 1.5
+
+
+def load_average():
+    """The 1-minute load average, or None where the OS has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_host_reasons(load=None, cpus=None, samples=None, bounds=(), spread_limit=SPREAD_LIMIT):
+    """Why a run's figures are not this machine's own: [] if no sign of it.
+
+    load, cpus : the 1-minute load average before the run (None: unknown)
+        and the CPUs the run may use; a load above half of them means other
+        processes held the cores.
+    samples : {label: [seconds of each round]}; rounds of one contender that
+        differ by more than ``spread_limit`` times.
+    bounds : (label, value, low, high, unit) sanity bounds; a figure outside
+        them is impossible on a quiet machine.
+    """
+    reasons = []
+    if load is not None and cpus and load > 0.5 * cpus:
+        reasons.append(f"load average {load:.2f} on {cpus} CPU(s) before the run: other "
+                       "processes were using the cores (a 1-minute average: after other work "
+                       "of your own, wait a minute)")
+    for label, xs in (samples or {}).items():
+        xs = [x for x in xs if x > 0]
+        if len(xs) >= 2 and max(xs) > spread_limit * min(xs):
+            reasons.append(f"{label}: rounds differ by {max(xs) / min(xs):.1f}x (more than "
+                           f"{spread_limit}x)")
+    for label, value, low, high, unit in bounds:
+        if not low <= value <= high:
+            reasons.append(f"{label}: {value:.3g} {unit}, outside the plausible {low:g} to "
+                           f"{high:g}")
+    return reasons
+
+
+def busy_host_message(script, reasons):
+    lines = [f"{script}: the host looks busy, so no table (its figures would not be this "
+             "machine's):"]
+    lines += [f"  - {r}" for r in reasons[:10]]
+    if len(reasons) > 10:
+        lines.append(f"  - and {len(reasons) - 10} more")
+    lines.append("Run it again on an idle machine, or with --force to print the table anyway.")
+    return "\n".join(lines)

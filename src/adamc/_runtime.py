@@ -40,7 +40,8 @@ def cpu_info() -> dict:
         ``isa``: the kernel variant in use; ``isa_available``: the variants
         this CPU can run (``ADAMC_ISA`` may force any of them);
         ``isa_compiled``: the variants in this build; ``num_threads``: the
-        threads a large step uses now; ``openmp``: whether the build has
+        threads a large step uses now; ``user_num_threads``: what
+        ``set_num_threads`` set (None: not set); ``openmp``: whether the build has
         OpenMP; ``openmp_wait_policy``: how idle workers wait (``"passive"``
         unless the environment chose otherwise when adamc was imported);
         ``available_cpus``: CPUs this process may run on (affinity and

@@ -1,0 +1,69 @@
+"""What the examples tell a newcomer: train_mlp.py explains a nonzero loss
+gap between adamc and the reference, torch_interop.py's --help is whole."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import adamc
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.skipif(not (EXAMPLES / "train_mlp.py").exists(),
+                                reason="needs the source tree's examples/")
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gap_explanations():
+    mlp = load("train_mlp")
+    fma = mlp.explain_gap(8.4e-4, "avx2", 860)
+    assert "avx2 kernel rounds each multiply-add once (FMA)" in fma[0]
+    assert "860 steps amplify it" in fma[1]
+    assert fma[2].startswith("ADAMC_ISA=baseline (no FMA)") and fma[2].endswith("difference 0.")
+    assert mlp.explain_gap(0.0, "avx512", 860) == []
+    assert "bit for bit" in mlp.explain_gap(0.0, "baseline", 860)[0]
+    assert "bug report" in mlp.explain_gap(1e-9, "baseline", 860)[0]
+
+
+def run_both(isa):
+    pytest.importorskip("sklearn")
+    env = dict(os.environ, ADAMC_ISA=isa)
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "train_mlp.py"), "--optimizer", "both",
+                           "--epochs", "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("max |loss(adamc)"))
+    return float(line.rsplit(":", 1)[1]), proc.stdout
+
+
+def test_baseline_gap_is_zero_and_said_so():
+    diff, out = run_both("baseline")
+    assert diff == 0.0
+    assert "identical: the baseline kernel matches adamc.reference bit for bit" in out
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_fma_gap_is_explained_when_nonzero(isa):
+    if isa not in adamc.cpu_info()["isa_available"]:
+        pytest.skip(f"{isa} not available here")
+    diff, out = run_both(isa)
+    if diff == 0:
+        assert "why they differ" not in out
+    else:
+        assert f"why they differ: adamc's {isa} kernel rounds each multiply-add once" in out
+        assert "ADAMC_ISA=baseline (no FMA)" in out
+
+
+def test_torch_interop_help_is_whole():
+    out = subprocess.run([sys.executable, str(EXAMPLES / "torch_interop.py"), "--help"],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "see below" not in out
+    assert "--torch-threads N" in out and "twenty-" in out
