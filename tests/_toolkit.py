@@ -21,11 +21,14 @@ It imports nothing optional (no Hypothesis), so any test file can use it.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import platform
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pytest
 
 import adamc
 from adamc import _spec
@@ -359,3 +362,19 @@ def assert_twins_match(opt, ref, steps, what="", groups=False):
         assert len(sd["param_groups"]) == len(rsd["param_groups"]), what
         for g, rg in zip(sd["param_groups"], rsd["param_groups"]):
             assert g == rg, what
+
+
+# ---------------------------------------------------------------- examples
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name):
+    """Import examples/<name>.py as a module without putting examples/ on
+    sys.path; skips the test when examples/ is absent (an installed copy)."""
+    if not (EXAMPLES / f"{name}.py").exists():
+        pytest.skip("examples/ not found: tests run from outside the source tree")
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,26 +1,18 @@
 """What the examples tell a newcomer: train_mlp.py explains a nonzero loss
 gap between adamc and the reference, torch_interop.py's --help is whole."""
 
-import importlib.util
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
 import adamc
+from _toolkit import EXAMPLES
+from _toolkit import load_example as load
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.skipif(not (EXAMPLES / "train_mlp.py").exists(),
                                 reason="needs the source tree's examples/")
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_gap_explanations():

@@ -5,27 +5,14 @@ per test, when the example's optional dependency (scikit-learn, PyTorch) is
 not installed.
 """
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from _toolkit import exact
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from _toolkit import EXAMPLES, exact, load_example
 
 if not EXAMPLES.is_dir():
     pytest.skip("examples/ not found: tests run from outside the source tree",
                 allow_module_level=True)
-
-
-def load_example(name):
-    """Import examples/<name>.py as a module without putting examples/ on sys.path."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # Six epochs instead of twenty: over seeds 0-11 the held-out accuracy after

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import adamc
-from _toolkit import snapshot, assert_unchanged, state_of
+from _toolkit import assert_unchanged, load_example, snapshot, state_of
 from adamc import reference
 
 
@@ -253,14 +253,7 @@ def test_mlp_example_survives_skipped_fp16_steps():
     first steps overflow float16 and are skipped, the scale backs off, and
     training reaches float32's accuracy (within 1 point, 4 epochs)."""
     pytest.importorskip("sklearn")
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "examples" / "train_mlp.py"
-    if not path.exists():
-        pytest.skip("run from outside the source tree")
-    spec = importlib.util.spec_from_file_location("example_train_mlp_fused", path)
-    mlp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mlp)
+    mlp = load_example("train_mlp")
     data = mlp.load_data(np.float32, 0)
     base = mlp.train("adamc", epochs=4, data=data, log=None)
     run = mlp.train("adamc", epochs=4, data=data, log=None, dtype=np.float16,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import adamc
-from _toolkit import state_of
+from _toolkit import load_example, state_of
 from adamc import reference
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -275,14 +275,7 @@ def test_mlp_example_trains_in_16_bits():
     bfloat16 with stochastic rounding, end within 1 point of float32 held-out
     accuracy on digits (6 epochs; the README gives the 20-epoch figures)."""
     pytest.importorskip("sklearn")
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "examples" / "train_mlp.py"
-    if not path.exists():
-        pytest.skip("run from outside the source tree")
-    spec = importlib.util.spec_from_file_location("example_train_mlp_mp", path)
-    mlp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mlp)
+    mlp = load_example("train_mlp")
     data = mlp.load_data(np.float32, 0)
     acc = {}
     for name, dtype, kw in [
