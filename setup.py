@@ -32,7 +32,7 @@ from setuptools.command.build_ext import build_ext
 
 CSRC = os.path.join("src", "adamc", "csrc")
 # Files compiled with the common flags only.
-COMMON_SOURCES = ["step.c", "threads.c", "dispatch.c", "kernel_baseline.c"]
+COMMON_SOURCES = ["step.c", "pool.c", "tune.c", "threads.c", "dispatch.c", "kernel_baseline.c"]
 # x86-64 variants: file, GCC/Clang flags, MSVC flags.  Chosen at run time
 # (csrc/dispatch.c), so a wheel built anywhere keeps them all.
 X86_VARIANTS = [
@@ -70,6 +70,11 @@ def _sanitize_flags(compiler):
         return []
     return [f"-fsanitize={wanted}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
             "-g"]
+
+
+def _pthread_flags(compiler):
+    """POSIX threads for the worker pool (csrc/pool.c); none on Windows."""
+    return [] if _msvc(compiler) or sys.platform == "win32" else ["-pthread"]
 
 
 def _strip_flags(compiler):
@@ -148,7 +153,8 @@ class BuildExt(build_ext):
                 )
             ext.extra_objects = objects + ext.extra_objects
             ext.extra_compile_args = cflags
-            ext.extra_link_args = ((omp[1] if omp else []) + _sanitize_flags(self.compiler)
+            ext.extra_link_args = ((omp[1] if omp else []) + _pthread_flags(self.compiler)
+                                   + _sanitize_flags(self.compiler)
                                    + _strip_flags(self.compiler))
         super().build_extensions()
 

@@ -47,7 +47,13 @@ def cpu_info() -> dict:
         cgroup quota); ``serial_cutoff``: steps with less work (float32
         elements; float64 count twice) run on one thread;
         ``forked_child_serial``: this process was forked after adamc ran
-        threads, so it steps serially (OpenMP pools do not survive fork).
+        threads, so it steps serially; ``pool_workers``: worker threads
+        started so far (csrc/pool.c); ``tuning``: what csrc/tune.c chose
+        for each size class stepped so far (threads, software prefetch),
+        with the median step time of every configuration it trialed and
+        why it kept one, and the choices fixed by the environment
+        (``ADAMC_TUNE``, ``ADAMC_SERIAL_CUTOFF``, ``ADAMC_PREFETCH``,
+        ``ADAMC_CHUNK``).
 
     Examples
     --------
@@ -61,6 +67,7 @@ def cpu_info() -> dict:
             "isa_compiled": compiled}
     info["num_threads"] = _kernels.get_num_threads()
     info.update(_kernels.thread_info())
+    info["tuning"] = _kernels.tuning_info()
     info["openmp_wait_policy"] = (
         "passive" if _USER_POLICY is None else f"from the environment ({_USER_POLICY})")
     return info
