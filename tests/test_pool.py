@@ -129,13 +129,13 @@ def test_cpu_info_reports_choices_and_reasons(rng, clean_tuning):
     assert row["steps_seen"] == 3 + 2 + 4 * len(row["configs"])
     assert sorted(row["configs"]) == sorted(
         ["1 thread, prefetch 4096 B ahead", "1 thread, no prefetch",
-         "2 threads, prefetch 4096 B ahead", "2 threads, no prefetch"])
+         "all threads (2 now), prefetch 4096 B ahead", "all threads (2 now), no prefetch"])
     assert row["chosen"] in row["configs"]
     assert set(row["median_seconds"]) == set(row["configs"])
     assert all(t > 0 for t in row["median_seconds"].values())
     # the first configuration is the fixed default (2^20 work is above the
     # fixed cutoff of 131072): the one a choice must beat by 2%
-    assert row["configs"][0] == "2 threads, prefetch 4096 B ahead"
+    assert row["configs"][0] == "all threads (2 now), prefetch 4096 B ahead"
     assert row["why"].startswith("the fixed default") or "faster than the fixed default" in row["why"]
 
 
@@ -151,7 +151,7 @@ def test_environment_fixes_each_choice(rng, clean_tuning):
     info = adamc.cpu_info()["tuning"]
     assert info["fixed_by_environment"] == {"ADAMC_PREFETCH": 0}
     (row,) = info["classes"]
-    assert row["configs"] == ["2 threads, no prefetch", "1 thread, no prefetch"]
+    assert row["configs"] == ["all threads (2 now), no prefetch", "1 thread, no prefetch"]
     clean_tuning.setenv("ADAMC_SERIAL_CUTOFF", "0")
     _kernels.tuning_reset()
     for _ in range(12):

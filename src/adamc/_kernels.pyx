@@ -221,7 +221,8 @@ def thread_info():
 
 
 def _config_name(int threads, int64_t pf, int resolved):
-    t = ("fixed rule" if threads < 0 else f"{resolved} threads" if threads else "1 thread")
+    t = ("fixed rule" if threads < 0 else f"all threads ({resolved} now)" if threads
+         else "1 thread")
     p = f"prefetch {pf} B ahead" if pf else "no prefetch"
     return t + ", " + p if threads >= 0 else p
 

@@ -13,13 +13,16 @@
  * word: the job's generation and the next chunk index).  The call returns
  * when every chunk is done: the caller finishes the step alone if no worker
  * shows up, and waits only for chunks a worker has already claimed and is
- * running.  A worker that wakes after the job is over finds nothing left to
+ * running (spinning 20 us, then asleep, so that the scheduler can move a
+ * preempted worker onto the caller's core).  A worker that wakes after the job is over finds nothing left to
  * claim and goes back to sleep.  Each element goes through the same
  * arithmetic whoever runs its chunk, so results are bitwise the same for
  * any thread count and any schedule.
  *
- * Workers sleep on a condition variable between steps (they never spin, so
- * they never compete with BLAS's threads in a training loop); they are
+ * Workers sleep on a condition variable between steps (by default they never
+ * spin, so they never compete with BLAS's threads in a training loop;
+ * ADAMC_POOL_SPIN_US=n keeps them awake n microseconds after a step, for
+ * benchmarks of back-to-back in-cache steps such as bench/ceiling.py); they are
  * started on first use, as many as the largest thread count asked for minus
  * one, with every signal blocked.  One step at a time uses the pool; a step
  * from a second Python thread that finds it busy runs serially.
@@ -45,18 +48,22 @@ typedef struct {
     const adamc_kernel *k;
     const adamc_task *tasks;
     int64_t ntasks, total, chunk, nchunks, pf_ahead;
+    double spin;       /* seconds a worker spins for the next job, then sleeps */
 } job_t;
 
 static pthread_mutex_t owner_mu = PTHREAD_MUTEX_INITIALIZER; /* the step using the pool */
 static pthread_mutex_t job_mu = PTHREAD_MUTEX_INITIALIZER;   /* gen, want, job        */
 static pthread_cond_t job_cv = PTHREAD_COND_INITIALIZER;
-static unsigned job_gen = 0;   /* under job_mu */
+static unsigned job_gen = 0;   /* written under job_mu (atomically: spinners read it) */
 static int job_want = 0;       /* workers 0..job_want-1 take part in job job_gen */
 static job_t job;              /* under job_mu; copied by each worker */
 static int nworkers = 0;       /* started so far (under owner_mu) */
 static int hold_workers = 0;   /* atomic; tests: woken workers wait (late) */
 static uint64_t claim_word;    /* atomic: generation << 32 | next chunk */
 static int64_t chunks_done;    /* atomic: chunks finished by workers */
+static int caller_waiting;     /* atomic: the caller sleeps on done_cv */
+static pthread_mutex_t done_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t done_cv = PTHREAD_COND_INITIALIZER;
 
 static inline void cpu_relax(void)
 {
@@ -95,10 +102,18 @@ static void *worker_main(void *arg)
 {
     const int me = (int)((intptr_t)arg & 0xffff);
     unsigned seen = (unsigned)((uintptr_t)arg >> 16);
+    double spin = 0.0;
     for (;;) {
         job_t j;
         unsigned gen;
         int64_t i;
+        if (spin > 0.0) {
+            /* ADAMC_POOL_SPIN_US: wait for the next job awake for a while */
+            double until = adamc_now() + spin;
+            while (__atomic_load_n(&job_gen, __ATOMIC_ACQUIRE) == seen && adamc_now() < until)
+                for (int r = 0; r < 64; r++)
+                    cpu_relax();
+        }
         pthread_mutex_lock(&job_mu);
         for (;;) {
             if (job_gen != seen) {
@@ -110,6 +125,7 @@ static void *worker_main(void *arg)
         }
         j = job;
         gen = seen;
+        spin = j.spin;
         pthread_mutex_unlock(&job_mu);
         while (__atomic_load_n(&hold_workers, __ATOMIC_ACQUIRE)) {
             struct timespec ms = {0, 1000000};
@@ -118,7 +134,12 @@ static void *worker_main(void *arg)
         adamc_set_prefetch(j.pf_ahead);
         while (claim(gen, j.nchunks, &i)) {
             run_chunk(&j, i);
-            __atomic_add_fetch(&chunks_done, 1, __ATOMIC_RELEASE);
+            __atomic_add_fetch(&chunks_done, 1, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&caller_waiting, __ATOMIC_SEQ_CST)) {
+                pthread_mutex_lock(&done_mu);
+                pthread_cond_signal(&done_cv);
+                pthread_mutex_unlock(&done_mu);
+            }
         }
     }
     return NULL;
@@ -159,7 +180,8 @@ int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntask
 {
     int64_t nchunks, mine = 0, i;
     unsigned gen;
-    long spins = 0;
+    int64_t spin_us = 0;
+    double until;
     if (chunk < 1)
         chunk = 1;
     if (chunk < total / ((int64_t)1 << 30))   /* the chunk index fits in 32 bits */
@@ -177,7 +199,8 @@ int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntask
     adamc_note_parallel();
     __atomic_store_n(&chunks_done, 0, __ATOMIC_RELAXED);
     pthread_mutex_lock(&job_mu);
-    gen = ++job_gen;
+    gen = job_gen + 1;
+    __atomic_store_n(&job_gen, gen, __ATOMIC_RELEASE);
     job.k = k;
     job.tasks = tasks;
     job.ntasks = ntasks;
@@ -185,6 +208,7 @@ int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntask
     job.chunk = chunk;
     job.nchunks = nchunks;
     job.pf_ahead = pf_ahead;
+    job.spin = adamc_env_int("ADAMC_POOL_SPIN_US", 0, 1000000, &spin_us) ? 1e-6 * (double)spin_us : 0.0;
     job_want = nthreads - 1;
     __atomic_store_n(&claim_word, (uint64_t)gen << 32, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&job_mu);
@@ -195,12 +219,22 @@ int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntask
         run_chunk(&job, i);   /* job cannot change: this thread owns the pool */
         mine++;
     }
-    /* Only chunks a worker has claimed and is running are left. */
-    while (__atomic_load_n(&chunks_done, __ATOMIC_ACQUIRE) != nchunks - mine) {
-        if (++spins < 2000)
+    /* Only chunks a worker has claimed and is running are left: spin for
+     * them a little, then sleep.  A worker preempted in the middle of a
+     * chunk (another process took its core) is then pulled onto this idle
+     * core by the scheduler instead of waiting for its time slice there. */
+    until = adamc_now() + 2e-5;
+    while (__atomic_load_n(&chunks_done, __ATOMIC_ACQUIRE) != nchunks - mine
+           && adamc_now() < until)
+        for (int r = 0; r < 16; r++)
             cpu_relax();
-        else
-            sched_yield();     /* a preempted worker: give it the core */
+    if (__atomic_load_n(&chunks_done, __ATOMIC_ACQUIRE) != nchunks - mine) {
+        __atomic_store_n(&caller_waiting, 1, __ATOMIC_SEQ_CST);
+        pthread_mutex_lock(&done_mu);
+        while (__atomic_load_n(&chunks_done, __ATOMIC_SEQ_CST) != nchunks - mine)
+            pthread_cond_wait(&done_cv, &done_mu);
+        pthread_mutex_unlock(&done_mu);
+        __atomic_store_n(&caller_waiting, 0, __ATOMIC_SEQ_CST);
     }
     pthread_mutex_unlock(&owner_mu);
     return 1;

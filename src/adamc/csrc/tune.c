@@ -97,13 +97,16 @@ int adamc_env_int(const char *name, int64_t lo, int64_t hi, int64_t *out)
     return 1;
 }
 
-/* About 16 chunks a step, of 2^14 to 2^18 elements, a multiple of 64 (a
- * cache line of either dtype), from the step's size alone. */
+/* About 16 chunks a step, of 2^12 to 2^18 elements, a multiple of 64 (a
+ * cache line of either dtype), from the step's size alone: small enough
+ * that a slow worker (sharing its core) leaves little for the caller to
+ * wait for, large enough that a large step's chunks reach the prefetch
+ * threshold (1 MiB a stream). */
 int64_t adamc_default_chunk(int64_t total)
 {
     int64_t c = total / 16;
-    if (c < ((int64_t)1 << 14))
-        c = (int64_t)1 << 14;
+    if (c < ((int64_t)1 << 12))
+        c = (int64_t)1 << 12;
     if (c > ((int64_t)1 << 18))
         c = (int64_t)1 << 18;
     return c & ~(int64_t)63;
