@@ -17,18 +17,16 @@ correctly rounded square root and one division, and a core has one divider.
 The last column converts the in-cache rate to core cycles per element at the
 clock /proc/cpuinfo reports (a VM reports its nominal clock).
 
-The in-cache steps are far below the serial cutoff, so this script sets
-ADAMC_SERIAL_CUTOFF=0 (every step splits across the threads asked for) and,
-unless you chose a policy, OMP_WAIT_POLICY=ACTIVE (workers spin between
-steps instead of sleeping, so no step pays their wake-up).
+The in-cache steps are timed inside _bench.arithmetic_env(): every step
+splits across the threads asked for (ADAMC_SERIAL_CUTOFF=0) and the pool's
+workers spin between steps (ADAMC_POOL_SPIN_US), so no step pays their
+wake-up.  The last line of each row names this host's limit for large
+steps: the slower of the two ceilings (bench/ab_probe.py divides by it).
 """
 
 import argparse
 import os
 
-os.environ["ADAMC_SERIAL_CUTOFF"] = "0"
-if not ({"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ)):
-    os.environ["OMP_WAIT_POLICY"] = "ACTIVE"  # read when adamc loads OpenMP
 
 import numpy as np  # noqa: E402
 
@@ -61,30 +59,32 @@ def main():
     rng = np.random.default_rng(0)
     hz = clock_hz()
     cpus = adamc.cpu_info()["available_cpus"]
+    print(f"# {_bench.describe_machine()}")
     print(f"{'dtype':>7} {'threads':>7} | {'compute GB/s':>12} {'memory GB/s':>11} | "
-          f"{'memory/compute':>14} | cycles/element/core")
+          f"{'memory/compute':>14} | cycles/element/core, this host's limit")
     for dtype in ("float32", "float64"):
         item = np.dtype(dtype).itemsize
-        small = (256 * 1024) // item            # per thread: 4 x 256 KiB in its L2
         large = int(args.large) * (8 // item)   # the same bytes for both dtypes
         cold = [buffers(large, dtype, rng)]
         for threads in sorted({1, cpus}):
             adamc.set_num_threads(threads)
-            hot = buffers(small * threads, dtype, rng)
-            opt = adamc.Adam([hot[0]], lr=1e-3)
-            samples = _bench.interleaved_samples(
-                {"hot": lambda: opt.step([hot[1]]),
-                 "probe": lambda: _kernels.probe_buffers(cold),
-                 "plain probe": lambda: _kernels.probe_buffers(cold, False)},
-                rounds=args.rounds, target=0.2)
+            hot, hot_n = _bench.hot_step(dtype, threads)
+            with _bench.arithmetic_env():
+                samples = _bench.interleaved_samples(
+                    {"hot": hot,
+                     "probe": lambda: _kernels.probe_buffers(cold),
+                     "plain probe": lambda: _kernels.probe_buffers(cold, False)},
+                    rounds=args.rounds, target=0.2)
             t_hot = np.median(samples["hot"])
             t_cold = _bench.probe_time({k: np.median(v) for k, v in samples.items()})
-            compute = 7 * item * small * threads / t_hot / 1e9
+            compute = 7 * item * hot_n / t_hot / 1e9
             memory = 7 * item * large / t_cold / 1e9
-            cyc = f"{hz * t_hot / small:.2f}" if hz else "-"
+            cyc = f"{hz * t_hot / (hot_n // threads):.2f}" if hz else "-"
+            bound = "memory" if memory <= compute else "arithmetic"
             print(f"{dtype:>7} {threads:>7} | {compute:>12.1f} {memory:>11.1f} | "
-                  f"{memory / compute:>14.2f} | {cyc}")
-            del hot, opt
+                  f"{memory / compute:>14.2f} | {cyc:>6}  limit {min(memory, compute):.1f} "
+                  f"GB/s ({bound})")
+            del hot
         del cold
     adamc.set_num_threads(None)
 
