@@ -152,6 +152,9 @@ class BuildExt(build_ext):
                     depends=[os.path.join(CSRC, h) for h in os.listdir(CSRC)],
                 )
             ext.extra_objects = objects + ext.extra_objects
+            # relink when any C file changed, not only the Cython module
+            ext.depends = list(ext.depends) + [
+                os.path.join(CSRC, f) for f in sorted(os.listdir(CSRC))]
             ext.extra_compile_args = cflags
             ext.extra_link_args = ((omp[1] if omp else []) + _pthread_flags(self.compiler)
                                    + _sanitize_flags(self.compiler)

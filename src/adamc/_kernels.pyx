@@ -93,9 +93,10 @@ cdef extern from "csrc/adamc.h" nogil:
     int adamc_tune_rows(adamc_tune_row *out, int max)
     void adamc_tune_reset()
     int adamc_pool_workers()
+    int adamc_tune_serial(int64_t work)
+    int adamc_env_int(const char *name, int64_t lo, int64_t hi, int64_t *out)
     void adamc_pool_hold(int on)
     int64_t adamc_default_chunk(int64_t total)
-    int adamc_env_int(const char *name, int64_t lo, int64_t hi, int64_t *out)
     const adamc_kernel *adamc_kernel_baseline()
     int adamc_variants(const adamc_kernel **out, int *cpu_ok, int max)
 
@@ -195,7 +196,9 @@ cdef int _threads_for(int64_t work) except -1:
     """Threads for a step of this much work (adamc_work units).  Resolving
     reads the environment and the affinity mask, so a step below the serial
     cutoff, which runs on one thread anyway, skips it."""
-    return _resolve_threads() if work >= adamc_serial_cutoff() else 1
+    if work < adamc_serial_cutoff() or adamc_tune_serial(work):
+        return 1   # (or the tuner chose one thread for this size)
+    return _resolve_threads()
 
 
 def get_num_threads():

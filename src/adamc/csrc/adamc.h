@@ -163,8 +163,16 @@ typedef struct {
 void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, int probe_flags);
 void adamc_plan_done(const adamc_plan *pl, double seconds);
 double adamc_now(void);
+/* 1 when the tuner chose one thread for steps of this much work and no
+ * variable overrides it (the shim then skips resolving the thread count). */
+int adamc_tune_serial(int64_t work);
 int64_t adamc_default_chunk(int64_t total);
 int adamc_env_int(const char *name, int64_t lo, int64_t hi, int64_t *out);
+typedef struct {
+    int has_cutoff, has_pf, has_chunk, tune;   /* tune: ADAMC_TUNE is not "0" */
+    int64_t cutoff, pf, chunk;
+} adamc_envs;
+void adamc_env_read(adamc_envs *v);   /* ADAMC_SERIAL_CUTOFF, _PREFETCH, _CHUNK, _TUNE */
 
 /* One size class of the tuner, for cpu_info(). */
 #define ADAMC_TUNE_MAX_CFG 4

@@ -191,12 +191,12 @@ int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntask
         return 0;
     if (pthread_mutex_trylock(&owner_mu) != 0)
         return 0;                  /* another step is using the pool: run serially */
+    adamc_note_parallel();     /* before any thread exists: fork sees it */
     grow(nthreads - 1);
     if (nworkers == 0) {
         pthread_mutex_unlock(&owner_mu);
         return 0;
     }
-    adamc_note_parallel();
     __atomic_store_n(&chunks_done, 0, __ATOMIC_RELAXED);
     pthread_mutex_lock(&job_mu);
     gen = job_gen + 1;

@@ -121,14 +121,17 @@ static void run_serial(const adamc_kernel *k, const adamc_task *tasks, int64_t n
 static void omp_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
                     int64_t total, int64_t chunk, int nthreads, int64_t pf_ahead)
 {
-    int64_t nchunks = total / chunk + (total % chunk != 0);
+    int64_t nchunks;
+    int c;
+    if (chunk < total / ((int64_t)1 << 30))   /* an int counts the chunks (OpenMP 2.0) */
+        chunk = total / ((int64_t)1 << 30) + 1;
+    nchunks = total / chunk + (total % chunk != 0);
     adamc_note_parallel();
 #pragma omp parallel num_threads(nthreads)
     {
-        long long c;
         adamc_set_prefetch(pf_ahead);
 #pragma omp for schedule(dynamic, 1)
-        for (c = 0; c < (long long)nchunks; c++) {
+        for (c = 0; c < (int)nchunks; c++) {
             int64_t lo = c * chunk;
             adamc_run_range(k, tasks, ntasks, lo, total - lo < chunk ? total : lo + chunk);
         }

@@ -79,12 +79,11 @@ int adamc_user_num_threads(void) { return user_threads; }
  * With ADAMC_TUNE=0, that default. */
 int64_t adamc_serial_cutoff(void)
 {
-    int64_t v;
-    const char *e;
-    if (adamc_env_int("ADAMC_SERIAL_CUTOFF", 0, INT64_MAX, &v))
-        return v;
-    e = getenv("ADAMC_TUNE");
-    return e && strcmp(e, "0") == 0 ? 131072 : 32768;
+    adamc_envs env;
+    adamc_env_read(&env);
+    if (env.has_cutoff)
+        return env.cutoff;
+    return env.tune ? 32768 : 131072;
 }
 
 #if defined(__linux__)

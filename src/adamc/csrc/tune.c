@@ -81,11 +81,12 @@ typedef struct {
 } cls_t;
 
 static cls_t classes[2][NCLASS];
+/* Per class of the thread band: 1 once its trial chose one thread.  Read
+ * without the lock by adamc_tune_serial (a stale 0 only costs a resolve). */
+static volatile signed char serial_choice[NCLASS];
 
-/* 1 and *out when the variable is set to an integer in [lo, hi]. */
-int adamc_env_int(const char *name, int64_t lo, int64_t hi, int64_t *out)
+static int parse_int(const char *e, int64_t lo, int64_t hi, int64_t *out)
 {
-    const char *e = getenv(name);
     char *end;
     long long v;
     if (!e || !*e)
@@ -95,6 +96,48 @@ int adamc_env_int(const char *name, int64_t lo, int64_t hi, int64_t *out)
         return 0;
     *out = (int64_t)v;
     return 1;
+}
+
+/* 1 and *out when the variable is set to an integer in [lo, hi]. */
+int adamc_env_int(const char *name, int64_t lo, int64_t hi, int64_t *out)
+{
+    return parse_int(getenv(name), lo, hi, out);
+}
+
+#if !defined(_WIN32)
+extern char **environ;
+#endif
+
+/* The tuning variables, in one pass over the environment (a getenv each
+ * would scan it four times, at every step that reaches the tuner). */
+void adamc_env_read(adamc_envs *v)
+{
+    const char *cutoff = NULL, *pf = NULL, *chunk = NULL, *tune = NULL;
+#if defined(_WIN32)
+    cutoff = getenv("ADAMC_SERIAL_CUTOFF");
+    pf = getenv("ADAMC_PREFETCH");
+    chunk = getenv("ADAMC_CHUNK");
+    tune = getenv("ADAMC_TUNE");
+#else
+    for (char **e = environ; e && *e; e++) {
+        const char *s = *e;
+        if (s[0] != 'A' || strncmp(s, "ADAMC_", 6) != 0)
+            continue;
+        s += 6;
+        if (strncmp(s, "SERIAL_CUTOFF=", 14) == 0)
+            cutoff = s + 14;
+        else if (strncmp(s, "PREFETCH=", 9) == 0)
+            pf = s + 9;
+        else if (strncmp(s, "CHUNK=", 6) == 0)
+            chunk = s + 6;
+        else if (strncmp(s, "TUNE=", 5) == 0)
+            tune = s + 5;
+    }
+#endif
+    v->has_cutoff = parse_int(cutoff, 0, INT64_MAX, &v->cutoff);
+    v->has_pf = parse_int(pf, 0, (int64_t)1 << 24, &v->pf);
+    v->has_chunk = parse_int(chunk, 64, INT64_MAX, &v->chunk);
+    v->tune = !(tune && strcmp(tune, "0") == 0);
 }
 
 /* About 16 chunks a step, of 2^12 to 2^18 elements, a multiple of 64 (a
@@ -147,6 +190,8 @@ static void decide(cls_t *c)
     /* config 0 is the fixed default: keep it unless another beats it clearly */
     c->r.chosen = c->r.median[best] < (1.0 - MARGIN) * c->r.median[0] ? best : 0;
     c->r.state = 2;
+    if (c->r.multi && c->r.threads[c->r.chosen] == 0)
+        serial_choice[c->r.cls] = 1;
 }
 
 static cls_t *class_of(int multi, int64_t work)
@@ -167,14 +212,14 @@ void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, 
     int64_t cutoff, pf, chunk;
     int tune, fixed_cutoff, fixed_pf, try_threads, try_pf, rule;
     cls_t *c;
-    fixed_cutoff = adamc_env_int("ADAMC_SERIAL_CUTOFF", 0, INT64_MAX, &cutoff);
-    fixed_pf = adamc_env_int("ADAMC_PREFETCH", 0, (int64_t)1 << 24, &pf);
-    if (!adamc_env_int("ADAMC_CHUNK", 64, INT64_MAX, &chunk))
-        chunk = adamc_default_chunk(total);
-    {
-        const char *e = getenv("ADAMC_TUNE");
-        tune = !(e && strcmp(e, "0") == 0);
-    }
+    adamc_envs env;
+    adamc_env_read(&env);
+    fixed_cutoff = env.has_cutoff;
+    cutoff = env.cutoff;
+    fixed_pf = env.has_pf;
+    pf = env.pf;
+    chunk = env.has_chunk ? env.chunk : adamc_default_chunk(total);
+    tune = env.tune;
     if (!fixed_cutoff)
         cutoff = DEFAULT_CUTOFF;
     if (!fixed_pf)
@@ -201,6 +246,19 @@ void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, 
                 pl->nthreads = threads_of(c->r.threads[c->r.chosen], rule, nthreads);
             UNLOCK();
         }
+        return;
+    }
+    if (!try_threads && tune && !fixed_cutoff && nthreads <= 1
+        && work >= ((int64_t)1 << THREADS_LO) && work < ((int64_t)1 << THREADS_HI)
+        && serial_choice[ilog2(work)]) {
+        /* the shim passed one thread because this class chose it: the
+         * class's decision holds the prefetch choice too */
+        c = class_of(1, work);
+        LOCK();
+        c->r.steps_seen++;
+        pl->nthreads = 1;
+        pl->pf_ahead = c->r.pf[c->r.chosen];
+        UNLOCK();
         return;
     }
     if (!try_threads && !try_pf)
@@ -264,6 +322,16 @@ void adamc_plan_done(const adamc_plan *pl, double seconds)
     UNLOCK();
 }
 
+int adamc_tune_serial(int64_t work)
+{
+    adamc_envs env;
+    if (!(work >= ((int64_t)1 << THREADS_LO) && work < ((int64_t)1 << THREADS_HI)
+          && serial_choice[ilog2(work)]))
+        return 0;
+    adamc_env_read(&env);   /* the environment still decides first */
+    return env.tune && !env.has_cutoff;
+}
+
 int adamc_tune_rows(adamc_tune_row *out, int max)
 {
     int n = 0;
@@ -280,5 +348,7 @@ void adamc_tune_reset(void)
 {
     LOCK();
     memset(classes, 0, sizeof classes);
+    for (int i = 0; i < NCLASS; i++)
+        serial_choice[i] = 0;
     UNLOCK();
 }
