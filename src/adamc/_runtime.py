@@ -1,6 +1,10 @@
 """Loading the compiled kernels, and run-time facts about them.
 
-OpenMP wait policy.  GNU libgomp's workers spin for a while after each
+OpenMP wait policy.  Parallel steps run on adamc's own worker pool
+(csrc/pool.c), whose workers always sleep between steps; OpenMP is still
+linked for the thread-count resolver (omp_get_max_threads, which
+threadpoolctl lowers) and runs the parallel steps only where the pool is not
+built (Windows).  For that case:  GNU libgomp's workers spin for a while after each
 parallel region by default.  A training loop alternates adamc steps with
 NumPy's BLAS calls, whose own threads then fight the spinning workers for
 the cores: a small step after a small matmul can take a hundred times
