@@ -10,7 +10,8 @@
  * step's size only, never on the thread count).  The calling thread
  * publishes the job, wakes the workers and starts claiming chunks at once;
  * a worker claims chunks when it arrives (an atomic compare-and-swap on one
- * word: the job's generation and the next chunk index).  The call returns
+ * word: the job's generation and the range of unclaimed chunks; the caller
+ * takes them from the front, workers from the back).  The call returns
  * when every chunk is done: the caller finishes the step alone if no worker
  * shows up, and waits only for chunks a worker has already claimed and is
  * running (spinning 20 us, then asleep, so that the scheduler can move a
@@ -59,7 +60,7 @@ static int job_want = 0;       /* workers 0..job_want-1 take part in job job_gen
 static job_t job;              /* under job_mu; copied by each worker */
 static int nworkers = 0;       /* started so far (under owner_mu) */
 static int hold_workers = 0;   /* atomic; tests: woken workers wait (late) */
-static uint64_t claim_word;    /* atomic: generation << 32 | next chunk */
+static uint64_t claim_word;    /* atomic: generation << 32 | front << 16 | back */
 static int64_t chunks_done;    /* atomic: chunks finished by workers */
 static int caller_waiting;     /* atomic: the caller sleeps on done_cv */
 static pthread_mutex_t done_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -74,18 +75,23 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Claim the next chunk of job `gen`: 1 and its index, or 0 when that job
- * has no chunk left (or is over). */
-static int claim(unsigned gen, int64_t nchunks, int64_t *idx)
+/* Claim a chunk of job `gen`: 1 and its index, or 0 when that job has no
+ * chunk left (or is over).  The unclaimed chunks are [front, back): the
+ * caller takes them from the front, workers from the back, so that with
+ * steady speeds each thread gets the same chunks step after step (and finds
+ * them in its own cache when the step fits in the cores' caches). */
+static int claim(unsigned gen, int from_back, int64_t *idx)
 {
     uint64_t w = __atomic_load_n(&claim_word, __ATOMIC_ACQUIRE);
     for (;;) {
-        int64_t i = (int64_t)(w & 0xffffffffu);
-        if ((unsigned)(w >> 32) != gen || i >= nchunks)
+        unsigned front = (unsigned)(w >> 16) & 0xffffu, back = (unsigned)w & 0xffffu;
+        uint64_t next;
+        if ((unsigned)(w >> 32) != gen || front >= back)
             return 0;
-        if (__atomic_compare_exchange_n(&claim_word, &w, w + 1, 1, __ATOMIC_ACQ_REL,
+        next = from_back ? w - 1 : w + ((uint64_t)1 << 16);
+        if (__atomic_compare_exchange_n(&claim_word, &w, next, 1, __ATOMIC_ACQ_REL,
                                         __ATOMIC_ACQUIRE)) {
-            *idx = i;
+            *idx = from_back ? (int64_t)back - 1 : (int64_t)front;
             return 1;
         }
     }
@@ -132,7 +138,7 @@ static void *worker_main(void *arg)
             nanosleep(&ms, NULL);
         }
         adamc_set_prefetch(j.pf_ahead);
-        while (claim(gen, j.nchunks, &i)) {
+        while (claim(gen, 1, &i)) {
             run_chunk(&j, i);
             __atomic_add_fetch(&chunks_done, 1, __ATOMIC_SEQ_CST);
             if (__atomic_load_n(&caller_waiting, __ATOMIC_SEQ_CST)) {
@@ -184,8 +190,8 @@ int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntask
     double until;
     if (chunk < 1)
         chunk = 1;
-    if (chunk < total / ((int64_t)1 << 30))   /* the chunk index fits in 32 bits */
-        chunk = total / ((int64_t)1 << 30) + 1;
+    if (chunk <= total / 65535)   /* at most 65535 chunks: 16 bits in claim_word */
+        chunk = total / 65535 + 1;
     nchunks = total / chunk + (total % chunk != 0);
     if (nthreads < 2 || nchunks < 2)
         return 0;
@@ -210,12 +216,12 @@ int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntask
     job.pf_ahead = pf_ahead;
     job.spin = adamc_env_int("ADAMC_POOL_SPIN_US", 0, 1000000, &spin_us) ? 1e-6 * (double)spin_us : 0.0;
     job_want = nthreads - 1;
-    __atomic_store_n(&claim_word, (uint64_t)gen << 32, __ATOMIC_RELEASE);
+    __atomic_store_n(&claim_word, (uint64_t)gen << 32 | (uint64_t)nchunks, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&job_mu);
     pthread_cond_broadcast(&job_cv);
 
     adamc_set_prefetch(pf_ahead);
-    while (claim(gen, nchunks, &i)) {
+    while (claim(gen, 0, &i)) {
         run_chunk(&job, i);   /* job cannot change: this thread owns the pool */
         mine++;
     }
