@@ -86,7 +86,7 @@ cdef extern from "csrc/adamc.h" nogil:
     void adamc_threads_init()
     int adamc_forked_child()
     ctypedef struct adamc_tune_row:
-        int cls, multi, state, ncfg, chosen, steps_seen, samples
+        int cls, multi, state, ncfg, chosen, steps_seen, samples, rounds
         int threads[4]
         int64_t pf[4]
         double median[4]
@@ -259,7 +259,7 @@ def tuning_info():
         else:
             row["chosen"] = names[0]
             row["why"] = (f"the fixed default while the trial runs "
-                          f"({r.samples} of {4 * r.ncfg} timed steps)")
+                          f"({r.samples} of {r.rounds * r.ncfg} timed steps)")
         out.append(row)
     fixed = {}
     for name in (b"ADAMC_TUNE", b"ADAMC_SERIAL_CUTOFF", b"ADAMC_PREFETCH", b"ADAMC_CHUNK"):

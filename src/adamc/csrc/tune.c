@@ -15,12 +15,14 @@
  *
  * How: an online comparison.  Steps fall in size classes (floor(log2
  * work)).  In each class, after ADAMC_TUNE_SKIP untimed steps (the first
- * touches fresh state pages), the next ROUNDS x (number of configurations)
- * steps run the configurations in ABBA order and are timed; the class then
+ * touches fresh state pages), the next rounds x (number of configurations)
+ * steps run the configurations in ABBA order and are timed (4 rounds for
+ * large steps; 12 where a thread count is tried: those steps are short, and
+ * beside BLAS's spinning threads their times scatter); the class then
  * keeps the configuration with the lowest median time if it beats the
  * fixed default by more than MARGIN, else the default.  So a class never
  * settles on something that measured slower than the default, and its
- * trial costs at most (ROUNDS x alternatives) steps run in the slower
+ * trial costs at most (rounds x alternatives) steps run in the slower
  * configuration: 4 of the first 100 steps of a large model.
  *
  * Environment variables fix each choice (read at every step):
@@ -70,14 +72,17 @@ double adamc_now(void)
 #define THREADS_HI 22
 #define PF_LO 18                             /* prefetch trials: 2^18 and up   */
 #define NCLASS 64
-#define ROUNDS 4
+#define ROUNDS 4          /* timed steps per configuration, large steps       */
+#define ROUNDS_THREADS 12 /* with a thread choice: short steps, noisy beside BLAS */
+#define MAX_ROUNDS 12
 #define ADAMC_TUNE_SKIP 2
 #define MARGIN 0.02
 
 typedef struct {
     adamc_tune_row r;
     int busy;                              /* a trial step is running */
-    double t[ADAMC_TUNE_MAX_CFG][ROUNDS];
+    int rounds;
+    double t[ADAMC_TUNE_MAX_CFG][MAX_ROUNDS];
 } cls_t;
 
 static cls_t classes[2][NCLASS];
@@ -167,7 +172,7 @@ static int ilog2(int64_t x)
 
 static double median(double *x, int n)
 {
-    /* n <= ROUNDS: insertion sort */
+    /* n <= MAX_ROUNDS: insertion sort */
     for (int i = 1; i < n; i++)
         for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
             double t = x[j];
@@ -181,9 +186,9 @@ static void decide(cls_t *c)
 {
     int best = 0;
     for (int k = 0; k < c->r.ncfg; k++) {
-        double tmp[ROUNDS];
+        double tmp[MAX_ROUNDS];
         memcpy(tmp, c->t[k], sizeof tmp);
-        c->r.median[k] = median(tmp, ROUNDS);
+        c->r.median[k] = median(tmp, c->rounds);
         if (c->r.median[k] < c->r.median[best])
             best = k;
     }
@@ -283,6 +288,7 @@ void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, 
         c->r.cls = ilog2(work) < NCLASS ? ilog2(work) : NCLASS - 1;
         c->r.multi = try_threads;
         c->r.ncfg = n;
+        c->r.rounds = c->rounds = try_threads ? ROUNDS_THREADS : ROUNDS;
         c->r.state = 1;
     }
     c->r.steps_seen++;
@@ -315,7 +321,7 @@ void adamc_plan_done(const adamc_plan *pl, double seconds)
         int k = round % 2 == 0 ? pos : n - 1 - pos;
         c->t[k][round] = seconds;
         c->r.samples++;
-        if (c->r.samples == n * ROUNDS)
+        if (c->r.samples == n * c->rounds)
             decide(c);
     }
     c->busy = 0;
