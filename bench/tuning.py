@@ -1,6 +1,6 @@
 """Is every tuned choice as fast as the best fixed configuration?
 
-    python bench/tuning.py [--rounds 11] [--between none|matmul]
+    python bench/tuning.py [--rounds 11]
     python bench/tuning.py --first 100 [--rounds 5]
 
 For each case, one optimizer steps under each fixed configuration and under
@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 
-import numpy as np
 
 import adamc
 from adamc import _bench
@@ -102,7 +101,6 @@ def first_steps(n, rounds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=11)
-    ap.add_argument("--between", choices=["none", "matmul"], default="none")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--first", type=int, default=0)
     args = ap.parse_args()
@@ -111,10 +109,8 @@ def main():
         return
     for k in ("ADAMC_PREFETCH", "ADAMC_SERIAL_CUTOFF", "ADAMC_TUNE"):
         os.environ.pop(k, None)
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((256, 256))
-    print(f"# {_bench.describe_machine()}; {args.rounds} interleaved rounds, medians; "
-          f"between steps: {args.between}")
+    print(f"# {_bench.describe_machine()}; {args.rounds} interleaved rounds, medians, "
+          "back-to-back steps (bench/train_loop.py times steps between matrix products)")
     for case in args.cases.split(","):
         shapes, dtype, configs = CASES[case]
         params, grads = _bench.make_problem(shapes, dtype)
@@ -124,8 +120,6 @@ def main():
             def f():
                 os.environ["ADAMC_PREFETCH"] = pf
                 os.environ["ADAMC_SERIAL_CUTOFF"] = cutoff
-                if args.between == "matmul":
-                    a @ a  # noqa: B018 - the work between steps
                 opt.step(grads)
             return f
 
