@@ -43,7 +43,8 @@ from setuptools.errors import PlatformError
 
 CSRC = os.path.join("src", "adamc", "csrc")
 # Files compiled with the common flags only.
-COMMON_SOURCES = ["step.c", "norm.c", "threads.c", "dispatch.c", "kernel_baseline.c"]
+COMMON_SOURCES = ["step.c", "norm.c", "pool.c", "tune.c", "threads.c", "dispatch.c",
+                  "kernel_baseline.c"]
 # x86-64 variants: file, GCC/Clang flags, MSVC flags.  Chosen at run time
 # (csrc/dispatch.c), so a wheel built anywhere keeps them all.
 X86_VARIANTS = [
@@ -81,6 +82,11 @@ def _sanitize_flags(compiler):
         return []
     return [f"-fsanitize={wanted}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
             "-g"]
+
+
+def _pthread_flags(compiler):
+    """POSIX threads for the worker pool (csrc/pool.c); none on Windows."""
+    return [] if _msvc(compiler) or sys.platform == "win32" else ["-pthread"]
 
 
 def _strip_flags(compiler):
@@ -211,8 +217,8 @@ class BuildExt(build_ext):
         self._pending = []
         for ext in self.extensions:
             cflags = base + (omp[0] if omp else [])
-            link = ((omp[1] if omp else []) + _sanitize_flags(self.compiler)
-                    + _strip_flags(self.compiler))
+            link = ((omp[1] if omp else []) + _pthread_flags(self.compiler)
+                    + _sanitize_flags(self.compiler) + _strip_flags(self.compiler))
             stamp = self._stamp(ext, cflags, link)
             objects = [self.compiler.object_filenames([os.path.join(CSRC, name)],
                                                       output_dir=self.build_temp)[0]

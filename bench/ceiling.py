@@ -3,7 +3,8 @@ in GB/s of Adam's traffic (7 arrays x itemsize per element):
 
 - compute: adamc's step on buffers that stay in each core's L2 cache (256
   KiB per array per thread), so memory costs almost nothing and the
-  arithmetic sets the pace;
+  arithmetic sets the pace; with several threads, the better of the rate
+  measured and threads x the one-thread rate;
 - memory: the roofline probe (Adam's traffic, trivial arithmetic) on buffers
   far larger than the caches, the faster of its two loops (with and without
   software prefetch).
@@ -23,18 +24,16 @@ why it thinks so (load average before the run, rounds that differ by more
 than 1.5x, figures outside plausible bounds, two threads slower than one)
 instead of the table; --force prints the table anyway, marked.
 
-The in-cache steps are far below the serial cutoff, so this script sets
-ADAMC_SERIAL_CUTOFF=0 (every step splits across the threads asked for) and,
-unless you chose a policy, OMP_WAIT_POLICY=ACTIVE (workers spin between
-steps instead of sleeping, so no step pays their wake-up).
+The in-cache steps are timed inside _bench.arithmetic_env(): every step
+splits across the threads asked for (ADAMC_SERIAL_CUTOFF=0) and the pool's
+workers spin between steps (ADAMC_POOL_SPIN_US), so no step pays their
+wake-up.  The last column of each row names this host's limit for large
+steps: the slower of the two ceilings (bench/ab_probe.py divides by it).
 """
 
 import argparse
 import os
 
-os.environ["ADAMC_SERIAL_CUTOFF"] = "0"
-if not ({"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ)):
-    os.environ["OMP_WAIT_POLICY"] = "ACTIVE"  # read when adamc loads OpenMP
 
 import numpy as np  # noqa: E402
 
@@ -74,28 +73,34 @@ def measure(args):
     rows, samples = [], {}
     for dtype in ("float32", "float64"):
         item = np.dtype(dtype).itemsize
-        small = (256 * 1024) // item            # per thread: 4 x 256 KiB in its L2
         large = int(args.large) * (8 // item)   # the same bytes for both dtypes
         cold = [buffers(large, dtype, rng)]
         for threads in sorted({1, cpus}):
             adamc.set_num_threads(threads)
-            hot = buffers(small * threads, dtype, rng)
-            opt = adamc.Adam([hot[0]], lr=1e-3)
-            got = _bench.interleaved_samples(
-                {"hot": lambda: opt.step([hot[1]]),
-                 "probe": lambda: _kernels.probe_buffers(cold),
-                 "plain probe": lambda: _kernels.probe_buffers(cold, False)},
-                rounds=args.rounds, target=0.2)
+            hot, hot_n = _bench.hot_step(dtype, threads)
+            with _bench.arithmetic_env():
+                got = _bench.interleaved_samples(
+                    {"hot": hot,
+                     "probe": lambda: _kernels.probe_buffers(cold),
+                     "plain probe": lambda: _kernels.probe_buffers(cold, False)},
+                    rounds=args.rounds, target=0.2)
             for name, xs in got.items():
                 what = "in-cache step" if name == "hot" else name
                 samples[f"{dtype}, {threads} thread(s), {what}"] = xs
             t_hot = np.median(got["hot"])
+            if threads == 1:
+                one_thread = t_hot / hot_n
+            else:
+                # each core has its own divider: at least threads x the
+                # one-thread rate (a parallel in-cache step also pays the
+                # pool's hand-off, which a large step does not)
+                t_hot = min(t_hot, one_thread * hot_n / threads)
             t_cold = _bench.probe_time({k: np.median(v) for k, v in got.items()})
-            compute = 7 * item * small * threads / t_hot / 1e9
+            compute = 7 * item * hot_n / t_hot / 1e9
             memory = 7 * item * large / t_cold / 1e9
-            cyc = hz * t_hot / small if hz else None
+            cyc = hz * t_hot / (hot_n // threads) if hz else None
             rows.append((dtype, threads, compute, memory, cyc))
-            del hot, opt
+            del hot
         del cold
     adamc.set_num_threads(None)
     return rows, samples
@@ -126,12 +131,15 @@ def render(rows, why=(), force=False):
     if why:
         lines.append("HOST BUSY, figures unreliable (--force):\n" +
                      "\n".join(f"  - {r}" for r in why))
+    lines.append(f"# {_bench.describe_machine()}")
     lines.append(f"{'dtype':>7} {'threads':>7} | {'compute GB/s':>12} {'memory GB/s':>11} | "
-                 f"{'memory/compute':>14} | cycles/element/core")
+                 f"{'memory/compute':>14} | cycles/element/core, this host's limit")
     for dtype, threads, compute, memory, cyc in rows:
         c = f"{cyc:.2f}" if cyc is not None else "-"
+        bound = "memory" if memory <= compute else "arithmetic"
         lines.append(f"{dtype:>7} {threads:>7} | {compute:>12.1f} {memory:>11.1f} | "
-                     f"{memory / compute:>14.2f} | {c}")
+                     f"{memory / compute:>14.2f} | {c:>6}  limit {min(memory, compute):.1f} "
+                     f"GB/s ({bound})")
     return "\n".join(lines)
 
 

@@ -141,6 +141,54 @@ def probe_time(times):
     return min(times[n] for n in PROBES if n in times)
 
 
+def hot_step(dtype, threads, seed=0):
+    """(step function, elements): adamc's step on buffers that stay in each
+    thread's L2 cache (256 KiB per array per thread), so that the arithmetic,
+    not memory, sets its pace.  Time it inside arithmetic_env()."""
+    from . import Adam
+
+    item = np.dtype(dtype).itemsize
+    n = (256 * 1024) // item * threads
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(n).astype(dtype)
+    g = (rng.standard_normal(n) * 1e-3).astype(dtype)
+    opt = Adam([p], lr=LR)
+    return (lambda: opt.step([g])), n
+
+
+class arithmetic_env:
+    """While timing hot_step: every step splits across the threads asked
+    for (ADAMC_SERIAL_CUTOFF=0) and the pool's workers spin between steps
+    (ADAMC_POOL_SPIN_US), so no step pays their wake-up.  Both are read at
+    every step; the previous values come back on exit."""
+
+    VARS = {"ADAMC_SERIAL_CUTOFF": "0", "ADAMC_POOL_SPIN_US": "20000"}
+
+    def __enter__(self):
+        import os
+
+        self.old = {k: os.environ.get(k) for k in self.VARS}
+        os.environ.update(self.VARS)
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        for k, v in self.old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def limit_time(probe_seconds, n, hot_seconds, hot_n):
+    """This host's true limit for a step of n elements: the slower of memory
+    (the faster probe's time) and arithmetic (the in-cache step's time per
+    element, times n).  Returns (seconds, 'memory' or 'arithmetic')."""
+    arith = hot_seconds * n / hot_n
+    return (probe_seconds, "memory") if probe_seconds >= arith else (arith, "arithmetic")
+
+
 def make_reference(params, grads):
     """reference.Adam: the textbook NumPy Adam, temporaries and all."""
     from . import reference

@@ -97,6 +97,18 @@ cdef extern from "csrc/adamc.h" nogil:
     int64_t adamc_serial_cutoff()
     void adamc_threads_init()
     int adamc_forked_child()
+    ctypedef struct adamc_tune_row:
+        int cls, multi, state, ncfg, chosen, steps_seen, samples, rounds
+        int threads[4]
+        int64_t pf[4]
+        double median[4]
+    int adamc_tune_rows(adamc_tune_row *out, int max)
+    void adamc_tune_reset()
+    int adamc_pool_workers()
+    int adamc_tune_serial(int64_t work)
+    int adamc_env_int(const char *name, int64_t lo, int64_t hi, int64_t *out)
+    void adamc_pool_hold(int on)
+    int64_t adamc_default_chunk(int64_t total)
     const adamc_kernel *adamc_kernel_baseline()
     int adamc_variants(const adamc_kernel **out, int *cpu_ok, int max)
 
@@ -196,7 +208,9 @@ cdef int _threads_for(int64_t work) except -1:
     """Threads for a step of this much work (adamc_work units).  Resolving
     reads the environment and the affinity mask, so a step below the serial
     cutoff, which runs on one thread anyway, skips it."""
-    return _resolve_threads() if work >= adamc_serial_cutoff() else 1
+    if work < adamc_serial_cutoff() or adamc_tune_serial(work):
+        return 1   # (or the tuner chose one thread for this size)
+    return _resolve_threads()
 
 
 def get_num_threads():
@@ -217,7 +231,68 @@ def thread_info():
         "user_num_threads": adamc_user_num_threads() or None,
         "serial_cutoff": int(adamc_serial_cutoff()),
         "forked_child_serial": bool(adamc_forked_child()),
+        "pool_workers": adamc_pool_workers(),
     }
+
+
+def _config_name(int threads, int64_t pf, int resolved):
+    t = ("fixed rule" if threads < 0 else f"all threads ({resolved} now)" if threads
+         else "1 thread")
+    p = f"prefetch {pf} B ahead" if pf else "no prefetch"
+    return t + ", " + p if threads >= 0 else p
+
+
+def tuning_info():
+    """What the tuner (csrc/tune.c) chose for each size class stepped so far,
+    and why: the configurations trialed and their median step times."""
+    cdef adamc_tune_row rows[128]
+    cdef int n = adamc_tune_rows(rows, 128), k, i
+    cdef int64_t v
+    resolved = adamc_resolve_num_threads()
+    out = []
+    for i in range(n):
+        r = rows[i]
+        names = [_config_name(r.threads[k], r.pf[k], resolved) for k in range(r.ncfg)]
+        row = {"work": (1 << r.cls, 1 << (r.cls + 1)),
+               "configs": names,
+               "steps_seen": r.steps_seen}
+        if r.state == 2:
+            row["chosen"] = names[r.chosen]
+            row["median_seconds"] = {names[k]: r.median[k] for k in range(r.ncfg)}
+            best = min(range(r.ncfg), key=lambda k: r.median[k])
+            if r.chosen == 0:
+                row["why"] = (
+                    "the fixed default" + (
+                        f": {names[best]} was {r.median[0] / r.median[best]:.3f}x faster, "
+                        "within the 2% margin" if best != 0 else ": fastest measured"))
+            else:
+                row["why"] = (f"{r.median[0] / r.median[r.chosen]:.3f}x faster than the "
+                              f"fixed default ({names[0]})")
+        else:
+            row["chosen"] = names[0]
+            row["why"] = (f"the fixed default while the trial runs "
+                          f"({r.samples} of {r.rounds * r.ncfg} timed steps)")
+        out.append(row)
+    fixed = {}
+    for name in (b"ADAMC_TUNE", b"ADAMC_SERIAL_CUTOFF", b"ADAMC_PREFETCH", b"ADAMC_CHUNK"):
+        if adamc_env_int(name, 0, 1 << 62, &v):
+            fixed[name.decode()] = int(v)
+    return {"classes": out, "fixed_by_environment": fixed}
+
+
+def tuning_reset():
+    """Forget every size class's trial and choice (tests, benchmarks)."""
+    adamc_tune_reset()
+
+
+def pool_hold(bint on):
+    """Tests: while on, the pool's woken workers wait before claiming work,
+    like workers the OS has not scheduled; steps must finish without them."""
+    adamc_pool_hold(on)
+
+
+def default_chunk(int64_t total):
+    return adamc_default_chunk(total)
 
 
 def split(int64_t total, int nthreads, int tid):

@@ -1,6 +1,10 @@
 """Loading the compiled kernels, and run-time facts about them.
 
-OpenMP wait policy.  GNU libgomp's workers spin for a while after each
+OpenMP wait policy.  Parallel steps run on adamc's own worker pool
+(csrc/pool.c), whose workers always sleep between steps; OpenMP is still
+linked for the thread-count resolver (omp_get_max_threads, which
+threadpoolctl lowers) and runs the parallel steps only where the pool is not
+built (Windows).  For that case:  GNU libgomp's workers spin for a while after each
 parallel region by default.  A training loop alternates adamc steps with
 NumPy's BLAS calls, whose own threads then fight the spinning workers for
 the cores: a small step after a small matmul can take a hundred times
@@ -48,7 +52,13 @@ def cpu_info() -> dict:
         cgroup quota); ``serial_cutoff``: steps with less work (float32
         elements; float64 count twice) run on one thread;
         ``forked_child_serial``: this process was forked after adamc ran
-        threads, so it steps serially (OpenMP pools do not survive fork).
+        threads, so it steps serially; ``pool_workers``: worker threads
+        started so far (csrc/pool.c); ``tuning``: what csrc/tune.c chose
+        for each size class stepped so far (threads, software prefetch),
+        with the median step time of every configuration it trialed and
+        why it kept one, and the choices fixed by the environment
+        (``ADAMC_TUNE``, ``ADAMC_SERIAL_CUTOFF``, ``ADAMC_PREFETCH``,
+        ``ADAMC_CHUNK``).
 
     Examples
     --------
@@ -62,6 +72,7 @@ def cpu_info() -> dict:
             "isa_compiled": compiled}
     info["num_threads"] = _kernels.get_num_threads()
     info.update(_kernels.thread_info())
+    info["tuning"] = _kernels.tuning_info()
     info["openmp_wait_policy"] = (
         "passive" if _USER_POLICY is None else f"from the environment ({_USER_POLICY})")
     return info

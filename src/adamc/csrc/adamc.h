@@ -135,8 +135,9 @@ double adamc_grad_sumsq(const adamc_kernel *k, const adamc_task *tasks, int64_t 
 void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
                       int64_t ntasks, int nthreads);
 
-/* The element range [lo, hi) that thread `tid` of `nthreads` owns out of
- * `total` elements.  Exposed for tests of the splitter at > 2^32 sizes. */
+/* The element range [lo, hi) that part `tid` of `nthreads` even parts of
+ * `total` elements covers, in 64-element blocks (the driver's split before
+ * the pool's fixed chunks; kept for tests of 64-bit ranges). */
 void adamc_split(int64_t total, int nthreads, int tid, int64_t *lo, int64_t *hi);
 
 /* Threads (threads.c). */
@@ -149,6 +150,66 @@ int64_t adamc_serial_cutoff(void);
 void adamc_threads_init(void);      /* once, at import: fork handler */
 void adamc_note_parallel(void);     /* a parallel region has run     */
 int adamc_forked_child(void);       /* forked after one: stay serial */
+
+/* The worker pool (pool.c): POSIX threads with GCC/Clang atomics.  Without
+ * it (Windows, other compilers) a parallel step is an OpenMP region, whose
+ * closing barrier waits for late workers. */
+#if !defined(_WIN32) && (defined(__GNUC__) || defined(__clang__))
+#define ADAMC_POOL 1
+#else
+#define ADAMC_POOL 0
+#endif
+
+/* Run elements [lo, hi) of the step (the tasks they fall in): step.c. */
+void adamc_run_range(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
+                     int64_t lo, int64_t hi);
+/* Run the step's `total` elements in chunks of `chunk` on up to nthreads
+ * threads (the caller one of them); returns 0, having done nothing, when the
+ * pool cannot take it (busy with another step, no workers, one chunk). */
+int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
+                   int64_t total, int64_t chunk, int nthreads, int64_t pf_ahead);
+int adamc_pool_workers(void);       /* workers started so far */
+void adamc_pool_hold(int on);       /* tests: woken workers wait while on */
+
+/* Software prefetch distance in bytes (0: none) for the kernels this thread
+ * runs next; the kernels read it for ranges of ADAMC_PF_MIN bytes a stream
+ * or more (kernel_body.h).  Set by the driver for each step (step.c). */
+void adamc_set_prefetch(int64_t ahead_bytes);
+int64_t adamc_prefetch_ahead(void);
+
+/* Tuning (tune.c): the per-step choices that never change results. */
+typedef struct {
+    int nthreads;       /* threads for this step (1: serial)          */
+    int64_t chunk;      /* elements per chunk of a parallel step     */
+    int64_t pf_ahead;   /* software prefetch distance, bytes; 0 none  */
+    int cls, multi, slot;  /* the trial this step is part of (slot >= 0) */
+} adamc_plan;
+void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, int probe_flags);
+void adamc_plan_done(const adamc_plan *pl, double seconds);
+double adamc_now(void);
+/* 1 when the tuner chose one thread for steps of this much work and no
+ * variable overrides it (the shim then skips resolving the thread count). */
+int adamc_tune_serial(int64_t work);
+int64_t adamc_default_chunk(int64_t total);
+int adamc_env_int(const char *name, int64_t lo, int64_t hi, int64_t *out);
+typedef struct {
+    int has_cutoff, has_pf, has_chunk, tune;   /* tune: ADAMC_TUNE is not "0" */
+    int64_t cutoff, pf, chunk;
+} adamc_envs;
+void adamc_env_read(adamc_envs *v);   /* ADAMC_SERIAL_CUTOFF, _PREFETCH, _CHUNK, _TUNE */
+
+/* One size class of the tuner, for cpu_info(). */
+#define ADAMC_TUNE_MAX_CFG 4
+typedef struct {
+    int cls, multi;       /* work in [2^cls, 2^(cls+1)); thread choice trialed */
+    int state;            /* 0 no step yet, 1 trialing, 2 decided */
+    int ncfg, chosen, steps_seen, samples, rounds;
+    int threads[ADAMC_TUNE_MAX_CFG];     /* 1 or 0 (= the resolved count) */
+    int64_t pf[ADAMC_TUNE_MAX_CFG];
+    double median[ADAMC_TUNE_MAX_CFG];   /* seconds; 0 before the trial ends */
+} adamc_tune_row;
+int adamc_tune_rows(adamc_tune_row *out, int max);
+void adamc_tune_reset(void);
 
 /* ISA variants (kernel_<isa>.c, dispatch.c). */
 const adamc_kernel *adamc_kernel_baseline(void);

@@ -21,15 +21,16 @@
 #endif
 
 /* Software prefetch (adam_loop.inc): blocks of 4 cache lines, each asking
- * for the lines 4 KiB ahead in every stream, in ranges of 1 MiB a stream or
- * more.  Why: once the sqrt and the division fill the core's window, the
+ * for the lines adamc_prefetch_ahead() bytes ahead in every stream (4 KiB by
+ * default; 0: no prefetch, chosen per machine by tune.c), in ranges of 1 MiB
+ * a stream or more.  Why: once the sqrt and the division fill the core's window, the
  * hardware prefetcher alone can fall behind on large buffers; in cache the
  * extra instructions only cost, hence the threshold.  Whether it pays
- * depends on the CPU: bench/ab_probe.py re-measures it (step and probe, with
- * and without), and docs/performance.md logs what each host showed. */
+ * depends on the CPU (it costs 12% on a Zen 4 host): tune.c measures it on
+ * the first large steps, bench/ab_probe.py re-measures it (step and probe,
+ * with and without), and docs/performance.md logs what each host showed. */
 #define ADAMC_LINE 64
 #define ADAMC_PF_BLOCK (4 * ADAMC_LINE)
-#define ADAMC_PF_AHEAD 4096
 #define ADAMC_PF_MIN ((int64_t)1 << 20)
 #if defined(__GNUC__) || defined(__clang__)
 #define ADAMC_PREFETCH(addr) __builtin_prefetch((addr), 0, 3)

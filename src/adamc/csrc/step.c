@@ -1,13 +1,10 @@
-/* Per-step scalars and the multi-tensor driver: one parallel region per
- * optimizer step, its elements split evenly across threads regardless of
- * where tensors begin and end. */
+/* Per-step scalars and the multi-tensor driver: a step's elements, in
+ * fixed chunks that cross tensor boundaries, go to the worker pool
+ * (pool.c) or run serially, as tune.c's plan for the step says. */
 #include <math.h>
 #include "adamc.h"
 #include "convert.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h)
 {
@@ -79,8 +76,19 @@ void adamc_split(int64_t total, int nthreads, int tid, int64_t *lo, int64_t *hi)
     *hi = b_hi > max_blocks ? total : b_hi * ADAMC_BLOCK;
 }
 
-static void run_range(const adamc_kernel *k, const adamc_task *tasks,
-                      int64_t ntasks, int64_t lo, int64_t hi)
+#if defined(_MSC_VER)
+#define ADAMC_TLS __declspec(thread)
+#else
+#define ADAMC_TLS __thread
+#endif
+
+static ADAMC_TLS int64_t pf_ahead_tls = 4096;
+
+void adamc_set_prefetch(int64_t ahead_bytes) { pf_ahead_tls = ahead_bytes; }
+int64_t adamc_prefetch_ahead(void) { return pf_ahead_tls; }
+
+void adamc_run_range(const adamc_kernel *k, const adamc_task *tasks,
+                     int64_t ntasks, int64_t lo, int64_t hi)
 {
     int64_t a = 0, b = ntasks;
     if (lo >= hi)
@@ -102,37 +110,79 @@ static void run_range(const adamc_kernel *k, const adamc_task *tasks,
     }
 }
 
-void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
-                      int64_t ntasks, int nthreads)
+static void run_serial(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks)
 {
-    int64_t total;
-    if (ntasks <= 0)
-        return;
-    total = tasks[ntasks - 1].offset + tasks[ntasks - 1].n;
-#ifdef _OPENMP
-    if (nthreads > 1 && !adamc_forked_child()) {
-        int64_t work = 0, cutoff = adamc_serial_cutoff();
-        int64_t per_thread = cutoff / 2 > 0 ? cutoff / 2 : 1;
-        for (int64_t i = 0; i < ntasks; i++)
-            work += adamc_work(tasks[i].n, tasks[i].dtype);
-        if (work >= cutoff && work / per_thread > 1) {
-            int nt = work / per_thread < nthreads ? (int)(work / per_thread) : nthreads;
-            adamc_note_parallel();
-#pragma omp parallel num_threads(nt)
-            {
-                int64_t lo, hi;
-                adamc_split(total, omp_get_num_threads(), omp_get_thread_num(), &lo, &hi);
-                run_range(k, tasks, ntasks, lo, hi);
-            }
-            return;
-        }
-    }
-#else
-    (void)nthreads;
-#endif
     for (int64_t i = 0; i < ntasks; i++)
         if (tasks[i].n > 0)
             k->range(&tasks[i], 0, tasks[i].n);
+}
+
+#if !ADAMC_POOL && defined(_OPENMP)
+/* Without the pool (Windows): an OpenMP region claiming the same chunks.
+ * Its closing barrier still waits for every thread of the team. */
+static void omp_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
+                    int64_t total, int64_t chunk, int nthreads, int64_t pf_ahead)
+{
+    int64_t nchunks;
+    int c;
+    if (chunk < total / ((int64_t)1 << 30))   /* an int counts the chunks (OpenMP 2.0) */
+        chunk = total / ((int64_t)1 << 30) + 1;
+    nchunks = total / chunk + (total % chunk != 0);
+    adamc_note_parallel();
+#pragma omp parallel num_threads(nthreads)
+    {
+        adamc_set_prefetch(pf_ahead);
+#pragma omp for schedule(dynamic, 1)
+        for (c = 0; c < (int)nchunks; c++) {
+            int64_t lo = c * chunk;
+            adamc_run_range(k, tasks, ntasks, lo, total - lo < chunk ? total : lo + chunk);
+        }
+    }
+}
+#endif
+
+/* A serial step of fewer elements has no choice to make: no range reaches
+ * the prefetch threshold (1 MiB a stream: 2^17 float64 elements). */
+#define ADAMC_PLAIN_SERIAL ((int64_t)1 << 17)
+
+void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
+                      int64_t ntasks, int nthreads)
+{
+    int64_t total, work = 0;
+    adamc_plan pl;
+    double t0 = 0.0;
+    if (ntasks <= 0)
+        return;
+    total = tasks[ntasks - 1].offset + tasks[ntasks - 1].n;
+    if (nthreads <= 1 && total < ADAMC_PLAIN_SERIAL) {
+        run_serial(k, tasks, ntasks);   /* the common small step: no bookkeeping */
+        return;
+    }
+    for (int64_t i = 0; i < ntasks; i++)
+        work += adamc_work(tasks[i].n, tasks[i].dtype);
+    if (adamc_forked_child())
+        nthreads = 1;
+    adamc_plan_step(&pl, work, total, nthreads, tasks[0].s->flags);
+    if (pl.slot >= 0)
+        t0 = adamc_now();
+    if (pl.nthreads > 1) {
+#if ADAMC_POOL
+        if (!adamc_pool_run(k, tasks, ntasks, total, pl.chunk, pl.nthreads, pl.pf_ahead)) {
+            adamc_set_prefetch(pl.pf_ahead);
+            run_serial(k, tasks, ntasks);
+        }
+#elif defined(_OPENMP)
+        omp_run(k, tasks, ntasks, total, pl.chunk, pl.nthreads, pl.pf_ahead);
+#else
+        adamc_set_prefetch(pl.pf_ahead);
+        run_serial(k, tasks, ntasks);
+#endif
+    } else {
+        adamc_set_prefetch(pl.pf_ahead);
+        run_serial(k, tasks, ntasks);
+    }
+    if (pl.slot >= 0)
+        adamc_plan_done(&pl, adamc_now() - t0);
 }
 
 void adamc_sr_keys(uint32_t keys[4], uint64_t seed, int64_t index, int64_t step)

@@ -70,23 +70,20 @@ void adamc_set_num_threads(int n) { user_threads = n > 0 ? n : 0; }
 int adamc_user_num_threads(void) { return user_threads; }
 
 /* Below this much work in one step (float32 elements; a float64 element
- * counts twice), one thread does it all: entering a parallel region costs
- * more than it saves, and each thread gets at least half of it.  adamc's
- * OpenMP workers sleep between steps (_runtime.py), so a parallel step pays
- * their wake-up.  The value is where two threads were clearly faster than
- * one on the development hosts; bench/thread_cutoff.py re-measures it, and
- * docs/performance.md logs what each host showed.
- * Override with ADAMC_SERIAL_CUTOFF (read at every step). */
+ * counts twice), one thread does it all.  With ADAMC_SERIAL_CUTOFF set
+ * (read at every step), that value, and nothing is trialed.  Otherwise
+ * steps from 2^15 work on are offered the resolved thread count, and tune.c
+ * decides per size class whether a second thread pays on this machine
+ * (the fixed default it must beat: 131072, where two threads were clearly
+ * faster on the development hosts; bench/thread_cutoff.py re-measures it).
+ * With ADAMC_TUNE=0, that default. */
 int64_t adamc_serial_cutoff(void)
 {
-    const char *e = getenv("ADAMC_SERIAL_CUTOFF");
-    if (e && *e) {
-        char *end;
-        long long v = strtoll(e, &end, 10);
-        if (*end == '\0' && v >= 0)
-            return (int64_t)v;
-    }
-    return 131072;
+    adamc_envs env;
+    adamc_env_read(&env);
+    if (env.has_cutoff)
+        return env.cutoff;
+    return env.tune ? 32768 : 131072;
 }
 
 #if defined(__linux__)

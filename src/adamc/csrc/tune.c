@@ -1,0 +1,360 @@
+/* Tuning: the per-step choices that never change a result, chosen for the
+ * machine the code runs on by timing the first steps of each size.
+ *
+ * The choices:
+ *   - threads: for a step of work in [2^15, 2^22) float32 elements (float64
+ *     counting twice), one thread or the resolved count (above, always the
+ *     resolved count; below, one thread);
+ *   - software prefetch on or off, for steps of 2^18 work or more (where a
+ *     range can reach the kernels' 1 MiB-a-stream threshold);
+ *   - the chunk size of a parallel step (fixed by a formula of the step's
+ *     size, or ADAMC_CHUNK; not trialed).
+ * Each choice only decides which thread runs an element, or whether a
+ * cache line is asked for early: every element goes through the same IEEE
+ * operations whatever is chosen, so results are bitwise the same.
+ *
+ * How: an online comparison.  Steps fall in size classes (floor(log2
+ * work)).  In each class, after ADAMC_TUNE_SKIP untimed steps (the first
+ * touches fresh state pages), the next rounds x (number of configurations)
+ * steps run the configurations in ABBA order and are timed (4 rounds for
+ * large steps; 12 where a thread count is tried: those steps are short, and
+ * beside BLAS's spinning threads their times scatter); the class then
+ * keeps the configuration with the lowest median time if it beats the
+ * fixed default by more than MARGIN, else the default.  So a class never
+ * settles on something that measured slower than the default, and its
+ * trial costs at most (rounds x alternatives) steps run in the slower
+ * configuration: 4 of the first 100 steps of a large model.
+ *
+ * Environment variables fix each choice (read at every step):
+ *   ADAMC_TUNE=0            no trials: every choice at its fixed default
+ *   ADAMC_SERIAL_CUTOFF=n   threads from n work on, one below (threads.c)
+ *   ADAMC_PREFETCH=n        prefetch n bytes ahead; 0: no prefetch
+ *   ADAMC_CHUNK=n           elements per chunk of a parallel step
+ * cpu_info()["tuning"] reports each class's trial and choice.
+ */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "adamc.h"
+
+#if defined(_WIN32)
+#include <windows.h>
+static SRWLOCK lock_ = SRWLOCK_INIT;
+#define LOCK() AcquireSRWLockExclusive(&lock_)
+#define UNLOCK() ReleaseSRWLockExclusive(&lock_)
+double adamc_now(void)
+{
+    LARGE_INTEGER f, c;
+    QueryPerformanceFrequency(&f);
+    QueryPerformanceCounter(&c);
+    return (double)c.QuadPart / (double)f.QuadPart;
+}
+#else
+#include <pthread.h>
+#include <time.h>
+static pthread_mutex_t lock_ = PTHREAD_MUTEX_INITIALIZER;
+#define LOCK() pthread_mutex_lock(&lock_)
+#define UNLOCK() pthread_mutex_unlock(&lock_)
+double adamc_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+#endif
+
+#define DEFAULT_CUTOFF ((int64_t)1 << 17)   /* the fixed default (threads.c) */
+#define DEFAULT_PF 4096                      /* bytes ahead                    */
+#define THREADS_LO 15                        /* thread trials: [2^15, 2^22)   */
+#define THREADS_HI 22
+#define PF_LO 18                             /* prefetch trials: 2^18 and up   */
+#define NCLASS 64
+#define ROUNDS 4          /* timed steps per configuration, large steps       */
+#define ROUNDS_THREADS 12 /* with a thread choice: short steps, noisy beside BLAS */
+#define MAX_ROUNDS 12
+#define ADAMC_TUNE_SKIP 2
+#define MARGIN 0.02
+
+typedef struct {
+    adamc_tune_row r;
+    int busy;                              /* a trial step is running */
+    int rounds;
+    double t[ADAMC_TUNE_MAX_CFG][MAX_ROUNDS];
+} cls_t;
+
+static cls_t classes[2][NCLASS];
+/* Per class of the thread band: 1 once its trial chose one thread.  Read
+ * without the lock by adamc_tune_serial (a stale 0 only costs a resolve). */
+static volatile signed char serial_choice[NCLASS];
+
+static int parse_int(const char *e, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end;
+    long long v;
+    if (!e || !*e)
+        return 0;
+    v = strtoll(e, &end, 10);
+    if (*end != '\0' || v < lo || v > hi)
+        return 0;
+    *out = (int64_t)v;
+    return 1;
+}
+
+/* 1 and *out when the variable is set to an integer in [lo, hi]. */
+int adamc_env_int(const char *name, int64_t lo, int64_t hi, int64_t *out)
+{
+    return parse_int(getenv(name), lo, hi, out);
+}
+
+#if !defined(_WIN32)
+extern char **environ;
+#endif
+
+/* The tuning variables, in one pass over the environment (a getenv each
+ * would scan it four times, at every step that reaches the tuner). */
+void adamc_env_read(adamc_envs *v)
+{
+    const char *cutoff = NULL, *pf = NULL, *chunk = NULL, *tune = NULL;
+#if defined(_WIN32)
+    cutoff = getenv("ADAMC_SERIAL_CUTOFF");
+    pf = getenv("ADAMC_PREFETCH");
+    chunk = getenv("ADAMC_CHUNK");
+    tune = getenv("ADAMC_TUNE");
+#else
+    for (char **e = environ; e && *e; e++) {
+        const char *s = *e;
+        if (s[0] != 'A' || strncmp(s, "ADAMC_", 6) != 0)
+            continue;
+        s += 6;
+        if (strncmp(s, "SERIAL_CUTOFF=", 14) == 0)
+            cutoff = s + 14;
+        else if (strncmp(s, "PREFETCH=", 9) == 0)
+            pf = s + 9;
+        else if (strncmp(s, "CHUNK=", 6) == 0)
+            chunk = s + 6;
+        else if (strncmp(s, "TUNE=", 5) == 0)
+            tune = s + 5;
+    }
+#endif
+    v->has_cutoff = parse_int(cutoff, 0, INT64_MAX, &v->cutoff);
+    v->has_pf = parse_int(pf, 0, (int64_t)1 << 24, &v->pf);
+    v->has_chunk = parse_int(chunk, 64, INT64_MAX, &v->chunk);
+    v->tune = !(tune && strcmp(tune, "0") == 0);
+}
+
+/* About 16 chunks a step, of 2^12 to 2^18 elements, a multiple of 64 (a
+ * cache line of either dtype), from the step's size alone: small enough
+ * that a slow worker (sharing its core) leaves little for the caller to
+ * wait for, large enough that a large step's chunks reach the prefetch
+ * threshold (1 MiB a stream). */
+int64_t adamc_default_chunk(int64_t total)
+{
+    int64_t c = total / 16;
+    if (c < ((int64_t)1 << 12))
+        c = (int64_t)1 << 12;
+    if (c > ((int64_t)1 << 18))
+        c = (int64_t)1 << 18;
+    return c & ~(int64_t)63;
+}
+
+static int ilog2(int64_t x)
+{
+    int c = 0;
+    while (x > 1) {
+        x >>= 1;
+        c++;
+    }
+    return c;
+}
+
+static double median(double *x, int n)
+{
+    /* n <= MAX_ROUNDS: insertion sort */
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
+            double t = x[j];
+            x[j] = x[j - 1];
+            x[j - 1] = t;
+        }
+    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
+static void decide(cls_t *c)
+{
+    int best = 0;
+    for (int k = 0; k < c->r.ncfg; k++) {
+        double tmp[MAX_ROUNDS];
+        memcpy(tmp, c->t[k], sizeof tmp);
+        c->r.median[k] = median(tmp, c->rounds);
+        if (c->r.median[k] < c->r.median[best])
+            best = k;
+    }
+    /* config 0 is the fixed default: keep it unless another beats it clearly */
+    c->r.chosen = c->r.median[best] < (1.0 - MARGIN) * c->r.median[0] ? best : 0;
+    c->r.state = 2;
+    if (c->r.multi && c->r.threads[c->r.chosen] == 0)
+        serial_choice[c->r.cls] = 1;
+}
+
+static cls_t *class_of(int multi, int64_t work)
+{
+    int ci = ilog2(work);
+    return &classes[multi][ci < NCLASS ? ci : NCLASS - 1];
+}
+
+/* threads[] of a configuration: 1 thread (0), the resolved count (1), or
+ * the fixed rule, work >= cutoff (-1: no thread trial in this class). */
+static int threads_of(int code, int rule, int nthreads)
+{
+    return code < 0 ? rule : code ? nthreads : 1;
+}
+
+void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, int probe_flags)
+{
+    int64_t cutoff, pf, chunk;
+    int tune, fixed_cutoff, fixed_pf, try_threads, try_pf, rule;
+    cls_t *c;
+    adamc_envs env;
+    adamc_env_read(&env);
+    fixed_cutoff = env.has_cutoff;
+    cutoff = env.cutoff;
+    fixed_pf = env.has_pf;
+    pf = env.pf;
+    chunk = env.has_chunk ? env.chunk : adamc_default_chunk(total);
+    tune = env.tune;
+    if (!fixed_cutoff)
+        cutoff = DEFAULT_CUTOFF;
+    if (!fixed_pf)
+        pf = DEFAULT_PF;
+    /* the fixed defaults */
+    rule = work >= cutoff ? nthreads : 1;
+    pl->nthreads = rule;
+    pl->pf_ahead = pf;
+    pl->chunk = chunk;
+    pl->slot = -1;
+    pl->cls = pl->multi = 0;
+    try_threads = tune && !fixed_cutoff && nthreads > 1 && work >= ((int64_t)1 << THREADS_LO)
+                  && work < ((int64_t)1 << THREADS_HI);
+    try_pf = tune && !fixed_pf && work >= ((int64_t)1 << PF_LO);
+    if (probe_flags & ADAMC_PROBE) {
+        /* the roofline probe: the threads a step of its size uses now, the
+         * prefetch its caller asked for (at the configured distance) */
+        if (probe_flags & ADAMC_NO_PREFETCH)
+            pl->pf_ahead = 0;
+        if (try_threads) {
+            c = class_of(1, work);
+            LOCK();
+            if (c->r.state == 2)
+                pl->nthreads = threads_of(c->r.threads[c->r.chosen], rule, nthreads);
+            UNLOCK();
+        }
+        return;
+    }
+    if (!try_threads && tune && !fixed_cutoff && nthreads <= 1
+        && work >= ((int64_t)1 << THREADS_LO) && work < ((int64_t)1 << THREADS_HI)
+        && serial_choice[ilog2(work)]) {
+        /* the shim passed one thread because this class chose it: the
+         * class's decision holds the prefetch choice too */
+        c = class_of(1, work);
+        LOCK();
+        c->r.steps_seen++;
+        pl->nthreads = 1;
+        pl->pf_ahead = c->r.pf[c->r.chosen];
+        UNLOCK();
+        return;
+    }
+    if (!try_threads && !try_pf)
+        return;
+    c = class_of(try_threads, work);
+    LOCK();
+    if (c->r.state == 0) {
+        int n = 0, npf = try_pf ? 2 : 1, nthr = try_threads ? 2 : 1;
+        int thr[2];
+        int64_t pfs[2];
+        /* configuration 0 is the fixed default */
+        thr[0] = try_threads ? rule > 1 : -1;
+        thr[1] = !thr[0];
+        pfs[0] = pf;
+        pfs[1] = 0;
+        for (int a = 0; a < nthr; a++)
+            for (int b = 0; b < npf; b++) {
+                c->r.threads[n] = thr[a];
+                c->r.pf[n] = pfs[b];
+                n++;
+            }
+        c->r.cls = ilog2(work) < NCLASS ? ilog2(work) : NCLASS - 1;
+        c->r.multi = try_threads;
+        c->r.ncfg = n;
+        c->r.rounds = c->rounds = try_threads ? ROUNDS_THREADS : ROUNDS;
+        c->r.state = 1;
+    }
+    c->r.steps_seen++;
+    if (c->r.state == 2) {
+        int k = c->r.chosen;
+        pl->nthreads = threads_of(c->r.threads[k], rule, nthreads);
+        pl->pf_ahead = c->r.pf[k];
+    } else if (c->r.steps_seen > ADAMC_TUNE_SKIP && !c->busy) {
+        int s = c->r.samples, n = c->r.ncfg, round = s / n, pos = s % n;
+        int k = round % 2 == 0 ? pos : n - 1 - pos;   /* ABBA order */
+        pl->nthreads = threads_of(c->r.threads[k], rule, nthreads);
+        pl->pf_ahead = c->r.pf[k];
+        pl->cls = c->r.cls;
+        pl->multi = try_threads;
+        pl->slot = s;
+        c->busy = 1;
+    } else {
+        pl->nthreads = threads_of(c->r.threads[0], rule, nthreads);
+        pl->pf_ahead = c->r.pf[0];
+    }
+    UNLOCK();
+}
+
+void adamc_plan_done(const adamc_plan *pl, double seconds)
+{
+    cls_t *c = &classes[pl->multi][pl->cls];
+    LOCK();
+    if (c->busy && c->r.state == 1 && pl->slot == c->r.samples) {
+        int n = c->r.ncfg, round = pl->slot / n, pos = pl->slot % n;
+        int k = round % 2 == 0 ? pos : n - 1 - pos;
+        c->t[k][round] = seconds;
+        c->r.samples++;
+        if (c->r.samples == n * c->rounds)
+            decide(c);
+    }
+    c->busy = 0;
+    UNLOCK();
+}
+
+int adamc_tune_serial(int64_t work)
+{
+    adamc_envs env;
+    if (!(work >= ((int64_t)1 << THREADS_LO) && work < ((int64_t)1 << THREADS_HI)
+          && serial_choice[ilog2(work)]))
+        return 0;
+    adamc_env_read(&env);   /* the environment still decides first */
+    return env.tune && !env.has_cutoff;
+}
+
+int adamc_tune_rows(adamc_tune_row *out, int max)
+{
+    int n = 0;
+    LOCK();
+    for (int m = 0; m < 2; m++)
+        for (int i = 0; i < NCLASS; i++)
+            if (classes[m][i].r.state != 0 && n < max)
+                out[n++] = classes[m][i].r;
+    UNLOCK();
+    return n;
+}
+
+void adamc_tune_reset(void)
+{
+    LOCK();
+    memset(classes, 0, sizeof classes);
+    for (int i = 0; i < NCLASS; i++)
+        serial_choice[i] = 0;
+    UNLOCK();
+}
