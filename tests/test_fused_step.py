@@ -260,3 +260,26 @@ def test_mlp_example_survives_skipped_fp16_steps():
                     loss_scaling=True, clip=1.0)
     assert run["skipped"] >= 1 and run["skipped"] < run["steps"] // 10
     assert run["test_accuracy"][-1] >= base["test_accuracy"][-1] - 0.01
+
+
+def test_checkpoints_carry_the_loss_scaler(tmp_path):
+    w = np.ones(3, dtype=np.float32)
+    opt, scaler = adamc.Adam([w]), adamc.LossScaler(init_scale=64.0, growth_interval=2)
+    for g in ([1.0, 2.0, np.inf], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0]):
+        scaler.step(opt, [np.array(g, dtype=np.float32) * np.float32(scaler.scale)])
+    adamc.save_state(opt, tmp_path / "ck.npz", scaler=scaler)
+    fresh_opt, fresh = adamc.Adam([w.copy()]), adamc.LossScaler()
+    adamc.load_state(fresh_opt, tmp_path / "ck.npz", scaler=fresh)
+    assert fresh.state_dict() == scaler.state_dict() == {
+        "scale": 64.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2,
+        "growth_tracker": 0}
+    # a file without a scaler's state, into a scaler: refused, nothing changes
+    adamc.save_state(opt, tmp_path / "plain.npz")
+    before = fresh.state_dict()
+    snap = snapshot(fresh_opt)
+    with pytest.raises(ValueError, match="holds no loss scaler state"):
+        adamc.load_state(fresh_opt, tmp_path / "plain.npz", scaler=fresh)
+    assert fresh.state_dict() == before
+    assert_unchanged(fresh_opt, snap)
+    # the optimizer's own load ignores the scaler's state
+    adamc.load_state(adamc.Adam([w.copy()]), tmp_path / "ck.npz")

@@ -125,7 +125,7 @@ def _le(a):
     return a, order
 
 
-def _encode(opt, sd):
+def _encode(opt, sd, scaler_state=None):
     groups = []
     for gi, g in enumerate(sd["param_groups"]):
         out = {}
@@ -168,6 +168,8 @@ def _encode(opt, sd):
         "state": entries,
         "arrays": metas,
     }
+    if scaler_state is not None:  # version 2: a LossScaler's state, numbers only
+        doc["scaler"] = {k: _encode_value(v, f"scaler[{k!r}]") for k, v in scaler_state.items()}
     header = json.dumps(doc, ensure_ascii=True, allow_nan=False,
                         separators=(",", ":")).encode("ascii")
     return header, arrays, [m["order"] for m in metas]
@@ -256,7 +258,7 @@ def _open_temp(directory, base):
             continue
 
 
-def save_state(opt, path):
+def save_state(opt, path, *, scaler=None):
     """Write ``opt.state_dict()`` to ``path`` atomically, with a checksum.
 
     The file is complete and fsynced before it replaces ``path``; a crash
@@ -264,7 +266,8 @@ def save_state(opt, path):
     mix.  Hyperparameters that cannot be stored raise ``ValueError`` before
     anything is written.  A callable ``lr`` is stored as a marker, and
     :func:`load_state` requires the target optimizer to have a schedule in
-    that group.  See the module docstring for the format.
+    that group.  With ``scaler`` (an :class:`adamc.LossScaler`), its state
+    goes into the same file.  See the module docstring for the format.
 
     Examples
     --------
@@ -280,7 +283,8 @@ def save_state(opt, path):
     1
     """
     path = os.fspath(path)
-    header, arrays, orders = _encode(opt, opt.state_dict())
+    header, arrays, orders = _encode(opt, opt.state_dict(),
+                                     None if scaler is None else scaler.state_dict())
     raws = [_raw(a) for a in arrays]
     digest = _digest(header, raws)
 
@@ -374,8 +378,11 @@ def _parse_header(doc):
             f"unsupported checkpoint format version {version!r}; this adamc reads "
             f"versions {', '.join(map(str, READ_VERSIONS))}"
         )
-    if set(doc) != _TOP_KEYS:
-        raise _Bad(f"the header has keys {sorted(doc)}, expected {sorted(_TOP_KEYS)}")
+    if set(doc) - {"scaler"} != _TOP_KEYS or ("scaler" in doc and version < 2):
+        raise _Bad(f"the header has keys {sorted(doc)}, expected {sorted(_TOP_KEYS)}"
+                   " (and from version 2 optionally 'scaler')")
+    if "scaler" in doc and not isinstance(doc["scaler"], dict):
+        raise _Bad("the header's 'scaler' is not an object")
     metas = doc["arrays"]
     if not isinstance(metas, list):
         raise _Bad("the header's 'arrays' is not a list")
@@ -486,10 +493,13 @@ def _read(f):
                        "ml_dtypes") from None
         native = [a.view(ml_dtypes.bfloat16) if m["dtype"] == "bfloat16" else a
                   for a, m in zip(native, metas)]
-    return _build_state_dict(doc, native)
+    sd = _build_state_dict(doc, native)
+    if "scaler" in doc:
+        sd["scaler"] = {k: _decode_value(v, f"scaler[{k!r}]") for k, v in doc["scaler"].items()}
+    return sd
 
 
-def load_state(opt, path):
+def load_state(opt, path, *, scaler=None):
     """Restore ``opt`` from a checkpoint written by :func:`save_state`.
 
     The file is read and verified whole (format name, version, checksum,
@@ -498,6 +508,8 @@ def load_state(opt, path):
     modified, wrong-version or mismatching file raises ``ValueError`` naming
     ``path`` and the problem, and leaves ``opt`` unchanged.  A missing file
     raises ``FileNotFoundError``.  Nothing in the file is ever unpickled.
+    With ``scaler``, the file must hold a LossScaler's state (save_state's
+    ``scaler``), which is restored too, all or nothing.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -518,7 +530,18 @@ def load_state(opt, path):
                 "before load_state"
             )
         g["lr"] = current
+    scaler_state = sd.pop("scaler", None)
+    if scaler is not None:
+        if scaler_state is None:
+            raise ValueError(f"{path}: the checkpoint holds no loss scaler state (save it "
+                             "with save_state(opt, path, scaler=scaler))")
+        try:  # checked whole, on a scratch scaler, before the optimizer changes
+            type(scaler)().load_state_dict(scaler_state)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: the loss scaler state is invalid: {e}") from e
     try:
         opt.load_state_dict(sd)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: the checkpoint does not fit this optimizer: {e}") from e
+    if scaler is not None:
+        scaler.load_state_dict(scaler_state)

@@ -109,11 +109,11 @@ class LossScaler:
 
     def load_state_dict(self, sd):
         """Checked whole before anything changes."""
-        fresh = LossScaler(sd.get("scale", 1.0) if isinstance(sd, dict) else 1.0,
-                           *(sd.get(k) for k in self._KEYS[1:4])) \
-            if isinstance(sd, dict) and set(sd) == set(self._KEYS) else None
         scale, tracker = V.check_scaler_state(sd, self._KEYS)
-        self.__dict__.update(fresh.__dict__, scale=scale, growth_tracker=tracker)
+        fresh = LossScaler(scale, sd["growth_factor"], sd["backoff_factor"],
+                           sd["growth_interval"])  # checks the rest
+        fresh.growth_tracker = tracker
+        self.__dict__.update(fresh.__dict__)
 
     def __repr__(self):
         return (f"LossScaler(scale={self.scale!r}, growth_tracker={self.growth_tracker}, "
