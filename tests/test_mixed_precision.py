@@ -288,3 +288,15 @@ def test_mlp_example_trains_in_16_bits():
     assert acc["fp32"] > 0.95
     assert abs(acc["bf16 master"] - acc["fp32"]) <= 0.01, acc
     assert abs(acc["all bf16 SR"] - acc["fp32"]) <= 0.01, acc
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_torch_interop_example_in_16_bits(dtype):
+    """examples/torch_interop.py steps a 16-bit torch model through views
+    (no copies) and trains as well as torch.optim.Adam in the same dtype."""
+    pytest.importorskip("torch")
+    interop = load_example("torch_interop")
+    r = interop.compare(steps=60, dtype=dtype)
+    ours, theirs = r["adamc_losses"][-1], r["torch_losses"][-1]
+    assert np.isfinite(ours) and ours < r["adamc_losses"][0]
+    assert not np.isfinite(theirs) or ours <= 1.1 * theirs
