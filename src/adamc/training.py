@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _kernels
 from . import _validation as V
-from ._base import fused_factor
+from ._fused import fused_factor
 
 __all__ = ["LossScaler", "global_norm", "clip_grad_norm"]
 
