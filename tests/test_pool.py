@@ -318,3 +318,22 @@ def test_oversubscribed_steps_finish_and_agree():
                              timeout=TIMEOUT, cwd=d)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.split() == ["True"]
+
+
+def test_thread_choice_is_retried(rng, clean_tuning):
+    """A size class's thread choice is tried again after 1024 steps (the
+    machine's load may have changed); results stay those of one thread."""
+    p = rng.standard_normal(40_000).astype(np.float32)   # work in the thread band
+    q = p.copy()
+    g = like(rng, p)
+    adamc.set_num_threads(2)
+    opt = adamc.Adam([p])
+    for _ in range(1100):
+        opt.step([g])
+    (row,) = adamc.cpu_info()["tuning"]["classes"]
+    assert row["retrials"] == 1 and row["steps_seen"] == 1100
+    adamc.set_num_threads(1)
+    ref = adamc.Adam([q])
+    for _ in range(1100):
+        ref.step([g])
+    np.testing.assert_array_equal(p, q)
