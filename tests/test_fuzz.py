@@ -473,11 +473,15 @@ def build_step_call(attack, opt, seed):
     if kind == "group-edit":
         gi, (key, value) = attack[1], attack[2]
         group = opt.param_groups[gi]
-        old = group[key]
+        missing = key not in group   # a synonym (eps_inside_sqrt) may be absent
+        old = group.get(key)
         group[key] = copy.copy(value)
 
         def undo():
-            group[key] = old
+            if missing:
+                del group[key]
+            else:
+                group[key] = old
         return (lambda: opt.step(grads)), undo
     if kind == "group-structure":
         gi, what = attack[1], attack[2]
