@@ -21,7 +21,9 @@ from adamc import _kernels, reference
 from conftest import like, make_array
 
 TIMEOUT = 120
-POOL = adamc.cpu_info()["openmp"] and sys.platform != "win32"
+THREADS = adamc.cpu_info()["openmp"]   # a build without OpenMP steps serially
+POOL = THREADS and sys.platform != "win32"
+needs_threads = pytest.mark.skipif(not THREADS, reason="built without threads")
 ENV = ("ADAMC_TUNE", "ADAMC_SERIAL_CUTOFF", "ADAMC_PREFETCH", "ADAMC_CHUNK",
        "ADAMC_NUM_THREADS", "OMP_NUM_THREADS")
 
@@ -112,6 +114,7 @@ def test_online_trials_change_no_result(rng, dtype, clean_tuning):
         np.testing.assert_array_equal(a, b)
 
 
+@needs_threads
 def test_cpu_info_reports_choices_and_reasons(rng, clean_tuning):
     n = 1 << 20   # work 2^20: a thread trial (with 2 threads) and a prefetch trial
     p = rng.standard_normal(n).astype(np.float32)
@@ -140,6 +143,7 @@ def test_cpu_info_reports_choices_and_reasons(rng, clean_tuning):
     assert row["why"].startswith("the fixed default") or "faster than the fixed default" in row["why"]
 
 
+@needs_threads
 def test_environment_fixes_each_choice(rng, clean_tuning):
     n = 1 << 20
     p = rng.standard_normal(n).astype(np.float32)
@@ -320,6 +324,7 @@ def test_oversubscribed_steps_finish_and_agree():
     assert out.stdout.split() == ["True"]
 
 
+@needs_threads
 def test_thread_choice_is_retried(rng, clean_tuning):
     """A size class's thread choice is tried again after 1024 steps (the
     machine's load may have changed); results stay those of one thread."""
