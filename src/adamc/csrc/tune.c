@@ -23,7 +23,9 @@
  * fixed default by more than MARGIN, else the default.  So a class never
  * settles on something that measured slower than the default, and its
  * trial costs at most (rounds x alternatives) steps run in the slower
- * configuration: 4 of the first 100 steps of a large model.
+ * configuration: 4 of the first 100 steps of a large model.  A thread-count
+ * choice is tried again every RETRIAL steps of its class (other processes
+ * or BLAS's threads may have come or gone): at most 12 of 1024 steps.
  *
  * Environment variables fix each choice (read at every step):
  *   ADAMC_TUNE=0            no trials: every choice at its fixed default
