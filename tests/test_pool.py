@@ -22,7 +22,9 @@ from _toolkit import random_array as make_array
 from _toolkit import random_like as like
 
 TIMEOUT = 120
-POOL = adamc.cpu_info()["openmp"] and sys.platform != "win32"
+THREADS = adamc.cpu_info()["openmp"]   # a build without OpenMP steps serially
+POOL = THREADS and sys.platform != "win32"
+needs_threads = pytest.mark.skipif(not THREADS, reason="built without threads")
 ENV = ("ADAMC_TUNE", "ADAMC_SERIAL_CUTOFF", "ADAMC_PREFETCH", "ADAMC_CHUNK",
        "ADAMC_NUM_THREADS", "OMP_NUM_THREADS")
 
@@ -113,6 +115,7 @@ def test_online_trials_change_no_result(rng, dtype, clean_tuning):
         np.testing.assert_array_equal(a, b)
 
 
+@needs_threads
 def test_cpu_info_reports_choices_and_reasons(rng, clean_tuning):
     n = 1 << 20   # work 2^20: a thread trial (with 2 threads) and a prefetch trial
     p = rng.standard_normal(n).astype(np.float32)
@@ -141,6 +144,7 @@ def test_cpu_info_reports_choices_and_reasons(rng, clean_tuning):
     assert row["why"].startswith("the fixed default") or "faster than the fixed default" in row["why"]
 
 
+@needs_threads
 def test_environment_fixes_each_choice(rng, clean_tuning):
     n = 1 << 20
     p = rng.standard_normal(n).astype(np.float32)
@@ -319,3 +323,23 @@ def test_oversubscribed_steps_finish_and_agree():
                              timeout=TIMEOUT, cwd=d)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.split() == ["True"]
+
+
+@needs_threads
+def test_thread_choice_is_retried(rng, clean_tuning):
+    """A size class's thread choice is tried again after 1024 steps (the
+    machine's load may have changed); results stay those of one thread."""
+    p = rng.standard_normal(40_000).astype(np.float32)   # work in the thread band
+    q = p.copy()
+    g = like(rng, p)
+    adamc.set_num_threads(2)
+    opt = adamc.Adam([p])
+    for _ in range(1100):
+        opt.step([g])
+    (row,) = adamc.cpu_info()["tuning"]["classes"]
+    assert row["retrials"] == 1 and row["steps_seen"] == 1100
+    adamc.set_num_threads(1)
+    ref = adamc.Adam([q])
+    for _ in range(1100):
+        ref.step([g])
+    np.testing.assert_array_equal(p, q)

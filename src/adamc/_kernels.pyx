@@ -98,7 +98,7 @@ cdef extern from "csrc/adamc.h" nogil:
     void adamc_threads_init()
     int adamc_forked_child()
     ctypedef struct adamc_tune_row:
-        int cls, multi, state, ncfg, chosen, steps_seen, samples, rounds
+        int cls, multi, state, ncfg, chosen, steps_seen, samples, rounds, retrials
         int threads[4]
         int64_t pf[4]
         double median[4]
@@ -255,7 +255,7 @@ def tuning_info():
         names = [_config_name(r.threads[k], r.pf[k], resolved) for k in range(r.ncfg)]
         row = {"work": (1 << r.cls, 1 << (r.cls + 1)),
                "configs": names,
-               "steps_seen": r.steps_seen}
+               "steps_seen": r.steps_seen, "retrials": r.retrials}
         if r.state == 2:
             row["chosen"] = names[r.chosen]
             row["median_seconds"] = {names[k]: r.median[k] for k in range(r.ncfg)}

@@ -203,7 +203,7 @@ void adamc_env_read(adamc_envs *v);   /* ADAMC_SERIAL_CUTOFF, _PREFETCH, _CHUNK,
 typedef struct {
     int cls, multi;       /* work in [2^cls, 2^(cls+1)); thread choice trialed */
     int state;            /* 0 no step yet, 1 trialing, 2 decided */
-    int ncfg, chosen, steps_seen, samples, rounds;
+    int ncfg, chosen, steps_seen, samples, rounds, retrials;
     int threads[ADAMC_TUNE_MAX_CFG];     /* 1 or 0 (= the resolved count) */
     int64_t pf[ADAMC_TUNE_MAX_CFG];
     double median[ADAMC_TUNE_MAX_CFG];   /* seconds; 0 before the trial ends */

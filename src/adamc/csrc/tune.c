@@ -23,7 +23,9 @@
  * fixed default by more than MARGIN, else the default.  So a class never
  * settles on something that measured slower than the default, and its
  * trial costs at most (rounds x alternatives) steps run in the slower
- * configuration: 4 of the first 100 steps of a large model.
+ * configuration: 4 of the first 100 steps of a large model.  A thread-count
+ * choice is tried again every RETRIAL steps of its class (other processes
+ * or BLAS's threads may have come or gone): at most 12 of 1024 steps.
  *
  * Environment variables fix each choice (read at every step):
  *   ADAMC_TUNE=0            no trials: every choice at its fixed default
@@ -75,6 +77,7 @@ double adamc_now(void)
 #define ROUNDS 4          /* timed steps per configuration, large steps       */
 #define ROUNDS_THREADS 12 /* with a thread choice: short steps, noisy beside BLAS */
 #define MAX_ROUNDS 12
+#define RETRIAL 1024      /* a thread choice is tried again after this many steps */
 #define ADAMC_TUNE_SKIP 2
 #define MARGIN 0.02
 
@@ -82,6 +85,7 @@ typedef struct {
     adamc_tune_row r;
     int busy;                              /* a trial step is running */
     int rounds;
+    int64_t retrial_at;   /* steps_seen at which a decided thread choice is retried */
     double t[ADAMC_TUNE_MAX_CFG][MAX_ROUNDS];
 } cls_t;
 
@@ -195,6 +199,7 @@ static void decide(cls_t *c)
     /* config 0 is the fixed default: keep it unless another beats it clearly */
     c->r.chosen = c->r.median[best] < (1.0 - MARGIN) * c->r.median[0] ? best : 0;
     c->r.state = 2;
+    c->retrial_at = c->r.steps_seen + RETRIAL;
     if (c->r.multi && c->r.threads[c->r.chosen] == 0)
         serial_choice[c->r.cls] = 1;
 }
@@ -260,8 +265,7 @@ void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, 
          * class's decision holds the prefetch choice too */
         c = class_of(1, work);
         LOCK();
-        c->r.steps_seen++;
-        pl->nthreads = 1;
+        pl->nthreads = 1;     /* (adamc_tune_serial counted the step) */
         pl->pf_ahead = c->r.pf[c->r.chosen];
         UNLOCK();
         return;
@@ -292,6 +296,15 @@ void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, 
         c->r.state = 1;
     }
     c->r.steps_seen++;
+    if (c->r.state == 2 && c->r.multi && c->r.steps_seen >= c->retrial_at) {
+        /* other processes, BLAS's threads or a data loader may have come or
+         * gone since: try the thread counts again (at most 12 of every 1024
+         * steps in the other configuration) */
+        c->r.state = 1;
+        c->r.samples = 0;
+        c->r.retrials++;
+        serial_choice[c->r.cls] = 0;
+    }
     if (c->r.state == 2) {
         int k = c->r.chosen;
         pl->nthreads = threads_of(c->r.threads[k], rule, nthreads);
@@ -331,11 +344,29 @@ void adamc_plan_done(const adamc_plan *pl, double seconds)
 int adamc_tune_serial(int64_t work)
 {
     adamc_envs env;
+    cls_t *c;
+    int serial = 1;
     if (!(work >= ((int64_t)1 << THREADS_LO) && work < ((int64_t)1 << THREADS_HI)
           && serial_choice[ilog2(work)]))
         return 0;
     adamc_env_read(&env);   /* the environment still decides first */
-    return env.tune && !env.has_cutoff;
+    if (!env.tune || env.has_cutoff)
+        return 0;
+    /* the step is this class's: count it, and retry the thread choice in
+     * time (the shim then resolves the thread count and the trial runs) */
+    c = class_of(1, work);
+    LOCK();
+    c->r.steps_seen++;
+    if (c->r.steps_seen >= c->retrial_at) {
+        c->r.state = 1;
+        c->r.samples = 0;
+        c->r.retrials++;
+        serial_choice[c->r.cls] = 0;
+        c->r.steps_seen--;     /* plan_step counts it */
+        serial = 0;
+    }
+    UNLOCK();
+    return serial;
 }
 
 int adamc_tune_rows(adamc_tune_row *out, int max)
