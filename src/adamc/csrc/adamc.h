@@ -165,9 +165,15 @@ void adamc_run_range(const adamc_kernel *k, const adamc_task *tasks, int64_t nta
                      int64_t lo, int64_t hi);
 /* Run the step's `total` elements in chunks of `chunk` on up to nthreads
  * threads (the caller one of them); returns 0, having done nothing, when the
- * pool cannot take it (busy with another step, no workers, one chunk). */
+ * pool cannot take it (busy with another step, no workers, one chunk).
+ * With `sums`, chunk i instead stores its gradients' sum of squares in
+ * sums[i] (norm.c; the chunk must then be used as given: at most 65534). */
 int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
-                   int64_t total, int64_t chunk, int nthreads, int64_t pf_ahead);
+                   int64_t total, int64_t chunk, int nthreads, int64_t pf_ahead,
+                   double *sums);
+/* The gradients' sum of squares over elements [lo, hi) of the tasks (norm.c). */
+double adamc_chunk_sumsq(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
+                         int64_t lo, int64_t hi);
 int adamc_pool_workers(void);       /* workers started so far */
 void adamc_pool_hold(int on);       /* tests: woken workers wait while on */
 

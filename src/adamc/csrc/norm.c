@@ -5,22 +5,17 @@
  * fixed chunks of ADAMC_NORM_CHUNK; each chunk sums its segments (norm.inc,
  * compiled per ISA: eight interleaved accumulators added in a fixed tree,
  * the same association in every variant) and the chunks' sums are added in
- * order. */
+ * order.  The chunks run on the step's worker pool (pool.c). */
 #include <stdint.h>
 #include <stdlib.h>
 #include "adamc.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #define ADAMC_NORM_CHUNK 16384
 
-/* The sum of squares of chunk c: its segments in task order. */
-static double chunk_sumsq(const adamc_kernel *k, const adamc_task *tasks,
-                          int64_t ntasks, int64_t c)
+/* The sum of squares over elements [lo, hi): its segments in task order. */
+double adamc_chunk_sumsq(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
+                         int64_t lo, int64_t hi)
 {
-    const int64_t lo = c * ADAMC_NORM_CHUNK, hi = lo + ADAMC_NORM_CHUNK;
     int64_t a = 0, b = ntasks;
     double sum = 0.0;
     while (b - a > 1) {  /* the last task starting at or before lo */
@@ -49,30 +44,18 @@ double adamc_grad_sumsq(const adamc_kernel *k, const adamc_task *tasks, int64_t 
         return 0.0;
     total = tasks[ntasks - 1].offset + tasks[ntasks - 1].n;
     nchunks = (total + ADAMC_NORM_CHUNK - 1) / ADAMC_NORM_CHUNK;
-    if (nchunks <= 1)
-        return nchunks ? chunk_sumsq(k, tasks, ntasks, 0) : 0.0;
-    part = (double *)malloc((size_t)nchunks * sizeof(double));
-    if (!part) {  /* the same order, serially */
+    part = nchunks > 1 && nthreads > 1 && !adamc_forked_child()
+               ? (double *)malloc((size_t)nchunks * sizeof(double)) : NULL;
+    if (part && adamc_pool_run(k, tasks, ntasks, total, ADAMC_NORM_CHUNK, nthreads, 0, part)) {
         for (int64_t c = 0; c < nchunks; c++)
-            sum += chunk_sumsq(k, tasks, ntasks, c);
-        return sum;
+            sum += part[c];
+    } else {  /* the same chunks and order, on this thread */
+        for (int64_t c = 0; c < nchunks; c++) {
+            int64_t lo = c * ADAMC_NORM_CHUNK;
+            sum += adamc_chunk_sumsq(k, tasks, ntasks, lo,
+                                     total - lo < ADAMC_NORM_CHUNK ? total : lo + ADAMC_NORM_CHUNK);
+        }
     }
-#ifdef _OPENMP
-    if (nthreads > 1 && !adamc_forked_child()) {
-        adamc_note_parallel();
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-        for (int64_t c = 0; c < nchunks; c++)
-            part[c] = chunk_sumsq(k, tasks, ntasks, c);
-    } else
-#else
-    (void)nthreads;
-#endif
-    {
-        for (int64_t c = 0; c < nchunks; c++)
-            part[c] = chunk_sumsq(k, tasks, ntasks, c);
-    }
-    for (int64_t c = 0; c < nchunks; c++)
-        sum += part[c];
     free(part);
     return sum;
 }

@@ -50,6 +50,7 @@ typedef struct {
     const adamc_task *tasks;
     int64_t ntasks, total, chunk, nchunks, pf_ahead;
     double spin;       /* seconds a worker spins for the next job, then sleeps */
+    double *sums;      /* a norm job (adamc_grad_sumsq): chunk sums, not a step */
 } job_t;
 
 static pthread_mutex_t owner_mu = PTHREAD_MUTEX_INITIALIZER; /* the step using the pool */
@@ -101,7 +102,10 @@ static void run_chunk(const job_t *j, int64_t i)
 {
     int64_t lo = i * j->chunk;
     int64_t hi = j->total - lo < j->chunk ? j->total : lo + j->chunk;
-    adamc_run_range(j->k, j->tasks, j->ntasks, lo, hi);
+    if (j->sums)
+        j->sums[i] = adamc_chunk_sumsq(j->k, j->tasks, j->ntasks, lo, hi);
+    else
+        adamc_run_range(j->k, j->tasks, j->ntasks, lo, hi);
 }
 
 static void *worker_main(void *arg)
@@ -182,7 +186,8 @@ static void grow(int want)
 }
 
 int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
-                   int64_t total, int64_t chunk, int nthreads, int64_t pf_ahead)
+                   int64_t total, int64_t chunk, int nthreads, int64_t pf_ahead,
+                   double *sums)
 {
     int64_t nchunks, mine = 0, i;
     unsigned gen;
@@ -190,8 +195,11 @@ int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntask
     double until;
     if (chunk < 1)
         chunk = 1;
-    if (chunk <= total / 65535)   /* at most 65535 chunks: 16 bits in claim_word */
+    if (chunk <= total / 65535) { /* at most 65535 chunks: 16 bits in claim_word */
+        if (sums)
+            return 0;             /* a norm's chunks are fixed: its caller sums serially */
         chunk = total / 65535 + 1;
+    }
     nchunks = total / chunk + (total % chunk != 0);
     if (nthreads < 2 || nchunks < 2)
         return 0;
@@ -214,6 +222,7 @@ int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntask
     job.chunk = chunk;
     job.nchunks = nchunks;
     job.pf_ahead = pf_ahead;
+    job.sums = sums;
     job.spin = adamc_env_int("ADAMC_POOL_SPIN_US", 0, 1000000, &spin_us) ? 1e-6 * (double)spin_us : 0.0;
     job_want = nthreads - 1;
     __atomic_store_n(&claim_word, (uint64_t)gen << 32 | (uint64_t)nchunks, __ATOMIC_RELEASE);
@@ -257,10 +266,11 @@ void adamc_pool_hold(int on) { __atomic_store_n(&hold_workers, on, __ATOMIC_RELE
 void adamc_pool_hold(int on) { (void)on; }
 
 int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
-                   int64_t total, int64_t chunk, int nthreads, int64_t pf_ahead)
+                   int64_t total, int64_t chunk, int nthreads, int64_t pf_ahead,
+                   double *sums)
 {
     (void)k; (void)tasks; (void)ntasks; (void)total; (void)chunk; (void)nthreads;
-    (void)pf_ahead;
+    (void)pf_ahead; (void)sums;
     return 0;
 }
 

@@ -167,7 +167,8 @@ void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
         t0 = adamc_now();
     if (pl.nthreads > 1) {
 #if ADAMC_POOL
-        if (!adamc_pool_run(k, tasks, ntasks, total, pl.chunk, pl.nthreads, pl.pf_ahead)) {
+        if (!adamc_pool_run(k, tasks, ntasks, total, pl.chunk, pl.nthreads, pl.pf_ahead,
+                            NULL)) {
             adamc_set_prefetch(pl.pf_ahead);
             run_serial(k, tasks, ntasks);
         }
