@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import platform
 import random
 import statistics
 import time
@@ -42,6 +41,7 @@ import numpy as np
 
 import adamc
 from adamc import reference
+from adamc._bench import cpu_model
 
 MODELS = {
     "small": ([64, 64, 64, 10], np.float64, 64),
@@ -63,17 +63,6 @@ def burn(stop):
     while not stop.is_set():
         for _ in range(100_000):
             x += 1
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_contenders(params, grads, batch, use_torch):
