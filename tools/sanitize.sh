@@ -18,7 +18,7 @@ PY=${PYTHON:-python3}
 # shellcheck disable=SC1091
 source "$work/venv/bin/activate"
 python -m pip install -q --upgrade pip
-python -m pip install -q --upgrade "numpy>=2" "Cython>=3" "setuptools>=77" wheel pytest threadpoolctl hypothesis
+python -m pip install -q --upgrade "numpy>=2" "Cython>=3" "setuptools>=77" wheel pytest threadpoolctl hypothesis ml_dtypes
 cp -r "$repo" "$work/src"
 rm -rf "$work/src/build" "$work/src/src/adamc/"*.so "$work/src/src/adamc/_kernels.c"
 export ADAMC_SANITIZE=address,undefined
