@@ -160,6 +160,21 @@ int adamc_forked_child(void);       /* forked after one: stay serial */
 #define ADAMC_POOL 0
 #endif
 
+/* The last task starting at or before element lo of the concatenated tasks
+ * (their offsets are the running sums of n): where a range's walk begins. */
+static inline int64_t adamc_first_task(const adamc_task *tasks, int64_t ntasks, int64_t lo)
+{
+    int64_t a = 0, b = ntasks;
+    while (b - a > 1) {
+        int64_t mid = a + (b - a) / 2;
+        if (tasks[mid].offset <= lo)
+            a = mid;
+        else
+            b = mid;
+    }
+    return a;
+}
+
 /* Run elements [lo, hi) of the step (the tasks they fall in): step.c. */
 void adamc_run_range(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
                      int64_t lo, int64_t hi);

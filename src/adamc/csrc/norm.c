@@ -16,16 +16,8 @@
 double adamc_chunk_sumsq(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
                          int64_t lo, int64_t hi)
 {
-    int64_t a = 0, b = ntasks;
     double sum = 0.0;
-    while (b - a > 1) {  /* the last task starting at or before lo */
-        int64_t mid = a + (b - a) / 2;
-        if (tasks[mid].offset <= lo)
-            a = mid;
-        else
-            b = mid;
-    }
-    for (int64_t j = a; j < ntasks && tasks[j].offset < hi; j++) {
+    for (int64_t j = adamc_first_task(tasks, ntasks, lo); j < ntasks && tasks[j].offset < hi; j++) {
         const adamc_task *t = &tasks[j];
         int64_t s = lo > t->offset ? lo - t->offset : 0;
         int64_t e = hi - t->offset < t->n ? hi - t->offset : t->n;

@@ -90,18 +90,9 @@ int64_t adamc_prefetch_ahead(void) { return pf_ahead_tls; }
 void adamc_run_range(const adamc_kernel *k, const adamc_task *tasks,
                      int64_t ntasks, int64_t lo, int64_t hi)
 {
-    int64_t a = 0, b = ntasks;
     if (lo >= hi)
         return;
-    /* Last task starting at or before lo. */
-    while (b - a > 1) {
-        int64_t mid = a + (b - a) / 2;
-        if (tasks[mid].offset <= lo)
-            a = mid;
-        else
-            b = mid;
-    }
-    for (int64_t i = a; i < ntasks && tasks[i].offset < hi; i++) {
+    for (int64_t i = adamc_first_task(tasks, ntasks, lo); i < ntasks && tasks[i].offset < hi; i++) {
         const adamc_task *t = &tasks[i];
         int64_t s = lo > t->offset ? lo - t->offset : 0;
         int64_t e = hi - t->offset < t->n ? hi - t->offset : t->n;
