@@ -27,6 +27,8 @@ from ._fused import StepInfo, fused_factor  # noqa: F401  (StepInfo: opt.last_st
 def _new_slot(p, slot, dtype):
     """A fresh state buffer for parameter p: zeros, or p's values (master)."""
     dt = V.storage_dtype(dtype)
+    if _spec.SLOT[slot].shape == "blocks":
+        return np.zeros(_spec.nblocks(p.size), dtype=dt)
     if _spec.SLOT[slot].init == "param":
         return p.astype(dt, order="K")
     return np.zeros_like(p, dtype=dt)
@@ -216,7 +218,7 @@ class _Optimizer:
 
     def _slots(self, hypers):
         """{slot: dtype name} per parameter."""
-        return [_spec.slots_for(hypers[gi], V.dtype_name(p.dtype))
+        return [_spec.slots_for(hypers[gi], V.dtype_name(p.dtype), p.size)
                 for p, gi in zip(self._params, self._group_of)]
 
     def _allocate(self, wanted):

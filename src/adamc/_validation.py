@@ -120,7 +120,19 @@ def _check_option(o, value, where):
         return (None if value is None else check_bool(value, o.name, where),)
     if o.kind == "seed":
         return (check_seed(value, where),)
+    if o.kind == "count":
+        return (check_count(value, o.name, where),)
     return (check_choice(value, o.name, o.choices, where),)
+
+
+def check_count(value, name, where=""):
+    """An int >= 0 (a number of elements)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an int >= 0, got {type(value).__name__}{_where(where)}")
+    if not 0 <= int(value) < 2**62:
+        raise ValueError(f"{name} must be in [0, 2**62), got {value}{_where(where)}")
+    return int(value)
 
 
 def check_seed(seed, where=""):
@@ -228,16 +240,35 @@ def dtype_name(dt):
     return None
 
 
-def check_storage(param_dtype, h, label, where=""):
+def state_name(dt):
+    """The storage name of a state array's dtype: dtype_name's, or "int8"
+    for the uint8 codes of 8-bit state."""
+    if dt == np.uint8:
+        return "int8"
+    return dtype_name(dt)
+
+
+def check_storage(param_dtype, h, label, where="", size=None):
     """The storage options of a group (``h``: its Hypers) fit a parameter of
-    this dtype (a name); refused combinations say why."""
+    this dtype (a name) and size; refused combinations say why."""
     sixteen = param_dtype in _spec.SIXTEEN_BIT
+    if h.state_dtype == "int8" and h.amsgrad:
+        raise ValueError(
+            f"state_dtype='int8'{_where(where)} with amsgrad=True: amsgrad's running "
+            "maximum of v needs more precision than 8-bit codes keep (its maximum "
+            "would be requantized every step); use amsgrad=False, or a float "
+            "state_dtype")
+    if h.state_dtype == "int8" and param_dtype == "float64":
+        raise ValueError(
+            f"state_dtype='int8'{_where(where)} with {label} in float64: 8-bit "
+            "moments lose more than float64 parameters gain; use float32 (or 16-bit) "
+            "parameters, or keep float64 state (state_dtype=None)")
     if h.master_weights and not sixteen:
         raise ValueError(
             f"master_weights=True{_where(where)}, but {label} is {param_dtype}: master "
             "weights are a float32 copy of a float16/bfloat16 parameter; leave "
             "master_weights=None (or False) for it")
-    state = _spec.state_dtype_for(param_dtype, h)
+    state = _spec.state_dtype_for(param_dtype, h, size)
     if param_dtype == "float64" and state != "float64":
         raise ValueError(
             f"state_dtype={h.state_dtype!r}{_where(where)} with {label} in float64: "
@@ -257,9 +288,9 @@ def check_storage(param_dtype, h, label, where=""):
             ) from None
 
 
-def rounds_to_16_bits(param_dtype, h):
+def rounds_to_16_bits(param_dtype, h, size=None):
     """Whether a parameter of this dtype writes any 16-bit value when stepped."""
-    return (_spec.state_dtype_for(param_dtype, h) in _spec.SIXTEEN_BIT
+    return (_spec.state_dtype_for(param_dtype, h, size) in _spec.SIXTEEN_BIT
             or (param_dtype in _spec.SIXTEEN_BIT and not _spec.uses_master(param_dtype, h)))
 
 
@@ -267,9 +298,10 @@ def check_group_storage(h, params, labels, where):
     """Every parameter of a group fits its storage options, and stochastic
     rounding has a 16-bit rounding to do."""
     names = [dtype_name(p.dtype) for p in params]
-    for name, lab in zip(names, labels):
-        check_storage(name, h, lab, where)
-    if h.stochastic_rounding and not any(rounds_to_16_bits(n, h) for n in names):
+    for name, p, lab in zip(names, params, labels):
+        check_storage(name, h, lab, where, p.size)
+    if h.stochastic_rounding and not any(rounds_to_16_bits(n, h, p.size)
+                                         for n, p in zip(names, params)):
         raise ValueError(
             f"stochastic_rounding=True{_where(where)}, but no parameter of the group "
             "is rounded to 16 bits (float16/bfloat16 parameters without master "
@@ -850,7 +882,10 @@ def check_state_dict(sd, param_groups, params, names, variant):
 
 
 def storage_dtype(name):
-    """The NumPy dtype of a storage name (bfloat16 through ml_dtypes)."""
+    """The NumPy dtype of a storage name (bfloat16 through ml_dtypes; "int8":
+    the uint8 codes of 8-bit state)."""
+    if name == "int8":
+        return np.dtype(np.uint8)
     if name == "bfloat16":
         import ml_dtypes
         return np.dtype(ml_dtypes.bfloat16)
@@ -861,9 +896,9 @@ def check_state_fits(state, want, label):
     """A parameter's existing state has the slots' dtypes its options now
     ask for (state_dtype and master_weights are fixed once state exists)."""
     for slot, a in (state or {}).items():
-        if slot in want and dtype_name(a.dtype) != want[slot]:
+        if slot in want and state_name(a.dtype) != want[slot]:
             raise ValueError(
-                f"the {slot} of {label} is {dtype_name(a.dtype)}, but the options now "
+                f"the {slot} of {label} is {state_name(a.dtype)}, but the options now "
                 f"ask for {want[slot]}: state_dtype and master_weights cannot change "
                 "after the first step; build the optimizer with them, or convert "
                 "through state_dict()/load_state_dict() on a new optimizer")
