@@ -955,3 +955,159 @@ def check_scaler_state(sd, keys):
             or tracker < 0:
         raise ValueError(f"state_dict['growth_tracker'] must be an int >= 0, got {tracker!r}")
     return scale, int(tracker)
+
+
+# ----------------------------------------------------------------------
+# 8-bit state interchange (adamc.interop): the rules a state_dict of
+# bitsandbytes, torchao or adamc's 8-bit layout must meet before it is
+# converted.  Arrays come from anything np.asarray reads (NumPy, CPU torch
+# tensors); nothing here imports torch.
+
+def check_interop_state_dict(sd, what):
+    """``sd`` is shaped as a torch.optim state_dict: a mapping with a mapping
+    'state' and a list 'param_groups' of mappings with a 'params' list."""
+    if not isinstance(sd, Mapping) or "state" not in sd or "param_groups" not in sd:
+        raise TypeError(
+            f"{what} must be a dict with 'state' and 'param_groups', as an "
+            f"optimizer's state_dict() returns it; got {type(sd).__name__}")
+    if not isinstance(sd["state"], Mapping):
+        raise TypeError(f"{what}['state'] must be a dict, got {type(sd['state']).__name__}")
+    groups = sd["param_groups"]
+    if not isinstance(groups, (list, tuple)):
+        raise TypeError(f"{what}['param_groups'] must be a list, got {type(groups).__name__}")
+    listed = set()
+    for gi, g in enumerate(groups):
+        if not isinstance(g, Mapping) or "params" not in g:
+            raise TypeError(f"{what}['param_groups'][{gi}] must be a dict with a 'params' list")
+        for pid in g["params"]:
+            if pid in listed:
+                raise ValueError(
+                    f"{what}['param_groups'][{gi}]: parameter index {pid!r} appears twice")
+            listed.add(pid)
+    for pid, e in sd["state"].items():
+        if pid not in listed:
+            raise ValueError(
+                f"{what}['state'] has an entry for parameter {pid!r}, which no param "
+                "group lists")
+        if not isinstance(e, Mapping):
+            raise TypeError(f"{what}['state'][{pid!r}] must be a dict, got {type(e).__name__}")
+
+
+def interop_array(value, where):
+    """``np.asarray(value)``, or a TypeError saying what could not be read."""
+    if value is None:
+        raise TypeError(f"{where} is None; an array was expected")
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(
+            f"{where} cannot be read as a NumPy array ({type(value).__name__}: {exc}); "
+            "pass NumPy arrays or CPU tensors (tensor.cpu().float() for a GPU or "
+            "bfloat16 tensor)") from None
+    if a.dtype == object:
+        raise TypeError(f"{where} cannot be read as a numeric array ({type(value).__name__})")
+    return a
+
+
+def check_codes(codes, where, shape=None):
+    """8-bit codes: a uint8 array (of ``shape`` when given)."""
+    if codes.dtype != np.uint8:
+        raise TypeError(f"{where} must hold uint8 codes, got {codes.dtype}")
+    if shape is not None and codes.shape != tuple(shape):
+        raise ValueError(f"{where} has shape {codes.shape}, but its parameter has "
+                         f"{tuple(shape)}")
+    return codes
+
+
+def check_scales(scales, size, where):
+    """Per-block scales of ``size`` 8-bit codes: one finite float >= 0 per
+    block of _spec.QUANT_BLOCK, returned as float32."""
+    nb = _spec.nblocks(size)
+    if scales.dtype.kind != "f":
+        raise TypeError(f"{where} must hold float scales, got {scales.dtype}")
+    if scales.shape != (nb,):
+        raise ValueError(
+            f"{where} has shape {scales.shape}, but {size} codes in blocks of "
+            f"{_spec.QUANT_BLOCK} need ({nb},): one scale per block")
+    out = scales.astype(np.float32)
+    bad = ~(np.isfinite(out) & (out >= 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{where}[{i}] is {float(out[i])!r}: a block's scale is its largest |value|, "
+            "finite and >= 0; the state is corrupted")
+    return out
+
+
+def check_qmap(qmap, expected, where, signed):
+    """A stored quantization map equals adamc's dynamic map, bit for bit."""
+    kind = "signed (exp_avg)" if signed else "unsigned (exp_avg_sq)"
+    if qmap.shape != expected.shape or qmap.dtype.kind != "f" or not np.array_equal(
+            qmap.astype(np.float32).view(np.uint32), expected.view(np.uint32)):
+        raise ValueError(
+            f"{where} is not the {kind} dynamic map of bitsandbytes' "
+            f"create_dynamic_map (adamc's map version {_spec.QUANT_MAP_VERSION}): codes "
+            "of another map cannot be reused; dequantize them with their own map "
+            "and quantize again (adamc.interop.quantize_state)")
+
+
+def check_interop_step(step, where):
+    """A step count: an int, or an integral float (torchao keeps a float
+    tensor), in [0, 2**62)."""
+    if isinstance(step, (bool, np.bool_)):
+        raise TypeError(f"{where} must be a step count, got a bool")
+    if not isinstance(step, numbers.Real):
+        a = interop_array(step, where)
+        if a.shape not in ((), (1,)) or a.dtype.kind not in "iuf":
+            raise TypeError(f"{where} must be one number (a step count), got shape "
+                            f"{a.shape}, {a.dtype}")
+        step = a.reshape(()).item()
+    if isinstance(step, float) and not (math.isfinite(step) and step == int(step)):
+        raise ValueError(f"{where} must be a whole number of steps, got {step!r}")
+    if not 0 <= step < _spec.MAX_STEP:
+        raise ValueError(f"{where} must be between 0 and 2**62 - 1, got {step}")
+    return int(step)
+
+
+def check_interop_keys(entry, allowed, where, what):
+    """A state entry has no key outside ``allowed`` (whose meaning would be lost)."""
+    extra = sorted(map(str, set(entry) - set(allowed)))
+    if extra:
+        raise ValueError(
+            f"{where} has key(s) {extra} that adamc has no equivalent for (it knows "
+            f"{sorted(allowed)}); {what}")
+
+
+def check_interop_group(group, where, target, decay_both_ways=False):
+    """An adamc param group's options can be expressed by ``target``
+    (bitsandbytes' Adam8bit, or torchao's Adam8bit/AdamW8bit)."""
+    lr = group.get("lr")
+    if callable(lr) or isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real):
+        raise ValueError(
+            f"{where}['lr'] is {lr!r}; {target} stores a number: set the group's lr "
+            "to the value for the next step before converting")
+    wanted = {"amsgrad": False, "maximize": False, "bias_correction": True,
+              "eps_mode": "outside"}
+    for key, val in wanted.items():
+        if key in group and group[key] != val:
+            raise ValueError(
+                f"{where}['{key}'] is {group[key]!r}, which {target} has no option for "
+                f"(it steps as {key}={val!r}); convert a state trained that way only "
+                "to an adamc optimizer")
+    if not decay_both_ways and group.get("weight_decay", 0) \
+            and not group.get("decoupled_weight_decay", False):
+        raise ValueError(
+            f"{where} has weight_decay={group['weight_decay']!r} as an L2 penalty; "
+            f"{target} decays weights decoupled (p *= 1 - lr * weight_decay, as AdamW): "
+            "use decoupled_weight_decay=True (adamc.AdamW) for a state to convert")
+
+
+def check_interop_betas(betas, where):
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{where} must be two decay rates (beta1, beta2), got {betas!r}; a third "
+            "(AdEMAMix) has no adamc equivalent") from None
+    return (check_real(float(b1), "beta1", where, beta=True),
+            check_real(float(b2), "beta2", where, beta=True))

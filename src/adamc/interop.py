@@ -1,0 +1,500 @@
+"""8-bit optimizer state to and from bitsandbytes' and torchao's layouts.
+
+adamc's 8-bit state (``state_dtype="int8"``) uses bitsandbytes' blockwise
+dynamic quantization: the same two maps, blocks of 256 elements, one float32
+absolute maximum per block (docs/int8-state.md).  A state therefore moves
+between the three libraries without requantizing: these functions only
+rename, regroup and check.  NumPy only: they never import torch; arrays
+come in as anything ``np.asarray`` reads (CPU torch tensors included) and go
+out as NumPy arrays, or through ``tensor`` (e.g. ``torch.from_numpy``).
+
+- :func:`to_bitsandbytes` / :func:`from_bitsandbytes`: ``Adam8bit``'s
+  state_dict (per parameter ``state1``/``state2`` codes, ``absmax1``/
+  ``absmax2`` scales, ``qmap1``/``qmap2`` maps, ``step``).
+- :func:`to_torchao` / :func:`from_torchao`: torchao's ``Adam8bit``/
+  ``AdamW8bit`` state (``exp_avg``/``exp_avg_sq`` as ``OptimState8bit``:
+  ``codes``, ``scale``, ``qmap``, ``signed``, ``block_size``).
+- :func:`quantize_state` / :func:`dequantize_state`: a full-precision adamc
+  state_dict to the 8-bit layout and back, for loading into an optimizer
+  built with the other ``state_dtype``.
+
+Hyperparameters travel too, where the other library has them (lr, betas,
+eps, weight_decay); an option it cannot express is a ValueError rather than
+a silently different optimizer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _spec
+from . import _validation as V
+from .reference import dequantize_blockwise, dynamic_map, quantize_blockwise
+
+__all__ = ["to_bitsandbytes", "from_bitsandbytes", "to_torchao", "from_torchao",
+           "quantize_state", "dequantize_state"]
+
+#: bitsandbytes >= 0.49 nests a parameter's quantization tensors under this
+#: key in state_dict() (to hide them from FSDP); its load_state_dict takes
+#: them nested or flat.
+BNB_NESTED = "__bnb_optimizer_quant_state__"
+_BNB_KEYS = ("step", "state1", "state2", "qmap1", "qmap2", "absmax1", "absmax2")
+
+_SCALE = _spec.SCALE_SLOT          # {"exp_avg": "exp_avg_absmax", ...}
+_SIGNED = {"exp_avg": True, "exp_avg_sq": False}
+_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+# -- helpers ----------------------------------------------------------------
+
+def _convert(tree, tensor):
+    """``tree`` with ``tensor`` applied to every ndarray in it."""
+    if tensor is None:
+        return tree
+    if isinstance(tree, np.ndarray):
+        return tensor(tree)
+    if isinstance(tree, dict):
+        return {k: _convert(v, tensor) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_convert(v, tensor) for v in tree]
+    return tree
+
+
+def _c_order(codes, absmax, signed):
+    """Codes and scales whose blocks run over C order (torch's layout).
+
+    adamc's blocks follow the parameter's memory order; a Fortran-ordered
+    parameter's 8-bit state is requantized in C order (the only case that
+    is not a plain copy: its values move by one quantization step at most).
+    """
+    if codes.ndim < 2 or codes.flags.c_contiguous:
+        return np.ascontiguousarray(codes), absmax
+    values = np.ascontiguousarray(dequantize_blockwise(codes, absmax, signed))
+    return quantize_blockwise(values, signed)
+
+
+def _adamc_entries(state_dict, what):
+    """The checked per-parameter entries of an adamc state_dict:
+    {pid: {"step": int, moment: ("int8", codes, absmax) | ("float", array),
+    "extra": {other slot: array}}}."""
+    V.check_interop_state_dict(state_dict, what)
+    out = {}
+    for pid, e in state_dict["state"].items():
+        where = f"{what}['state'][{pid!r}]"
+        V.check_interop_keys(e, ("step", *_spec.SLOT_NAMES), where,
+                             "is this an adamc state_dict?")
+        for key in ("step", *_MOMENTS):
+            if key not in e:
+                raise ValueError(f"{where} has no {key!r}; an adamc state entry has step, "
+                                 "exp_avg and exp_avg_sq")
+        entry = {"step": V.check_interop_step(e["step"], f"{where}['step']"), "extra": {}}
+        for m in _MOMENTS:
+            a = V.interop_array(e[m], f"{where}['{m}']")
+            if a.dtype == np.uint8:
+                if _SCALE[m] not in e:
+                    raise ValueError(f"{where} has 8-bit {m} codes but no {_SCALE[m]!r} "
+                                     "(their per-block scales)")
+                scales = V.check_scales(V.interop_array(e[_SCALE[m]], f"{where}['{_SCALE[m]}']"),
+                                        a.size, f"{where}['{_SCALE[m]}']")
+                entry[m] = ("int8", a, scales)
+            else:
+                if V.dtype_name(a.dtype) is None:
+                    raise TypeError(f"{where}['{m}'] must be float state or uint8 codes, "
+                                    f"got {a.dtype}")
+                entry[m] = ("float", a)
+        for key in ("max_exp_avg_sq", "master_param"):
+            if key in e:
+                entry["extra"][key] = V.interop_array(e[key], f"{where}['{key}']")
+        out[pid] = entry
+    return out
+
+
+def _group_values(groups, what, target, decay_both_ways=False):
+    """Each adamc group's lr, betas, eps, weight_decay (checked to be
+    expressible by ``target``) and params."""
+    out = []
+    for gi, g in enumerate(groups):
+        where = f"{what}['param_groups'][{gi}]"
+        V.check_interop_group(g, where, target, decay_both_ways)
+        b1, b2 = V.check_interop_betas(g.get("betas", (0.9, 0.999)), f"{where}['betas']")
+        d = {"lr": float(g["lr"]), "betas": (b1, b2),
+             "eps": V.check_real(g.get("eps", 1e-8), "eps", where),
+             "weight_decay": V.check_real(g.get("weight_decay", 0.0), "weight_decay", where)}
+        if "param_names" in g:
+            d["param_names"] = list(g["param_names"])
+        d["params"] = list(g["params"])
+        out.append(d)
+    return out
+
+
+def _foreign_groups(groups, what):
+    """lr, betas, eps, weight_decay of bitsandbytes'/torchao's groups, checked."""
+    out = []
+    for gi, g in enumerate(groups):
+        where = f"{what}['param_groups'][{gi}]"
+        d = {}
+        if "lr" in g:
+            lr = g["lr"]
+            lr = V.interop_array(lr, f"{where}['lr']").item() if not isinstance(
+                lr, (int, float)) else lr  # torchao keeps lr as a 0-d tensor
+            d["lr"] = V.check_real(lr, "lr", where)
+        if "betas" in g:
+            d["betas"] = V.check_interop_betas(g["betas"], f"{where}['betas']")
+        for key in ("eps", "weight_decay"):
+            if key in g:
+                d[key] = V.check_real(g[key], key, where)
+        if "param_names" in g:
+            d["param_names"] = list(g["param_names"])
+        d["params"] = list(g["params"])
+        out.append(d)
+    return out
+
+
+# -- bitsandbytes -----------------------------------------------------------
+
+def to_bitsandbytes(state_dict, *, tensor=None):
+    """An adamc state_dict in bitsandbytes' ``Adam8bit`` layout.
+
+    Parameters
+    ----------
+    state_dict : dict
+        ``adamc.Adam(...).state_dict()`` (or AdamW's), 8-bit
+        (``state_dtype="int8"``) or float state; small tensors' float32
+        state becomes bitsandbytes' 32-bit state (``state1``/``state2``
+        float32), as its ``min_8bit_size`` rule does.
+    tensor : callable, optional
+        Applied to every array of the result: ``torch.from_numpy`` gives a
+        dict ``bnb.optim.Adam8bit.load_state_dict`` takes as it is.
+
+    Returns
+    -------
+    dict
+        ``{"state": {i: {"step": int, "state1": uint8 codes (the parameter's
+        shape, C order), "qmap1": float32[256], "absmax1": float32[blocks],
+        "state2", "qmap2", "absmax2"}}, "param_groups": [{"lr", "betas",
+        "eps", "weight_decay", "params"}]}``: the flat layout every
+        bitsandbytes version loads (0.49+ also accept, and write, the
+        tensors nested under ``"__bnb_optimizer_quant_state__"``).
+
+    Raises
+    ------
+    ValueError
+        A group option Adam8bit cannot express (amsgrad, maximize,
+        bias_correction=False, eps_mode other than "outside", L2 weight
+        decay: bitsandbytes' decay is decoupled, as AdamW's; a schedule
+        for lr), a master_param (bitsandbytes keeps none), or a corrupted
+        state (scales not finite and >= 0, codes and scales that disagree in
+        size).
+    """
+    entries = _adamc_entries(state_dict, "state_dict")
+    groups = _group_values(state_dict["param_groups"], "state_dict", "bitsandbytes' Adam8bit")
+    state = {}
+    for pid, e in entries.items():
+        where = f"state_dict['state'][{pid!r}]"
+        for key in e["extra"]:
+            raise ValueError(
+                f"{where} has {key!r}, which bitsandbytes' Adam8bit has no place for "
+                "(no amsgrad, no float32 master copy); convert without it")
+        out = {"step": e["step"]}
+        kinds = {e[m][0] for m in _MOMENTS}
+        if kinds != {e["exp_avg"][0]}:
+            raise ValueError(f"{where} has one 8-bit and one float moment; adamc never "
+                             "writes that, and bitsandbytes cannot hold it")
+        for n, m in ((1, "exp_avg"), (2, "exp_avg_sq")):
+            if e[m][0] == "int8":
+                codes, scales = _c_order(e[m][1], e[m][2], _SIGNED[m])
+                out[f"state{n}"] = codes.copy()
+                out[f"qmap{n}"] = dynamic_map(_SIGNED[m]).copy()
+                out[f"absmax{n}"] = scales.copy()
+            else:
+                out[f"state{n}"] = np.ascontiguousarray(e[m][1], dtype=np.float32).copy()
+        state[pid] = out
+    return _convert({"state": state, "param_groups": groups}, tensor)
+
+
+def from_bitsandbytes(state_dict):
+    """bitsandbytes' ``Adam8bit``/``AdamW8bit`` state_dict as an adamc one.
+
+    Parameters
+    ----------
+    state_dict : dict
+        ``bnb.optim.Adam8bit(...).state_dict()``: tensors flat or nested
+        under ``"__bnb_optimizer_quant_state__"`` (0.49+), CPU tensors or
+        NumPy arrays.  Its blockwise 8-bit state (``state1`` uint8, one
+        ``absmax1`` per 256 elements) and 32-bit state (small tensors) are
+        taken; ``qmap1``/``qmap2`` must be the dynamic maps adamc uses.
+
+    Returns
+    -------
+    dict
+        An adamc state_dict for ``load_state_dict`` of an optimizer with
+        the same parameters and ``state_dtype="int8"``: per parameter
+        ``step``, ``exp_avg``/``exp_avg_sq`` (uint8 codes in C order, or
+        float32 for 32-bit state) and ``exp_avg_absmax``/
+        ``exp_avg_sq_absmax``; groups with lr, betas, eps, weight_decay (and
+        ``decoupled_weight_decay=True`` where weight_decay > 0: bitsandbytes
+        decays decoupled); the other options stay the optimizer's own.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not a state_dict, another map (or non-blockwise 8-bit state:
+        ``max1``/``new_max1``), a third beta (AdEMAMix), scales not finite
+        and >= 0, codes and scales that disagree in size, keys adamc has
+        no equivalent for.
+    """
+    what = "bitsandbytes state_dict"
+    V.check_interop_state_dict(state_dict, what)
+    state = {}
+    for pid, raw in state_dict["state"].items():
+        where = f"{what}['state'][{pid!r}]"
+        e = {k: v for k, v in raw.items() if k != BNB_NESTED}
+        nested = raw.get(BNB_NESTED, {})
+        if not isinstance(nested, dict):
+            raise TypeError(f"{where}[{BNB_NESTED!r}] must be a dict")
+        e.update(nested)
+        V.check_interop_keys(e, _BNB_KEYS, where,
+                             "only Adam8bit's blockwise state converts (not the "
+                             "non-blockwise max1/new_max1 kind, nor unorm_vec)")
+        for key in ("step", "state1", "state2"):
+            if key not in e:
+                raise ValueError(f"{where} has no {key!r}; an Adam8bit state entry has "
+                                 "step, state1 and state2")
+        out = {"step": V.check_interop_step(e["step"], f"{where}['step']")}
+        s1 = V.interop_array(e["state1"], f"{where}['state1']")
+        s2 = V.interop_array(e["state2"], f"{where}['state2']")
+        if s1.dtype == np.uint8 or s2.dtype == np.uint8:
+            for n, m, s in ((1, "exp_avg", s1), (2, "exp_avg_sq", s2)):
+                V.check_codes(s, f"{where}['state{n}']", s1.shape)
+                for key in (f"qmap{n}", f"absmax{n}"):
+                    if key not in e:
+                        raise ValueError(f"{where} has 8-bit state{n} but no {key!r}")
+                V.check_qmap(V.interop_array(e[f"qmap{n}"], f"{where}['qmap{n}']"),
+                             dynamic_map(_SIGNED[m]), f"{where}['qmap{n}']", _SIGNED[m])
+                scales = V.check_scales(V.interop_array(e[f"absmax{n}"],
+                                                        f"{where}['absmax{n}']"),
+                                        s.size, f"{where}['absmax{n}']")
+                out[m] = np.ascontiguousarray(s).copy()
+                out[_SCALE[m]] = scales
+        else:
+            for n, m, s in ((1, "exp_avg", s1), (2, "exp_avg_sq", s2)):
+                if V.dtype_name(s.dtype) is None:
+                    raise TypeError(f"{where}['state{n}'] must be uint8 codes or float "
+                                    f"state, got {s.dtype}")
+                if s.shape != s1.shape:
+                    raise ValueError(f"{where}: state1 and state2 differ in shape "
+                                     f"({s1.shape}, {s2.shape})")
+                out[m] = np.ascontiguousarray(s, dtype=np.float32).copy()
+        state[pid] = out
+    groups = _foreign_groups(state_dict["param_groups"], what)
+    for g in groups:
+        if g.get("weight_decay", 0.0) > 0.0:
+            g["decoupled_weight_decay"] = True
+    return {"state": state, "param_groups": groups}
+
+
+# -- torchao ----------------------------------------------------------------
+
+def _torchao_part(value, name):
+    """codes, scale, qmap, signed of an OptimState8bit, or of a dict of them."""
+    if isinstance(value, dict):
+        try:
+            return value["codes"], value["scale"], value["qmap"], value["signed"]
+        except KeyError as exc:
+            raise ValueError(f"{name} lacks {exc.args[0]!r}; an 8-bit torchao state has "
+                             "codes, scale, qmap and signed") from None
+    return value.codes, value.scale, value.qmap, value.signed
+
+
+def _is_torchao_8bit(value):
+    return (isinstance(value, dict) and "codes" in value) or all(
+        hasattr(value, a) for a in ("codes", "scale", "qmap", "signed"))
+
+
+def to_torchao(state_dict, *, tensor=None):
+    """An adamc state_dict in torchao's 8-bit Adam layout.
+
+    Parameters
+    ----------
+    state_dict : dict
+        ``adamc.Adam(...)``/``AdamW(...).state_dict()``.
+    tensor : callable, optional
+        Applied to every array of the result (``torch.from_numpy``).
+
+    Returns
+    -------
+    dict
+        ``{"state": {i: {"step": float32 0-d array, "exp_avg": {"codes":
+        uint8 (the parameter's shape, C order), "scale": float32[blocks],
+        "qmap": float32[256], "signed": True, "block_size": 256},
+        "exp_avg_sq": {... "signed": False ...}}}, "param_groups": [{"lr",
+        "betas", "eps", "weight_decay", "amsgrad", "params"}]}``.  Build
+        each ``OptimState8bit(codes, scale, qmap, signed)`` from its dict
+        for ``load_state_dict``.  torchao quantizes only tensors whose size
+        is a multiple of the block: the 8-bit state of any other tensor
+        comes out as its float32 values (``map[code] * scale``, what adamc
+        steps with), as does float state.  Weight decay: load a state with
+        ``decoupled_weight_decay`` into ``AdamW8bit``, else ``Adam8bit``.
+
+    Raises
+    ------
+    ValueError
+        An option torchao has no form of (maximize, bias_correction=False,
+        eps_mode other than "outside", a schedule for lr), a master_param,
+        or a corrupted state.
+    """
+    entries = _adamc_entries(state_dict, "state_dict")
+    groups = _group_values(state_dict["param_groups"], "state_dict", "torchao's 8-bit Adam",
+                           decay_both_ways=True)
+    for g, src in zip(groups, state_dict["param_groups"]):
+        g["amsgrad"] = False
+        g.pop("params")
+        g["params"] = list(src["params"])
+    state = {}
+    for pid, e in entries.items():
+        where = f"state_dict['state'][{pid!r}]"
+        if "master_param" in e["extra"]:
+            raise ValueError(f"{where} has 'master_param', which torchao's optimizers "
+                             "keep no place for; convert without it")
+        out = {"step": np.array(e["step"], dtype=np.float32)}
+        for m in _MOMENTS:
+            if e[m][0] == "int8" and e[m][1].size % _spec.QUANT_BLOCK == 0:
+                codes, scales = _c_order(e[m][1], e[m][2], _SIGNED[m])
+                out[m] = {"codes": codes.copy(), "scale": scales.copy(),
+                          "qmap": dynamic_map(_SIGNED[m]).copy(), "signed": _SIGNED[m],
+                          "block_size": _spec.QUANT_BLOCK}
+            elif e[m][0] == "int8":
+                out[m] = np.ascontiguousarray(
+                    dequantize_blockwise(e[m][1], e[m][2], _SIGNED[m]))
+            else:
+                out[m] = np.ascontiguousarray(e[m][1], dtype=np.float32).copy()
+        if "max_exp_avg_sq" in e["extra"]:
+            raise ValueError(f"{where} has 'max_exp_avg_sq' (amsgrad); convert a state "
+                             "trained without amsgrad")
+        state[pid] = out
+    return _convert({"state": state, "param_groups": groups}, tensor)
+
+
+def from_torchao(state_dict):
+    """torchao's 8-bit ``Adam8bit``/``AdamW8bit`` state_dict as an adamc one.
+
+    Parameters
+    ----------
+    state_dict : dict
+        The optimizer's ``state_dict()``: ``exp_avg``/``exp_avg_sq`` are
+        ``OptimState8bit`` tensors (or dicts of their ``codes``, ``scale``,
+        ``qmap``, ``signed``), or plain tensors for small parameters;
+        ``step`` a float tensor.  Block size 256 and adamc's maps only.
+
+    Returns
+    -------
+    dict
+        An adamc state_dict (as :func:`from_bitsandbytes` returns it); the
+        groups carry lr, betas, eps and weight_decay, and the optimizer
+        loading it says whether the decay is decoupled (``adamc.AdamW`` for
+        an ``AdamW8bit`` state).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not a state_dict, another block size or map, a wrong ``signed``,
+        scales not finite and >= 0, amsgrad state.
+    """
+    what = "torchao state_dict"
+    V.check_interop_state_dict(state_dict, what)
+    state = {}
+    for pid, e in state_dict["state"].items():
+        where = f"{what}['state'][{pid!r}]"
+        V.check_interop_keys(e, ("step", *_MOMENTS), where,
+                             "adamc's 8-bit state has no amsgrad (max_exp_avg_sq)")
+        for key in ("step", *_MOMENTS):
+            if key not in e:
+                raise ValueError(f"{where} has no {key!r}; a torchao Adam state entry "
+                                 "has step, exp_avg and exp_avg_sq")
+        out = {"step": V.check_interop_step(e["step"], f"{where}['step']")}
+        quantized = [_is_torchao_8bit(e[m]) for m in _MOMENTS]
+        for m, q in zip(_MOMENTS, quantized):
+            name = f"{where}['{m}']"
+            if q:
+                codes, scale, qmap, signed = _torchao_part(e[m], name)
+                if bool(signed) != _SIGNED[m]:
+                    raise ValueError(f"{name} has signed={signed!r}; {m} is quantized "
+                                     f"{'signed' if _SIGNED[m] else 'unsigned'}")
+                codes = V.check_codes(V.interop_array(codes, f"{name}.codes"),
+                                      f"{name}.codes")
+                scale = V.interop_array(scale, f"{name}.scale")
+                if scale.ndim != 1 or scale.size == 0 \
+                        or codes.size != scale.size * _spec.QUANT_BLOCK:
+                    raise ValueError(
+                        f"{name} has {codes.size} codes and {scale.size} scales: adamc "
+                        f"takes blocks of {_spec.QUANT_BLOCK} only (torchao's default "
+                        "block_size)")
+                out[_SCALE[m]] = V.check_scales(scale, codes.size, f"{name}.scale")
+                V.check_qmap(V.interop_array(qmap, f"{name}.qmap"),
+                             dynamic_map(_SIGNED[m]), f"{name}.qmap", _SIGNED[m])
+                out[m] = np.ascontiguousarray(codes).copy()
+            else:
+                a = V.interop_array(e[m], name)
+                if V.dtype_name(a.dtype) is None:
+                    raise TypeError(f"{name} must be float state, got {a.dtype}")
+                out[m] = np.ascontiguousarray(a, dtype=np.float32).copy()
+        if len(set(quantized)) != 1:
+            raise ValueError(f"{where} has one 8-bit and one float moment; convert "
+                             "entries whose moments are stored alike")
+        state[pid] = out
+    return {"state": state, "param_groups": _foreign_groups(state_dict["param_groups"], what)}
+
+
+# -- full precision <-> 8 bits ------------------------------------------------
+
+def quantize_state(state_dict, *, min_8bit_size=4096):
+    """A float-state adamc state_dict in the 8-bit layout.
+
+    Each parameter of at least ``min_8bit_size`` elements (and at least one
+    block, 256) gets its moments quantized as the optimizer would
+    (:func:`adamc.reference.quantize_blockwise`, blocks in the arrays'
+    memory order), smaller ones keep float32; the groups say
+    ``state_dtype="int8"`` and ``min_8bit_size``.  Load the result into an
+    optimizer built with those options.  8-bit entries pass unchanged;
+    amsgrad state (max_exp_avg_sq) is refused, as by the 8-bit optimizer.
+    """
+    min_8bit_size = V.check_count(min_8bit_size, "min_8bit_size")
+    entries = _adamc_entries(state_dict, "state_dict")
+    threshold = max(min_8bit_size, _spec.QUANT_BLOCK)
+    state = {}
+    for pid, e in entries.items():
+        where = f"state_dict['state'][{pid!r}]"
+        if "max_exp_avg_sq" in e["extra"]:
+            raise ValueError(f"{where} has 'max_exp_avg_sq': 8-bit state has no amsgrad; "
+                             "quantize a state trained without it")
+        out = {"step": e["step"], **{k: a.copy(order="K") for k, a in e["extra"].items()}}
+        for m in _MOMENTS:
+            if e[m][0] == "int8":
+                out[m], out[_SCALE[m]] = e[m][1].copy(order="K"), e[m][2].copy()
+            elif e[m][1].size >= threshold:
+                values = e[m][1].astype(np.float32, order="K")
+                out[m], out[_SCALE[m]] = quantize_blockwise(values, _SIGNED[m])
+            else:
+                out[m] = e[m][1].astype(np.float32, order="K")
+        state[pid] = out
+    groups = [{**g, "state_dtype": "int8", "min_8bit_size": min_8bit_size}
+              for g in state_dict["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def dequantize_state(state_dict):
+    """An 8-bit adamc state_dict in float32: each moment's ``map[code] *
+    scale`` (exactly the values the 8-bit optimizer steps with), the scale
+    slots dropped, the groups saying ``state_dtype="float32"``."""
+    entries = _adamc_entries(state_dict, "state_dict")
+    state = {}
+    for pid, e in entries.items():
+        out = {"step": e["step"], **{k: a.copy(order="K") for k, a in e["extra"].items()}}
+        for m in _MOMENTS:
+            if e[m][0] == "int8":
+                out[m] = dequantize_blockwise(e[m][1], e[m][2], _SIGNED[m])
+            else:
+                out[m] = e[m][1].astype(np.float32, order="K")
+        state[pid] = out
+    groups = [{**g, "state_dtype": "float32"} for g in state_dict["param_groups"]]
+    return {"state": state, "param_groups": groups}
