@@ -11,6 +11,7 @@ Run it from the repository root::
     python examples/train_mlp.py --optimizer reference # the pure NumPy Adam
     python examples/train_mlp.py --optimizer both      # both, same seed: compare
     python examples/train_mlp.py --optimizer both --plot losses.png
+    python examples/train_mlp.py --state int8          # 8-bit optimizer state
 
 ``--optimizer both`` trains twice from the same initial weights on the same
 mini-batches, once with ``adamc.Adam`` and once with ``adamc.reference.Adam``,
@@ -358,8 +359,10 @@ def parse_args(argv):
     parser.add_argument("--master-weights", action=argparse.BooleanOptionalAction,
                         default=None, help="float32 master copy of 16-bit weights "
                         "(default: on for 16-bit weights)")
-    parser.add_argument("--state", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="state_dtype of the moments (default: float32 for 16-bit weights)")
+    parser.add_argument("--state", choices=["float32", "bfloat16", "float16", "int8"],
+                        default=None, help="state_dtype of the moments (default: float32 for "
+                        "16-bit weights); int8: 8-bit blockwise moments for the two large "
+                        "weight matrices, float32 for the rest (min_8bit_size 4096)")
     parser.add_argument("--stochastic-rounding", action="store_true",
                         help="round 16-bit writes stochastically")
     parser.add_argument("--clip", type=float, metavar="MAX_NORM",
