@@ -256,7 +256,8 @@ def quantize_blockwise(x, signed):
     The elements, in memory order (C order for a C-contiguous array), go in
     blocks of 256 (the last may be shorter).  A block's scale ``absmax`` is
     the largest |x| (NaN if any element is NaN).  Each element is normalized
-    as ``x * r`` with ``r = float32(1 / max(absmax, 1e-38))`` (a float32
+    as ``x * r`` with ``r = float32(1 / absmax)``, or ``1 / 1e-38`` when
+    absmax is below 1e-38 or NaN (a float32
     reciprocal, then a float32 product; a NaN product counts as 0), and its
     code is the number of midpoints of :func:`dynamic_map` strictly below it:
     the nearest map value, a value exactly on a midpoint taking the lower
@@ -270,9 +271,11 @@ def quantize_blockwise(x, signed):
     order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
     flat = x.ravel(order=order)
     rows = _blocks(flat)
+    tiny = np.float32(1e-38)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         absmax = np.abs(rows).max(axis=1)  # NaN-propagating
-        r = np.float32(1.0) / np.maximum(absmax, np.float32(1e-38))
+        absmax[np.isnan(absmax)] = np.nan  # the canonical quiet NaN, as the kernel
+        r = np.float32(1.0) / np.where(absmax >= tiny, absmax, tiny)
         s = rows * r[:, None]
     s[np.isnan(s)] = 0.0
     codes = np.searchsorted(_midpoints(signed), s.ravel()[:flat.size], side="left")

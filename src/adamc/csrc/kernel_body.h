@@ -9,6 +9,7 @@
 #include <string.h>
 #include "adamc.h"
 #include "convert.h"
+#include "quant.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define ADAMC_ALWAYS_INLINE __attribute__((always_inline))
@@ -107,7 +108,9 @@
 static void ISA(adamc_range)(const adamc_task *t, int64_t lo, int64_t hi)
 {
     const int gd = t->grad_dtype, wide_grad = gd == ADAMC_F32 || gd == ADAMC_F64;
-    if (t->dtype == ADAMC_F64) {
+    if (t->state_dtype == ADAMC_Q8) {
+        ISA(adamc_blocked_q8)(t, lo, hi);
+    } else if (t->dtype == ADAMC_F64) {
         if (gd == ADAMC_F64)
             ISA(adamc_range_f64f64)(t, lo, hi);
         else if (gd == ADAMC_F32)
