@@ -3,7 +3,7 @@
 # _runtime loads the compiled extension (with the OpenMP wait policy it
 # needs), so it comes before anything that imports _kernels.
 from ._runtime import cpu_info  # isort: skip
-from . import reference
+from . import interop, reference
 from ._kernels import get_num_threads, set_num_threads
 from .checkpoint import load_state, save_state
 from .optim import Adam, AdamW, adam_step
@@ -19,6 +19,7 @@ __all__ = [
     "global_norm",
     "clip_grad_norm",
     "reference",
+    "interop",
     "set_num_threads",
     "get_num_threads",
     "cpu_info",

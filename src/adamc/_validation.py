@@ -963,6 +963,9 @@ def check_scaler_state(sd, keys):
 # converted.  Arrays come from anything np.asarray reads (NumPy, CPU torch
 # tensors); nothing here imports torch.
 
+#: The top-level state_dict key holding the map version of its 8-bit codes.
+MAP_VERSION_KEY = "quant_map_version"
+
 def check_interop_state_dict(sd, what):
     """``sd`` is shaped as a torch.optim state_dict: a mapping with a mapping
     'state' and a list 'param_groups' of mappings with a 'params' list."""
@@ -991,6 +994,16 @@ def check_interop_state_dict(sd, what):
                 "group lists")
         if not isinstance(e, Mapping):
             raise TypeError(f"{what}['state'][{pid!r}] must be a dict, got {type(e).__name__}")
+
+
+def check_interop_map_version(sd, what):
+    """The map version an adamc state_dict's 8-bit codes index (absent: the
+    current one, as state_dict() writes it only when there are codes)."""
+    version = sd.get(MAP_VERSION_KEY, _spec.QUANT_MAP_VERSION)
+    if isinstance(version, (bool, np.bool_)) or version != _spec.QUANT_MAP_VERSION:
+        raise ValueError(
+            f"{what}[{MAP_VERSION_KEY!r}] is {version!r}: this adamc's 8-bit codes index "
+            f"map version {_spec.QUANT_MAP_VERSION} only")
 
 
 def interop_array(value, where):

@@ -78,6 +78,7 @@ def _adamc_entries(state_dict, what):
     {pid: {"step": int, moment: ("int8", codes, absmax) | ("float", array),
     "extra": {other slot: array}}}."""
     V.check_interop_state_dict(state_dict, what)
+    V.check_interop_map_version(state_dict, what)
     out = {}
     for pid, e in state_dict["state"].items():
         where = f"{what}['state'][{pid!r}]"
@@ -107,6 +108,14 @@ def _adamc_entries(state_dict, what):
                 entry["extra"][key] = V.interop_array(e[key], f"{where}['{key}']")
         out[pid] = entry
     return out
+
+
+def _adamc_dict(state, groups):
+    """An adamc state_dict; with 8-bit codes, the map version they index."""
+    sd = {"state": state, "param_groups": groups}
+    if any(a.dtype == np.uint8 for e in state.values() for k, a in e.items() if k != "step"):
+        sd[V.MAP_VERSION_KEY] = _spec.QUANT_MAP_VERSION
+    return sd
 
 
 def _group_values(groups, what, target, decay_both_ways=False):
@@ -290,7 +299,7 @@ def from_bitsandbytes(state_dict):
     for g in groups:
         if g.get("weight_decay", 0.0) > 0.0:
             g["decoupled_weight_decay"] = True
-    return {"state": state, "param_groups": groups}
+    return _adamc_dict(state, groups)
 
 
 # -- torchao ----------------------------------------------------------------
@@ -442,7 +451,7 @@ def from_torchao(state_dict):
             raise ValueError(f"{where} has one 8-bit and one float moment; convert "
                              "entries whose moments are stored alike")
         state[pid] = out
-    return {"state": state, "param_groups": _foreign_groups(state_dict["param_groups"], what)}
+    return _adamc_dict(state, _foreign_groups(state_dict["param_groups"], what))
 
 
 # -- full precision <-> 8 bits ------------------------------------------------
@@ -479,7 +488,7 @@ def quantize_state(state_dict, *, min_8bit_size=4096):
         state[pid] = out
     groups = [{**g, "state_dtype": "int8", "min_8bit_size": min_8bit_size}
               for g in state_dict["param_groups"]]
-    return {"state": state, "param_groups": groups}
+    return _adamc_dict(state, groups)
 
 
 def dequantize_state(state_dict):
