@@ -776,6 +776,11 @@ def check_state_dict(sd, param_groups, params, names, variant):
             "returned by state_dict()"
         )
     groups, state = sd["param_groups"], sd["state"]
+    version = sd.get("quant_map_version", _spec.QUANT_MAP_VERSION)
+    if version != _spec.QUANT_MAP_VERSION or isinstance(version, bool):
+        raise ValueError(
+            f"state_dict['quant_map_version'] is {version!r}: this adamc's 8-bit codes "
+            f"index map version {_spec.QUANT_MAP_VERSION} only")
     if not isinstance(groups, (list, tuple)) or not isinstance(state, Mapping):
         raise TypeError(
             "state_dict['param_groups'] must be a list and state_dict['state'] a dict"
@@ -853,9 +858,12 @@ def check_state_dict(sd, param_groups, params, names, variant):
                 f"{where}['step'] must be between 0 and 2**62 - 1, got {step}")
         p = params[i]
         h = group_hypers[group_of[i]]
-        # amsgrad's maximum is kept while amsgrad is off (it resumes from it)
-        want = _spec.slots_for(h._replace(amsgrad=True), dtype_name(p.dtype))
+        # amsgrad's maximum is kept while amsgrad is off (it resumes from it);
+        # 8-bit state has none
+        int8 = _spec.state_dtype_for(dtype_name(p.dtype), h, p.size) == "int8"
+        want = _spec.slots_for(h._replace(amsgrad=not int8), dtype_name(p.dtype), p.size)
         entry = {"step": int(step)}
+        check_int8_entry(e, want, p, where, param_label(names, i))
         for key in SLOT_NAMES:
             if key not in e:
                 continue
@@ -863,10 +871,16 @@ def check_state_dict(sd, param_groups, params, names, variant):
             lab = f"{where}[{key!r}]"
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"{lab} must be a numpy.ndarray, got {type(a).__name__}")
+            if key in _spec.SCALE_SLOT.values():
+                entry[key] = (a, want[key])   # checked with its codes above
+                continue
             if key not in want:
                 raise ValueError(
                     f"{lab}: {param_label(names, i)} has no {key} with these options "
                     f"(its slots: {', '.join(want)})")
+            if a.dtype == np.uint8 and want[key] == "int8":
+                entry[key] = (a, want[key])
+                continue
             if dtype_name(a.dtype) is None:
                 raise TypeError(
                     f"{lab} has dtype {a.dtype}; state is float16, bfloat16, float32 or "
@@ -879,6 +893,47 @@ def check_state_dict(sd, param_groups, params, names, variant):
             entry[key] = (a, want[key])
         checked[i] = entry
     return updates, checked
+
+
+def check_int8_entry(e, want, p, where, plab):
+    """The 8-bit parts of one state_dict entry: uint8 codes come with their
+    scales (finite, >= 0, one per 256 elements), only into a parameter whose
+    options ask for 8-bit state and in its memory order; full-precision
+    moments for an 8-bit parameter are quantized by value (no scales)."""
+    for key, scale in _spec.SCALE_SLOT.items():
+        a, sc = e.get(key), e.get(scale)
+        if isinstance(a, np.ndarray) and a.dtype == np.uint8:
+            if want.get(key) != "int8":
+                raise ValueError(
+                    f"{where}[{key!r}] holds 8-bit codes, but {plab} keeps "
+                    f"{want.get(key, 'no')} {key} with these options: load it into an "
+                    "optimizer with state_dtype='int8' (and the same min_8bit_size), or "
+                    "dequantize it first (adamc.reference.dequantize_blockwise)")
+            if not isinstance(sc, np.ndarray):
+                raise ValueError(
+                    f"{where} has 8-bit {key} codes but no {scale!r} array (its "
+                    "per-block scales)")
+            if a.shape != p.shape:
+                raise ValueError(
+                    f"{where}[{key!r}] has shape {a.shape} but {plab} has {p.shape}")
+            if p.ndim > 1 and order_of(a) != order_of(p):
+                raise ValueError(
+                    f"{where}[{key!r}] is in {order_of(a)} order but {plab} in "
+                    f"{order_of(p)} order: 8-bit blocks follow memory order; pass the "
+                    "codes as state_dict() gave them")
+            nb = _spec.nblocks(p.size)
+            if sc.dtype != np.float32 or sc.shape != (nb,):
+                raise ValueError(
+                    f"{where}[{scale!r}] must be float32 of shape ({nb},) (one scale per "
+                    f"{_spec.QUANT_BLOCK} elements of {plab}), got {sc.dtype} {sc.shape}")
+            if not np.all(np.isfinite(sc)) or np.any(sc < 0):
+                raise ValueError(
+                    f"{where}[{scale!r}] has a non-finite or negative scale: a block's "
+                    "scale is its largest |value|, finite and >= 0 (a corrupted state?)")
+        elif sc is not None:
+            raise ValueError(
+                f"{where}[{scale!r}] goes with uint8 {key} codes, but {key} is "
+                f"{'missing' if a is None else getattr(a, 'dtype', type(a).__name__)}")
 
 
 def storage_dtype(name):

@@ -49,10 +49,9 @@ static int build(adamc_qmap *q, int sign)
     qsort(q->map, 256, sizeof(float), cmp_float);
     for (int i = 0; i < 255; i++)
         q->mid[i] = (q->map[i] + q->map[i + 1]) / 2.0f;
-    for (int i = 255; i < 260; i++)
-        q->mid[i] = INFINITY;
-    /* each bucket: the count of midpoints below its lowest value; at most
-     * one midpoint may lie in it */
+    q->mid[255] = INFINITY;
+    /* each bucket: the count of midpoints below its lowest value, and the
+     * one midpoint that may lie in it */
     for (uint32_t s = 0; s < 2; s++) {
         for (uint32_t key = 0; key < ADAMC_Q_NKEY; key++) {
             const uint32_t lo = key == 0 ? 0 : ADAMC_Q_ALO + (key << ADAMC_Q_SHIFT);
@@ -61,17 +60,22 @@ static int build(adamc_qmap *q, int sign)
             const float vmin = s ? -adamc_u2f(hi) : adamc_u2f(lo);
             const float vmax = s ? -adamc_u2f(lo) : adamc_u2f(hi);
             int below = 0, inside = 0;
+            uint32_t low = s ? 0u : 0xffffu;   /* no midpoint: no value passes */
             for (int i = 0; i < 255; i++) {
                 below += q->mid[i] < vmin;
-                inside += q->mid[i] >= vmin && q->mid[i] <= vmax;
+                if (q->mid[i] >= vmin && q->mid[i] <= vmax) {
+                    inside++;
+                    low = adamc_f2u(q->mid[i]) & 0xffffu;
+                    /* the clamped buckets (first, last) must hold none */
+                    if (key == 0 || key == ADAMC_Q_NKEY - 1)
+                        return -1;
+                }
             }
             if (inside > 1)
                 return -1;
-            q->base[s * ADAMC_Q_NKEY + key] = (uint8_t)below;
+            q->tab[s * ADAMC_Q_NKEY + key] = ((uint32_t)below << 16) | low;
         }
     }
-    for (int i = 0; i < 4; i++)
-        q->base[2 * ADAMC_Q_NKEY + i] = 0;
     return 0;
 }
 

@@ -10,9 +10,14 @@
  * bucket: sign, exponent and the top ADAMC_Q_KBITS mantissa bits of |x|,
  * clamped to [2^-23, 1.0].  Every bucket holds at most one midpoint (for
  * both maps, checked when the tables are built), so the code is the count
- * below the bucket's lowest value, base[bucket], plus one compare with
- * mid[base[bucket]]: a byte load, a float load and a compare, which the
- * AVX2/AVX-512 variants do eight or sixteen at a time with gathers.
+ * of midpoints below the bucket, plus one compare with the midpoint inside
+ * it.  One 32-bit table entry holds both: the count in the high half and
+ * the low 16 bits of the midpoint's magnitude in the low half (its high
+ * bits are the bucket's own, shared with every value in it), so the compare
+ * is an integer compare of magnitudes: |x| > |mid| for positive x, |x| <
+ * |mid| for negative.  A bucket without a midpoint stores 0xffff (positive)
+ * or 0 (negative), which no value of the bucket passes.  One load (one
+ * gather in the AVX2/AVX-512 variants) and a compare per value.
  */
 #ifndef ADAMC_QUANT_H
 #define ADAMC_QUANT_H
@@ -30,8 +35,9 @@
 
 typedef struct {
     float map[256];                      /* the dynamic map, sorted            */
-    float mid[260];                      /* midpoints; [255..] = +inf (padding) */
-    uint8_t base[2 * ADAMC_Q_NKEY + 4];  /* per bucket (+ sign half); padding  */
+    float mid[256];                      /* the 255 midpoints; [255] = +inf     */
+    uint32_t tab[2 * ADAMC_Q_NKEY];      /* per bucket (+ sign half): count << 16
+                                          * | low bits of the midpoint inside  */
 } adamc_qmap;
 
 /* [0]: signed map (exp_avg), [1]: unsigned map (exp_avg_sq).  Built by
@@ -40,11 +46,16 @@ extern adamc_qmap adamc_qmaps[2];
 /* Build the tables; returns 0, or -1 if a bucket held two midpoints. */
 int adamc_quant_init(void);
 
-/* The bucket of a normalized value's bits (NaN already replaced by 0). */
-static inline uint32_t adamc_q_key(uint32_t u)
+/* The clamped magnitude bits of a normalized value (NaN already 0). */
+static inline uint32_t adamc_q_mag(uint32_t u)
 {
-    uint32_t a = u & 0x7fffffffu;
-    a = a < ADAMC_Q_ALO ? ADAMC_Q_ALO : (a > ADAMC_Q_AHI ? ADAMC_Q_AHI : a);
+    const uint32_t a = u & 0x7fffffffu;
+    return a < ADAMC_Q_ALO ? ADAMC_Q_ALO : (a > ADAMC_Q_AHI ? ADAMC_Q_AHI : a);
+}
+
+/* The bucket of a clamped magnitude and sign. */
+static inline uint32_t adamc_q_key(uint32_t a, uint32_t u)
+{
     return ((a - ADAMC_Q_ALO) >> ADAMC_Q_SHIFT) + (u >> 31) * ADAMC_Q_NKEY;
 }
 
@@ -59,8 +70,10 @@ static inline uint8_t adamc_q_code(const adamc_qmap *q, float x, float r)
 {
     float s = x * r;
     s = s != s ? 0.0f : s;
-    const uint32_t b = q->base[adamc_q_key(adamc_f2u(s))];
-    return (uint8_t)(b + (s > q->mid[b]));
+    const uint32_t u = adamc_f2u(s), a = adamc_q_mag(u);
+    const uint32_t e = q->tab[adamc_q_key(a, u)];
+    const uint32_t mid = (a & 0xffff0000u) | (e & 0xffffu);
+    return (uint8_t)((e >> 16) + ((u >> 31) ? a < mid : a > mid));
 }
 
 #endif
