@@ -552,3 +552,19 @@ def test_map_version_travels():
     for convert in (interop.to_bitsandbytes, interop.to_torchao, interop.dequantize_state):
         with pytest.raises(ValueError, match="map version 1 only"):
             convert(sd)
+
+
+def test_quantize_state_gives_the_codes_load_state_dict_makes():
+    # load_state_dict quantizes full-precision moments by value when the
+    # groups say state_dtype="int8" (a float optimizer's state_dict says
+    # otherwise, and its groups win: that is what quantize_state changes);
+    # both paths give the same codes
+    rng = np.random.default_rng(6)
+    params = _params(rng)
+    full = adamc.Adam(params, lr=1e-2)
+    full.step([rng.standard_normal(p.shape).astype(np.float32) for p in params])
+    sd = full.state_dict()
+    eight = adamc.Adam([p.copy() for p in params], lr=1e-2, state_dtype="int8")
+    eight.load_state_dict({**sd, "param_groups": [
+        {**g, "state_dtype": "int8"} for g in sd["param_groups"]]})
+    _assert_entries_equal(eight.state_dict()["state"], interop.quantize_state(sd)["state"])

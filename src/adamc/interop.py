@@ -494,7 +494,9 @@ def quantize_state(state_dict, *, min_8bit_size=4096):
 def dequantize_state(state_dict):
     """An 8-bit adamc state_dict in float32: each moment's ``map[code] *
     scale`` (exactly the values the 8-bit optimizer steps with), the scale
-    slots dropped, the groups saying ``state_dtype="float32"``."""
+    slots dropped, groups with ``state_dtype="int8"`` saying "float32"
+    instead; float state passes unchanged.  Load the result into an
+    optimizer built with ``state_dtype="float32"``."""
     entries = _adamc_entries(state_dict, "state_dict")
     state = {}
     for pid, e in entries.items():
@@ -503,7 +505,8 @@ def dequantize_state(state_dict):
             if e[m][0] == "int8":
                 out[m] = dequantize_blockwise(e[m][1], e[m][2], _SIGNED[m])
             else:
-                out[m] = e[m][1].astype(np.float32, order="K")
+                out[m] = e[m][1].copy(order="K")
         state[pid] = out
-    groups = [{**g, "state_dtype": "float32"} for g in state_dict["param_groups"]]
+    groups = [{**g, "state_dtype": "float32"} if g.get("state_dtype") == "int8" else dict(g)
+              for g in state_dict["param_groups"]]
     return {"state": state, "param_groups": groups}
