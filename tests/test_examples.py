@@ -8,6 +8,8 @@ not installed.
 import numpy as np
 import pytest
 
+import adamc
+
 from _toolkit import EXAMPLES, exact, load_example
 
 if not EXAMPLES.is_dir():
@@ -164,3 +166,54 @@ def test_torch_example_rejects_unshareable_params(torch_one_thread):
     with pytest.raises(ValueError, match="not contiguous"):
         module.check_params([torch.zeros(10)[::2]])
     module.check_params([torch.zeros(3, 4), torch.zeros(3, 4).t()])  # C and F order
+
+
+# 8-bit optimizer state (issue 13): examples/int8_state.py.
+
+@pytest.fixture(scope="module")
+def int8_state():
+    pytest.importorskip("sklearn")
+    return load_example("int8_state")
+
+
+# Held-out accuracy is counted in images (450: one is 0.22 points), so the
+# goal, within 0.5 points of float32 state, allows two images.  Seed 0 is the
+# README's run; seed 6 trains dead ReLU units in W2 whose zero gradients make
+# 8-bit state blow up when v rounds to 0 under a nonzero m (docs/int8-state.md,
+# "A hazard of the format").  Not met yet with nearest rounding: seed 0 ends at
+# 97.3% (float32 state 98.0%), seed 6 at 4.4%.
+@pytest.mark.xfail(reason="issue 13's accuracy goal: v rounds to 0 under a nonzero m "
+                   "(docs/int8-state.md); passes once a positive v keeps a nonzero code")
+@pytest.mark.parametrize("seed", [0, 6])
+def test_mlp_int8_state_reaches_float32_accuracy(int8_state, seed):
+    full = int8_state.digits("float32", seed=seed)
+    eight = int8_state.digits("int8", seed=seed)
+    assert full["test_accuracy"][-1] >= 0.97
+    assert abs(eight["test_accuracy"][-1] - full["test_accuracy"][-1]) <= 0.005 + 1e-12
+    # the two large weight matrices really stepped with 8-bit state
+    opt = adamc.Adam({k: v.copy() for k, v in eight["params"].items()}, state_dtype="int8")
+    opt.step({k: np.ones_like(v) for k, v in eight["params"].items()})
+    kinds = {k: v["exp_avg"].dtype for k, v in zip(eight["params"],
+                                                      opt.state_dict()["state"].values())}
+    assert kinds == {"W1": np.uint8, "b1": np.float32, "W2": np.uint8, "b2": np.float32,
+                     "W3": np.float32, "b3": np.float32}
+
+
+def test_least_squares_int8_state_reaches_float32_loss(int8_state):
+    full = int8_state.least_squares("float32")
+    eight = int8_state.least_squares("int8")
+    # both at the noise floor, 0.01 * (1 - 64/512), far below the start (~70)
+    assert full["losses"][0] > 50
+    assert 0.0085 < full["losses"][-1] < 0.009
+    assert abs(eight["losses"][-1] / full["losses"][-1] - 1) <= 0.01
+    assert eight["state_nbytes"] <= 0.27 * full["state_nbytes"]
+
+
+def test_int8_state_main_and_plot(int8_state, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "int8.png"
+    r = int8_state.main(["--epochs", "2", "--steps", "50", "--plot", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(r["digits"]) == set(r["least_squares"]) == {"float32", "int8"}
+    text = capsys.readouterr().out
+    assert "least squares: 8-bit state's final loss" in text
