@@ -498,3 +498,49 @@ def test_least_squares_converges_like_float32_state():
             opt.step([(A.T @ R_ / A.shape[0]).astype(np.float32)])
         losses[sd] = float(np.mean((A @ X - B) ** 2))
     assert losses["int8"] <= losses[None] * 1.01 + 1e-6, losses
+
+
+@pytest.mark.parametrize("module", [adamc, R], ids=["adamc", "reference"])
+def test_functional_int8_step_matches_the_optimizer(module, variant):
+    variant("baseline")
+    rng = np.random.default_rng(8)
+    p0 = rng.standard_normal((33, 100)).astype(np.float32)
+    gs = [rng.standard_normal(p0.shape).astype(np.float32) for _ in range(3)]
+    p = p0.copy()
+    mc, ma = R.quantize_blockwise(np.zeros_like(p), True)
+    vc, va = R.quantize_blockwise(np.zeros_like(p), False)
+    for t, g in enumerate(gs, 1):
+        module.adam_step(p, g, mc, vc, step=t, lr=0.01, weight_decay=0.1,
+                         exp_avg_absmax=ma, exp_avg_sq_absmax=va)
+    q = p0.copy()
+    o = R.Adam([q], lr=0.01, weight_decay=0.1, state_dtype="int8", min_8bit_size=0)
+    for g in gs:
+        o.step([g])
+    st = o.state_dict()["state"][0]
+    assert _same(p, q)
+    assert _same(mc, st["exp_avg"]) and _same(ma, st["exp_avg_absmax"])
+    assert _same(vc, st["exp_avg_sq"]) and _same(va, st["exp_avg_sq_absmax"])
+
+
+@pytest.mark.parametrize("module", [adamc, R], ids=["adamc", "reference"])
+def test_functional_int8_bad_buffers(module):
+    p = np.ones(600, np.float32)
+    g = np.full(600, 0.1, np.float32)
+    c = np.zeros(600, np.uint8)
+    a = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="pass exp_avg_absmax="):
+        module.adam_step(p, g, c, c.copy(), step=1)
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        module.adam_step(p, g, c, c.copy(), step=1, exp_avg_absmax=a[:2],
+                         exp_avg_sq_absmax=a.copy())
+    with pytest.raises(TypeError, match="uint8 codes"):
+        module.adam_step(p, g, c, np.zeros(600, np.float32), step=1, exp_avg_absmax=a,
+                         exp_avg_sq_absmax=a.copy())
+    with pytest.raises(ValueError, match="amsgrad"):
+        module.adam_step(p, g, c, c.copy(), step=1, exp_avg_absmax=a,
+                         exp_avg_sq_absmax=a.copy(), amsgrad=True,
+                         max_exp_avg_sq=np.zeros(600, np.float32))
+    with pytest.raises(ValueError, match="go with uint8"):
+        module.adam_step(p, g, np.zeros(600, np.float32), np.zeros(600, np.float32),
+                         step=1, exp_avg_absmax=a)
+    assert np.all(p == 1) and np.all(c == 0) and np.all(a == 0)

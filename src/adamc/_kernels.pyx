@@ -470,7 +470,8 @@ def fast_checks():
 
 cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
                   cnp.ndarray exp_avg_sq, object max_exp_avg_sq, int64_t step,
-                  const adamc_hyper *h, object master=None) except -1:
+                  const adamc_hyper *h, object master=None, object am=None,
+                  object av=None) except -1:
     cdef adamc_scalars s
     cdef adamc_task t
     cdef int nthreads
@@ -485,10 +486,10 @@ cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     t.s = &s
     t.dtype = _dtype_code(cnp.PyArray_TYPE(param))
     t.grad_dtype = _dtype_code(cnp.PyArray_TYPE(grad))
-    t.state_dtype = _dtype_code(cnp.PyArray_TYPE(exp_avg))
+    t.state_dtype = _state_code(cnp.PyArray_TYPE(exp_avg))
     t.master_param = NULL if master is None else cnp.PyArray_DATA(<cnp.ndarray>master)
-    t.exp_avg_absmax = NULL
-    t.exp_avg_sq_absmax = NULL
+    t.exp_avg_absmax = NULL if am is None else <float *>cnp.PyArray_DATA(<cnp.ndarray>am)
+    t.exp_avg_sq_absmax = NULL if av is None else <float *>cnp.PyArray_DATA(<cnp.ndarray>av)
     t.sr = h.stochastic_rounding
     if t.sr:
         adamc_sr_keys(t.sr_keys, h.seed, 0, step)
@@ -510,12 +511,14 @@ def quantize_blockwise(x, bint signed):
 
 
 def step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, hypers,
-                 master_param=None):
+                 master_param=None, exp_avg_absmax=None, exp_avg_sq_absmax=None):
     """One in-place step of one parameter's buffers, already validated
-    (_validation.check_functional): ``hypers`` a _spec.Hypers, lr a float."""
+    (_validation.check_functional): ``hypers`` a _spec.Hypers, lr a float;
+    uint8 moments with their scales (8-bit state)."""
     cdef adamc_hyper h
     _fill_hyper(&h, hypers)
-    _run_one(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, &h, master_param)
+    _run_one(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, &h, master_param,
+             exp_avg_absmax, exp_avg_sq_absmax)
 
 
 cdef int64_t _MAX_STEP = _spec.MAX_STEP

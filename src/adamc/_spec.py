@@ -237,7 +237,9 @@ def functional_signature():
     params = [P(n, P.POSITIONAL_OR_KEYWORD)
               for n in ("param", "grad", "exp_avg", "exp_avg_sq")]
     params += [P("step", P.KEYWORD_ONLY), P("max_exp_avg_sq", P.KEYWORD_ONLY, default=None),
-               P("master_param", P.KEYWORD_ONLY, default=None)]
+               P("master_param", P.KEYWORD_ONLY, default=None),
+               P("exp_avg_absmax", P.KEYWORD_ONLY, default=None),
+               P("exp_avg_sq_absmax", P.KEYWORD_ONLY, default=None)]
     for o in OPTIONS:
         if not o.functional:
             continue

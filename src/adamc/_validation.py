@@ -344,7 +344,7 @@ def check_array(a, label, role="param"):
             f"convert it with np.asarray(x, dtype=np.float32){keep}"
         )
     dt = a.dtype
-    if dtype_name(dt) is None:
+    if dtype_name(dt) is None and not (role == "codes" and dt == np.uint8):
         raise TypeError(
             f"{label} must have dtype float32 or float64 (or float16, or "
             f"ml_dtypes.bfloat16), got {dt}; convert it with .astype(np.float32){keep}"
@@ -438,14 +438,45 @@ def check_no_overlap(a, label, spans):
         )
 
 
-def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, h):
+def check_scales(codes, scales, label, codes_label):
+    """The float32 per-block scales of a functional step's 8-bit codes."""
+    if scales is None:
+        raise ValueError(
+            f"{codes_label} holds 8-bit codes (uint8): pass {label}=, its float32 "
+            f"scales, one per {_spec.QUANT_BLOCK} elements (zeros before the first step)")
+    check_array(scales, label, role="state")
+    check_writeable(scales, label)
+    nb = _spec.nblocks(codes.size)
+    if scales.dtype != np.float32 or scales.shape != (nb,):
+        raise ValueError(
+            f"{label} must be float32 of shape ({nb},) for {codes.size} elements "
+            f"(one scale per {_spec.QUANT_BLOCK}), got {scales.dtype} {scales.shape}")
+
+
+def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, h,
+                       exp_avg_absmax=None, exp_avg_sq_absmax=None):
     """Validate the buffers of a functional step (shared with the reference):
     the state buffers share one dtype, which the storage rules allow for the
     parameter (``h``: the step's Hypers; its state_dtype and master_weights
-    are taken from the buffers)."""
+    are taken from the buffers).  uint8 moments are 8-bit codes, with their
+    scales in exp_avg_absmax and exp_avg_sq_absmax."""
     check_array(param, "param")
     check_writeable(param, "param")
     pname = dtype_name(param.dtype)
+    q8 = isinstance(exp_avg, np.ndarray) and exp_avg.dtype == np.uint8
+    if q8:
+        check_storage(pname, h._replace(state_dtype="int8"), "param")
+        for name, a in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+            check_array(a, name, role="codes")
+            check_writeable(a, name)
+            if a.dtype != np.uint8:
+                raise TypeError(f"{name} must be uint8 codes like exp_avg, got {a.dtype}")
+            check_like(a, param, name, "param", any_float=True)
+        check_scales(exp_avg, exp_avg_absmax, "exp_avg_absmax", "exp_avg")
+        check_scales(exp_avg_sq, exp_avg_sq_absmax, "exp_avg_sq_absmax", "exp_avg_sq")
+    elif exp_avg_absmax is not None or exp_avg_sq_absmax is not None:
+        raise ValueError("exp_avg_absmax/exp_avg_sq_absmax go with uint8 (8-bit) "
+                         "exp_avg and exp_avg_sq; drop them for float moments")
     named = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
     if h.amsgrad:
         if max_exp_avg_sq is None:
@@ -454,13 +485,16 @@ def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_
                 "zero-initialised before the first step"
             )
         named.append(("max_exp_avg_sq", max_exp_avg_sq))
-    for name, a in named:
+    for name, a in ([] if q8 else named):
         check_array(a, name)
         check_writeable(a, name)
         check_like(a, exp_avg if name != "exp_avg" else param, name,
                    "exp_avg" if name != "exp_avg" else "param", any_float=name == "exp_avg")
     written = [param] + [a for _, a in named]
     labels = ["param"] + [name for name, _ in named]
+    if q8:
+        written += [exp_avg_absmax, exp_avg_sq_absmax]
+        labels += ["exp_avg_absmax", "exp_avg_sq_absmax"]
     if master_param is not None:
         check_array(master_param, "master_param")
         check_writeable(master_param, "master_param")
@@ -469,7 +503,7 @@ def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_
         check_like(master_param, param, "master_param", "param", any_float=True)
         written.append(master_param)
         labels.append("master_param")
-    storage = h._replace(state_dtype=dtype_name(exp_avg.dtype),
+    storage = h._replace(state_dtype=state_name(exp_avg.dtype),
                          master_weights=master_param is not None)
     check_storage(pname, storage, "param")
     if h.stochastic_rounding and not rounds_to_16_bits(pname, storage):
@@ -510,10 +544,11 @@ def functional_values(step, options):
 
 
 def check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, step,
-                     options):
+                     options, exp_avg_absmax=None, exp_avg_sq_absmax=None):
     """Validate adam_step's arguments; return (t, Hypers)."""
     t, h = functional_values(step, options)
-    check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, h)
+    check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, h,
+                       exp_avg_absmax, exp_avg_sq_absmax)
     return t, h
 
 

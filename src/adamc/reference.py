@@ -304,7 +304,7 @@ def dequantize_blockwise(codes, absmax, signed):
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, max_exp_avg_sq=None,
-              master_param=None, **options):
+              master_param=None, exp_avg_absmax=None, exp_avg_sq_absmax=None, **options):
     """The NumPy twin of :func:`adamc.adam_step` (same arguments and checks).
 
     Examples
@@ -317,8 +317,10 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, max_exp_avg_sq=None,
     array([0.99, 2.01])
     """
     t, h = V.check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-                              master_param, step, options)
+                              master_param, step, options, exp_avg_absmax, exp_avg_sq_absmax)
     st = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    if exp_avg.dtype == np.uint8:
+        st["exp_avg_absmax"], st["exp_avg_sq_absmax"] = exp_avg_absmax, exp_avg_sq_absmax
     if h.amsgrad:
         st["max_exp_avg_sq"] = max_exp_avg_sq
     if master_param is not None:
