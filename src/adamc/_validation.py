@@ -1112,7 +1112,7 @@ def interop_array(value, where):
     return a
 
 
-def check_codes(codes, where, shape=None):
+def check_interop_codes(codes, where, shape=None):
     """8-bit codes: a uint8 array (of ``shape`` when given)."""
     if codes.dtype != np.uint8:
         raise TypeError(f"{where} must hold uint8 codes, got {codes.dtype}")
@@ -1122,7 +1122,7 @@ def check_codes(codes, where, shape=None):
     return codes
 
 
-def check_scales(scales, size, where):
+def check_interop_scales(scales, size, where):
     """Per-block scales of ``size`` 8-bit codes: one finite float >= 0 per
     block of _spec.QUANT_BLOCK, returned as float32."""
     nb = _spec.nblocks(size)
@@ -1142,7 +1142,7 @@ def check_scales(scales, size, where):
     return out
 
 
-def check_qmap(qmap, expected, where, signed):
+def check_interop_qmap(qmap, expected, where, signed):
     """A stored quantization map equals adamc's dynamic map, bit for bit."""
     kind = "signed (exp_avg)" if signed else "unsigned (exp_avg_sq)"
     if qmap.shape != expected.shape or qmap.dtype.kind != "f" or not np.array_equal(

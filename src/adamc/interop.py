@@ -95,7 +95,7 @@ def _adamc_entries(state_dict, what):
                 if _SCALE[m] not in e:
                     raise ValueError(f"{where} has 8-bit {m} codes but no {_SCALE[m]!r} "
                                      "(their per-block scales)")
-                scales = V.check_scales(V.interop_array(e[_SCALE[m]], f"{where}['{_SCALE[m]}']"),
+                scales = V.check_interop_scales(V.interop_array(e[_SCALE[m]], f"{where}['{_SCALE[m]}']"),
                                         a.size, f"{where}['{_SCALE[m]}']")
                 entry[m] = ("int8", a, scales)
             else:
@@ -274,13 +274,13 @@ def from_bitsandbytes(state_dict):
         s2 = V.interop_array(e["state2"], f"{where}['state2']")
         if s1.dtype == np.uint8 or s2.dtype == np.uint8:
             for n, m, s in ((1, "exp_avg", s1), (2, "exp_avg_sq", s2)):
-                V.check_codes(s, f"{where}['state{n}']", s1.shape)
+                V.check_interop_codes(s, f"{where}['state{n}']", s1.shape)
                 for key in (f"qmap{n}", f"absmax{n}"):
                     if key not in e:
                         raise ValueError(f"{where} has 8-bit state{n} but no {key!r}")
-                V.check_qmap(V.interop_array(e[f"qmap{n}"], f"{where}['qmap{n}']"),
+                V.check_interop_qmap(V.interop_array(e[f"qmap{n}"], f"{where}['qmap{n}']"),
                              dynamic_map(_SIGNED[m]), f"{where}['qmap{n}']", _SIGNED[m])
-                scales = V.check_scales(V.interop_array(e[f"absmax{n}"],
+                scales = V.check_interop_scales(V.interop_array(e[f"absmax{n}"],
                                                         f"{where}['absmax{n}']"),
                                         s.size, f"{where}['absmax{n}']")
                 out[m] = np.ascontiguousarray(s).copy()
@@ -429,7 +429,7 @@ def from_torchao(state_dict):
                 if bool(signed) != _SIGNED[m]:
                     raise ValueError(f"{name} has signed={signed!r}; {m} is quantized "
                                      f"{'signed' if _SIGNED[m] else 'unsigned'}")
-                codes = V.check_codes(V.interop_array(codes, f"{name}.codes"),
+                codes = V.check_interop_codes(V.interop_array(codes, f"{name}.codes"),
                                       f"{name}.codes")
                 scale = V.interop_array(scale, f"{name}.scale")
                 if scale.ndim != 1 or scale.size == 0 \
@@ -438,8 +438,8 @@ def from_torchao(state_dict):
                         f"{name} has {codes.size} codes and {scale.size} scales: adamc "
                         f"takes blocks of {_spec.QUANT_BLOCK} only (torchao's default "
                         "block_size)")
-                out[_SCALE[m]] = V.check_scales(scale, codes.size, f"{name}.scale")
-                V.check_qmap(V.interop_array(qmap, f"{name}.qmap"),
+                out[_SCALE[m]] = V.check_interop_scales(scale, codes.size, f"{name}.scale")
+                V.check_interop_qmap(V.interop_array(qmap, f"{name}.qmap"),
                              dynamic_map(_SIGNED[m]), f"{name}.qmap", _SIGNED[m])
                 out[m] = np.ascontiguousarray(codes).copy()
             else:
