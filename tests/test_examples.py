@@ -217,3 +217,11 @@ def test_int8_state_main_and_plot(int8_state, tmp_path, capsys):
     assert set(r["digits"]) == set(r["least_squares"]) == {"float32", "int8"}
     text = capsys.readouterr().out
     assert "least squares: 8-bit state's final loss" in text
+
+
+def test_mlp_command_line_takes_int8_state(train_mlp):
+    r = train_mlp.main(["--state", "int8", "--epochs", "1"])["runs"]["adamc"]
+    data = train_mlp.load_data(np.float32, 0)
+    eight = train_mlp.train("adamc", epochs=1, data=data, log=None, state_dtype="int8")
+    full = train_mlp.train("adamc", epochs=1, data=data, log=None)
+    assert r["losses"] == eight["losses"] != full["losses"]
