@@ -568,3 +568,10 @@ def test_quantize_state_gives_the_codes_load_state_dict_makes():
     eight.load_state_dict({**sd, "param_groups": [
         {**g, "state_dtype": "int8"} for g in sd["param_groups"]]})
     _assert_entries_equal(eight.state_dict()["state"], interop.quantize_state(sd)["state"])
+
+
+def test_to_layouts_refuse_moments_of_different_shapes():
+    sd = _trained()[0].state_dict()
+    sd["state"][2]["exp_avg_sq"] = np.zeros(301, np.float32)
+    with pytest.raises(ValueError, match="differ in shape"):
+        interop.to_bitsandbytes(sd)

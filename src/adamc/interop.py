@@ -64,8 +64,9 @@ def _c_order(codes, absmax, signed):
     """Codes and scales whose blocks run over C order (torch's layout).
 
     adamc's blocks follow the parameter's memory order; a Fortran-ordered
-    parameter's 8-bit state is requantized in C order (the only case that
-    is not a plain copy: its values move by one quantization step at most).
+    parameter's 8-bit state is dequantized and quantized again in C order
+    (the only case that is not a plain copy: its values are rounded once
+    more).
     """
     if codes.ndim < 2 or codes.flags.c_contiguous:
         return np.ascontiguousarray(codes), absmax
@@ -95,14 +96,18 @@ def _adamc_entries(state_dict, what):
                 if _SCALE[m] not in e:
                     raise ValueError(f"{where} has 8-bit {m} codes but no {_SCALE[m]!r} "
                                      "(their per-block scales)")
-                scales = V.check_interop_scales(V.interop_array(e[_SCALE[m]], f"{where}['{_SCALE[m]}']"),
-                                        a.size, f"{where}['{_SCALE[m]}']")
+                label = f"{where}['{_SCALE[m]}']"
+                scales = V.check_interop_scales(V.interop_array(e[_SCALE[m]], label),
+                                                a.size, label)
                 entry[m] = ("int8", a, scales)
             else:
                 if V.dtype_name(a.dtype) is None:
                     raise TypeError(f"{where}['{m}'] must be float state or uint8 codes, "
                                     f"got {a.dtype}")
                 entry[m] = ("float", a)
+        if entry["exp_avg"][1].shape != entry["exp_avg_sq"][1].shape:
+            raise ValueError(f"{where}: exp_avg and exp_avg_sq differ in shape "
+                             f"({entry['exp_avg'][1].shape}, {entry['exp_avg_sq'][1].shape})")
         for key in ("max_exp_avg_sq", "master_param"):
             if key in e:
                 entry["extra"][key] = V.interop_array(e[key], f"{where}['{key}']")
