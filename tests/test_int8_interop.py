@@ -575,3 +575,19 @@ def test_to_layouts_refuse_moments_of_different_shapes():
     sd["state"][2]["exp_avg_sq"] = np.zeros(301, np.float32)
     with pytest.raises(ValueError, match="differ in shape"):
         interop.to_bitsandbytes(sd)
+
+
+def test_bfloat16_parameters_convert_and_master_copies_are_refused():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(8)
+    p = rng.standard_normal((64, 128)).astype(ml_dtypes.bfloat16)
+    opt = adamc.Adam([p], lr=1e-2, state_dtype="int8", master_weights=False)
+    opt.step([rng.standard_normal(p.shape).astype(ml_dtypes.bfloat16)])
+    sd = opt.state_dict()
+    back = interop.from_bitsandbytes(interop.to_bitsandbytes(sd))
+    _assert_entries_equal(back["state"], sd["state"])
+    with_master = adamc.Adam([p.copy()], lr=1e-2, state_dtype="int8")
+    with_master.step([rng.standard_normal(p.shape).astype(ml_dtypes.bfloat16)])
+    for convert in (interop.to_bitsandbytes, interop.to_torchao):
+        with pytest.raises(ValueError, match="master"):
+            convert(with_master.state_dict())
