@@ -246,7 +246,9 @@ def _run_pair(pdtype, options, shapes=((70, 300), (4099,), (300,)), steps=4, see
 def _same(a, b):
     if not isinstance(a, np.ndarray):
         return a == b
-    return a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
+    return (a.dtype == b.dtype and a.shape == b.shape
+            and np.array_equal(a.ravel(order="K").view(np.uint8),
+                               b.ravel(order="K").view(np.uint8)))
 
 
 def _combos():
@@ -544,3 +546,27 @@ def test_functional_int8_bad_buffers(module):
         module.adam_step(p, g, np.zeros(600, np.float32), np.zeros(600, np.float32),
                          step=1, exp_avg_absmax=a)
     assert np.all(p == 1) and np.all(c == 0) and np.all(a == 0)
+
+
+def test_fortran_order_blocks_follow_memory(variant):
+    variant("baseline")
+    rng = np.random.default_rng(6)
+    p = np.asfortranarray(rng.standard_normal((300, 70)).astype(np.float32))
+    q = p.copy(order="K")
+    o = adamc.Adam([p], state_dtype="int8", lr=1e-2)
+    r = R.Adam([q], state_dtype="int8", lr=1e-2)
+    for _ in range(3):
+        g = np.asfortranarray(rng.standard_normal(p.shape).astype(np.float32))
+        o.step([g])
+        r.step([g])
+    a, b = o.state_dict()["state"][0], r.state_dict()["state"][0]
+    assert _same(p, q) and a["exp_avg"].flags.f_contiguous
+    for k in a:
+        assert _same(a[k], b[k])
+    codes, scales = R.quantize_blockwise(
+        R.dequantize_blockwise(a["exp_avg"], a["exp_avg_absmax"], True), True)
+    assert codes.flags.f_contiguous and scales.shape == a["exp_avg_absmax"].shape
+    sd = o.state_dict()
+    sd["state"][0]["exp_avg"] = np.ascontiguousarray(sd["state"][0]["exp_avg"])
+    with pytest.raises(ValueError, match="in C order but params"):
+        adamc.Adam([p.copy(order="K")], state_dtype="int8").load_state_dict(sd)
