@@ -256,8 +256,8 @@ def _why(multi, chosen, early, fallbacks, threads, median, mean, names):
             return (f"{median[best1] / median[chosen]:.3f}x faster than {names[best1]} "
                     "in median, and faster in mean (the margin for all threads: 5%)")
         if early:
-            return ("one thread: steps on all threads stalled in the trial (a busy host); "
-                    "the trial stopped early")
+            return ("one thread: two steps on all threads took over 2x one thread's time "
+                    "(a busy host, or a step too short to share); the trial stopped early")
         why = "one thread, the configuration to beat"
         many = [k for k in ks if threads[k] and median[k] > 0]
         if many:
