@@ -76,7 +76,7 @@ void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h);
 /* One parameter's buffers: all contiguous, the same length n.  Compute is in
  * float64 for float64 parameters, else in float32; a gradient of another
  * type is converted as it is loaded (round to nearest), 16-bit storage
- * block by block (blocked.inc).  With master_param (16-bit parameters), the
+ * in registers (fused16.inc) or block by block (blocked.inc).  With master_param (16-bit parameters), the
  * float32 master copy is stepped and the parameter gets its rounded value. */
 typedef struct {
     void *param;              /* IN/OUT */

@@ -107,11 +107,13 @@
 #undef SQRT
 
 #include "blocked.inc"
+#include "fused16.inc"
 #include "norm.inc"
 
 /* Every task goes through here: the direct loops when the buffers are in
  * the compute type (float32/float64 storage, either float gradient), the
- * blocked conversions otherwise. */
+ * one-pass 16-bit loops (fused16.inc) where they exist, the blocked
+ * conversions otherwise. */
 static void ISA(adamc_range)(const adamc_task *t, int64_t lo, int64_t hi)
 {
     const int gd = t->grad_dtype, direct = adamc_direct_bytes(t);
@@ -128,6 +130,10 @@ static void ISA(adamc_range)(const adamc_task *t, int64_t lo, int64_t hi)
     } else if (t->dtype == ADAMC_F64) {
         ISA(adamc_blocked_f64)(t, lo, hi);
     } else {
+#ifdef ADAMC_HAVE_FUSED16
+        if (ISA(adamc_fused16)(t, lo, hi))   /* the common combinations, one pass */
+            return;
+#endif
         ISA(adamc_blocked_f32)(t, lo, hi);
     }
 }
