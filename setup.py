@@ -43,7 +43,7 @@ from setuptools.errors import PlatformError
 
 CSRC = os.path.join("src", "adamc", "csrc")
 # Files compiled with the common flags only.
-COMMON_SOURCES = ["step.c", "norm.c", "pool.c", "tune.c", "threads.c", "dispatch.c",
+COMMON_SOURCES = ["step.c", "norm.c", "pool.c", "tune.c", "threads.c", "dispatch.c", "quant.c",
                   "kernel_baseline.c"]
 # x86-64 variants: file, GCC/Clang flags, MSVC flags.  Chosen at run time
 # (csrc/dispatch.c), so a wheel built anywhere keeps them all.

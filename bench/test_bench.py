@@ -49,3 +49,22 @@ def test_step(benchmark, case, name):
         benchmark(step)
     if benchmark.stats:  # None under --benchmark-disable (a one-call smoke run)
         benchmark.extra_info["GB/s"] = round(nbytes / benchmark.stats["median"] / 1e9, 2)
+
+
+# 8-bit state (issue 13) beside the float32-state step, grouped per case.
+STATE_CASES = [("one", 10**6), ("one", 10**7), ("transformer", None)]
+
+
+@pytest.mark.parametrize("state", ["float32", "int8"])
+@pytest.mark.parametrize("case", STATE_CASES, ids=lambda c: c[0] + (
+    f"-{_bench.fmt_size(c[1])}" if c[1] else ""))
+def test_state_dtype(benchmark, case, state):
+    import adamc
+    layout, n = case
+    shapes = _bench.layout_shapes(layout, n)
+    params, grads = _bench.make_problem(shapes, "float32")
+    opt = adamc.Adam(params, lr=1e-4, state_dtype=state)
+    opt.step(grads)
+    benchmark.group = f"state-{layout}" + (f"-{_bench.fmt_size(n)}" if n else "")
+    benchmark.extra_info.update(state_bytes=opt.state_nbytes())
+    benchmark(lambda: opt.step(grads))

@@ -155,6 +155,7 @@ BOOLS = BAD_BOOLS + VALID_BOOLS
 
 OPTBOOLS = [None, True, False, 0, 1, "True", np.bool_(True)]
 SEEDS = [None, 0, 1, 2**64 - 1, 2**64, -1, 1.5, "1", True, np.int64(5)]
+COUNTS = [0, 1, 4096, 2**62 - 1, 2**62, -1, 1.5, "1", True, np.int64(5), None]
 
 
 def hyper_pool(key):
@@ -165,7 +166,7 @@ def hyper_pool(key):
     if o.kind == "choice":  # every valid choice, and near misses
         return list(o.choices) + [c for c in CHOICES if c not in o.choices] + ["float8"]
     return {"lr": LRS, "betas": BETAS, "bool": BOOLS, "real": REALS, "optbool": OPTBOOLS,
-            "seed": SEEDS}[o.kind]
+            "seed": SEEDS, "count": COUNTS}[o.kind]
 
 
 def hyper_value(key):

@@ -45,7 +45,8 @@ FREE_OPTIONS = tuple(o.name for o in _spec.OPTIONS if not o.forced)
 SLOT_NAMES = _spec.SLOT_NAMES
 #: The keys of one state_dict["state"] entry that has every slot.
 #: (float32/float64 parameters: no master copy).
-STATE_ENTRY_KEYS = frozenset(("step",) + tuple(s.name for s in _spec.SLOTS if s.needs != "master"))
+STATE_ENTRY_KEYS = frozenset(("step",) + tuple(s.name for s in _spec.SLOTS
+                                            if s.needs not in ("master", "int8")))
 #: adam_step's keyword names for the options (betas split in two).
 FUNCTIONAL_NAMES = _spec.FUNCTIONAL_NAMES
 #: adam_step's array arguments: the parameter, its gradient and the slots.

@@ -111,10 +111,15 @@ def test_flipped_byte_in_header(saved, tmp_path):
 def test_wrong_version_and_magic(saved, tmp_path):
     ps, opt, path = saved
 
-    def v3(doc):
-        doc["version"] = 3
-    rewrite(path, tmp_path / "v3.npz", edit_header=v3)
-    assert_refused(opt, tmp_path / "v3.npz", "version 3")
+    def v4(doc):
+        doc["version"] = 4
+    rewrite(path, tmp_path / "v4.npz", edit_header=v4)
+    assert_refused(opt, tmp_path / "v4.npz", "version 4")
+
+    def v2_with_codes(doc):  # 8-bit codes came with version 3
+        doc["arrays"][0]["dtype"] = "|u1"
+    rewrite(path, tmp_path / "v2u1.npz", edit_header=v2_with_codes)
+    assert_refused(opt, tmp_path / "v2u1.npz", "version 2")
 
     def v1_with_float16(doc):  # version 1 knew float32 and float64 only
         doc["version"] = 1

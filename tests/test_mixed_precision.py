@@ -175,7 +175,7 @@ def test_functional_step_with_master_param(variant, pdt):
     (F32, {"master_weights": True}, ValueError, r"master_weights=True.*params\[0\] is float32"),
     (F64, {"state_dtype": "bfloat16"}, ValueError, "loses more than float64 parameters gain"),
     (F32, {"state_dtype": "float64"}, ValueError, "'float64' .* is for float64 parameters"),
-    (F32, {"state_dtype": "int8"}, ValueError, "state_dtype must be one of"),
+    (F32, {"state_dtype": "int4"}, ValueError, "state_dtype must be one of"),
     (F32, {"state_dtype": np.float16}, TypeError, "state_dtype must be one of"),
     (F16, {"seed": 1.5}, TypeError, "seed must be an int"),
     (F16, {"seed": -1}, ValueError, r"seed must be in \[0, 2\*\*64\)"),

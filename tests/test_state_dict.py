@@ -85,6 +85,8 @@ def roundtrip_savez_flat(sd):
                     v = bool(v)
                 elif v.dtype.kind == "U":
                     v = str(v)
+                elif v.dtype.kind in "iu":
+                    v = int(v)
                 else:
                     v = float(v)
                 out["param_groups"][int(a)][k] = v

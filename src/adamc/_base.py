@@ -27,6 +27,8 @@ from ._fused import StepInfo, fused_factor  # noqa: F401  (StepInfo: opt.last_st
 def _new_slot(p, slot, dtype):
     """A fresh state buffer for parameter p: zeros, or p's values (master)."""
     dt = V.storage_dtype(dtype)
+    if _spec.SLOT[slot].shape == "blocks":
+        return np.zeros(_spec.nblocks(p.size), dtype=dt)
     if _spec.SLOT[slot].init == "param":
         return p.astype(dt, order="K")
     return np.zeros_like(p, dtype=dt)
@@ -216,7 +218,7 @@ class _Optimizer:
 
     def _slots(self, hypers):
         """{slot: dtype name} per parameter."""
-        return [_spec.slots_for(hypers[gi], V.dtype_name(p.dtype))
+        return [_spec.slots_for(hypers[gi], V.dtype_name(p.dtype), p.size)
                 for p, gi in zip(self._params, self._group_of)]
 
     def _allocate(self, wanted):
@@ -245,12 +247,14 @@ class _Optimizer:
         with self._lock:
             V.check_structure(self.param_groups, self._group_params, self._params)
             steps = self._engine.steps
-            state = {}
+            state, quant = {}, False
             for i in range(len(self._params)):
                 st = self._engine.get_state(i)
                 if st:
                     state[i] = {"step": int(steps[i]),
                                 **{k: a.copy(order="K") for k, a in st.items()}}
+                    if "exp_avg_absmax" in st:
+                        quant = True
             groups, start = [], 0
             for g in self.param_groups:
                 d = {k: v for k, v in g.items() if k not in ("params", "param_names")}
@@ -260,7 +264,18 @@ class _Optimizer:
                 d["params"] = list(range(start, start + len(g["params"])))
                 start += len(g["params"])
                 groups.append(d)
-            return {"state": state, "param_groups": groups}
+            sd = {"state": state, "param_groups": groups}
+            if quant:  # 8-bit codes index this version of the dynamic maps
+                sd["quant_map_version"] = _spec.QUANT_MAP_VERSION
+            return sd
+
+    def state_nbytes(self) -> int:
+        """Bytes of all optimizer state buffers (moments, 8-bit codes and
+        their scales, amsgrad's maximum, master copies) allocated so far;
+        parameters and gradients not included."""
+        with self._lock:
+            return sum(a.nbytes for i in range(len(self._params))
+                       for a in (self._engine.get_state(i) or {}).values())
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a state_dict; validated whole before anything changes.
@@ -277,11 +292,24 @@ class _Optimizer:
             for i, e in state.items():
                 new[i] = {}
                 for key, val in e.items():
-                    if key != "step":  # converted to the slot's dtype by value
-                        a, dt = val
-                        b = np.empty_like(self._params[i], dtype=V.storage_dtype(dt))
+                    if key == "step" or _spec.SLOT[key].shape == "blocks":
+                        continue
+                    a, dt = val
+                    p = self._params[i]
+                    b = np.empty_like(p, dtype=V.storage_dtype(dt))
+                    if dt == "int8" and a.dtype == np.uint8:  # codes and scales as given
+                        b[...] = a
+                        new[i][_spec.SCALE_SLOT[key]] = e[_spec.SCALE_SLOT[key]][0].copy()
+                    elif dt == "int8":  # full precision into 8-bit state: by value
+                        from .reference import quantize_blockwise
+                        w = np.empty_like(p, dtype=np.float32)
+                        w[...] = a.astype(np.float32)   # the parameter's memory order
+                        codes, scales = quantize_blockwise(w, key == "exp_avg")
+                        b[...] = codes
+                        new[i][_spec.SCALE_SLOT[key]] = scales
+                    else:  # converted to the slot's dtype by value
                         b[...] = a.astype(b.dtype)
-                        new[i][key] = b
+                    new[i][key] = b
                 steps[i] = int(e["step"])
             # Every buffer exists; nothing below can fail.
             self._engine.set_states(new)

@@ -34,7 +34,7 @@ int beyond 2**53, a float subclass); it never says yes to an invalid one.
 
 cimport cython
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t, uint8_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from libc.math cimport INFINITY
@@ -53,6 +53,7 @@ cdef extern from "csrc/adamc.h" nogil:
         ADAMC_F64
         ADAMC_F16
         ADAMC_BF16
+        ADAMC_Q8
         ADAMC_AMSGRAD
         ADAMC_PROBE
         ADAMC_NO_PREFETCH
@@ -79,6 +80,8 @@ cdef extern from "csrc/adamc.h" nogil:
         int state_dtype
         int sr
         uint32_t sr_keys[4]
+        float *exp_avg_absmax
+        float *exp_avg_sq_absmax
     ctypedef struct adamc_kernel:
         const char *name
     int64_t adamc_work(int64_t n, int dtype)
@@ -97,6 +100,8 @@ cdef extern from "csrc/adamc.h" nogil:
     int64_t adamc_serial_cutoff()
     void adamc_threads_init()
     int adamc_forked_child()
+    int adamc_quant_init()
+    void adamc_quantize(int is_signed, const float *x, uint8_t *c, float *absmax, int64_t n)
     ctypedef struct adamc_tune_row:
         int cls, multi, state, ncfg, chosen, steps_seen, samples, rounds, retrials
         int fallbacks, early
@@ -120,6 +125,8 @@ cdef extern from "csrc/adamc.h" nogil:
 # kernel variants: chosen once at import (ADAMC_ISA may force a lower one)
 
 adamc_threads_init()
+if adamc_quant_init() != 0:  # pragma: no cover (the maps' structure is fixed)
+    raise ImportError("adamc: the 8-bit quantization tables do not fit the dynamic maps")
 
 cdef const adamc_kernel *_variants[8]
 cdef int _cpu_ok[8]
@@ -399,6 +406,11 @@ cdef inline int _dtype_code(int tn) except -2:
     return -1
 
 
+cdef inline int _state_code(int tn) except -2:
+    """The storage code of a state array's type number (uint8: 8-bit codes)."""
+    return ADAMC_Q8 if tn == cnp.NPY_UBYTE else _dtype_code(tn)
+
+
 cdef inline bint _is_float_type(int tn) except -1:
     return _dtype_code(tn) >= 0
 
@@ -495,7 +507,8 @@ def fast_checks():
 
 cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
                   cnp.ndarray exp_avg_sq, object max_exp_avg_sq, int64_t step,
-                  const adamc_hyper *h, object master=None) except -1:
+                  const adamc_hyper *h, object master=None, object am=None,
+                  object av=None) except -1:
     cdef adamc_scalars s
     cdef adamc_task t
     cdef int nthreads
@@ -510,8 +523,10 @@ cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     t.s = &s
     t.dtype = _dtype_code(cnp.PyArray_TYPE(param))
     t.grad_dtype = _dtype_code(cnp.PyArray_TYPE(grad))
-    t.state_dtype = _dtype_code(cnp.PyArray_TYPE(exp_avg))
+    t.state_dtype = _state_code(cnp.PyArray_TYPE(exp_avg))
     t.master_param = NULL if master is None else cnp.PyArray_DATA(<cnp.ndarray>master)
+    t.exp_avg_absmax = NULL if am is None else <float *>cnp.PyArray_DATA(<cnp.ndarray>am)
+    t.exp_avg_sq_absmax = NULL if av is None else <float *>cnp.PyArray_DATA(<cnp.ndarray>av)
     t.sr = h.stochastic_rounding
     if t.sr:
         adamc_sr_keys(t.sr_keys, h.seed, 0, step)
@@ -521,13 +536,26 @@ cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     return 0
 
 
+def quantize_blockwise(x, bint signed):
+    """The C code's 8-bit codes and scales of a contiguous float32 array
+    (tests: against reference.quantize_blockwise)."""
+    cdef cnp.ndarray a = np.ascontiguousarray(x, dtype=np.float32).ravel()
+    cdef cnp.ndarray c = np.empty(a.size, dtype=np.uint8)
+    cdef cnp.ndarray am = np.empty((a.size + 255) // 256, dtype=np.float32)
+    adamc_quantize(signed, <const float *>cnp.PyArray_DATA(a), <uint8_t *>cnp.PyArray_DATA(c),
+                   <float *>cnp.PyArray_DATA(am), a.size)
+    return c, am
+
+
 def step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, hypers,
-                 master_param=None):
+                 master_param=None, exp_avg_absmax=None, exp_avg_sq_absmax=None):
     """One in-place step of one parameter's buffers, already validated
-    (_validation.check_functional): ``hypers`` a _spec.Hypers, lr a float."""
+    (_validation.check_functional): ``hypers`` a _spec.Hypers, lr a float;
+    uint8 moments with their scales (8-bit state)."""
     cdef adamc_hyper h
     _fill_hyper(&h, hypers)
-    _run_one(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, &h, master_param)
+    _run_one(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, &h, master_param,
+             exp_avg_absmax, exp_avg_sq_absmax)
 
 
 cdef int64_t _MAX_STEP = _spec.MAX_STEP
@@ -673,6 +701,8 @@ def probe_buffers(list quads, bint prefetch=True):
             tasks[i].grad_dtype = tasks[i].dtype
             tasks[i].state_dtype = tasks[i].dtype
             tasks[i].master_param = NULL
+            tasks[i].exp_avg_absmax = NULL
+            tasks[i].exp_avg_sq_absmax = NULL
             tasks[i].sr = 0
             offset += tasks[i].n
             work += adamc_work(tasks[i].n, tasks[i].dtype)
@@ -715,6 +745,8 @@ cdef struct Plan:
     void *v
     void *x
     void *mp                 # master_param
+    float *am                # exp_avg_absmax (8-bit state)
+    float *av                # exp_avg_sq_absmax
     int sdtype               # the moments' storage code
     bint need_x, need_mp     # amsgrad's maximum, master weights (set_groups)
     int dtype                # its ADAMC_F32/F64 code
@@ -839,8 +871,11 @@ cdef class Engine:
             m, v, x = (st or {}).get("exp_avg"), (st or {}).get("exp_avg_sq"), \
                 (st or {}).get("max_exp_avg_sq")
             mp = (st or {}).get("master_param")
+            am, av = (st or {}).get("exp_avg_absmax"), (st or {}).get("exp_avg_sq_absmax")
             self.plan[i].mp = cnp.PyArray_DATA(<cnp.ndarray>mp) if mp is not None else NULL
-            self.plan[i].sdtype = (_dtype_code(cnp.PyArray_TYPE(<cnp.ndarray>m))
+            self.plan[i].am = <float *>cnp.PyArray_DATA(<cnp.ndarray>am) if am is not None else NULL
+            self.plan[i].av = <float *>cnp.PyArray_DATA(<cnp.ndarray>av) if av is not None else NULL
+            self.plan[i].sdtype = (_state_code(cnp.PyArray_TYPE(<cnp.ndarray>m))
                                    if m is not None else self.plan[i].dtype)
             self.plan[i].m = cnp.PyArray_DATA(<cnp.ndarray>m) if m is not None else NULL
             self.plan[i].v = cnp.PyArray_DATA(<cnp.ndarray>v) if v is not None else NULL
@@ -884,7 +919,8 @@ cdef class Engine:
 
     cdef inline bint _needs_state(self, Py_ssize_t i):
         cdef Plan *q = &self.plan[i]
-        return q.m == NULL or (q.need_x and q.x == NULL) or (q.need_mp and q.mp == NULL)
+        return (q.m == NULL or (q.need_x and q.x == NULL) or (q.need_mp and q.mp == NULL)
+                or (q.sdtype == ADAMC_Q8 and (q.am == NULL or q.av == NULL)))
 
     cdef _index_spans(self):
         """The sorted spans of every buffer a step writes."""
@@ -1100,8 +1136,11 @@ cdef class Engine:
             task.grad_dtype = q.gtype
             task.state_dtype = q.sdtype
             task.master_param = q.mp
+            task.exp_avg_absmax = q.am
+            task.exp_avg_sq_absmax = q.av
             task.sr = h.stochastic_rounding and (q.dtype >= ADAMC_F16 and q.mp == NULL
-                                                 or q.sdtype >= ADAMC_F16)
+                                                 or q.sdtype == ADAMC_F16
+                                                 or q.sdtype == ADAMC_BF16)
             if task.sr:
                 adamc_sr_keys(task.sr_keys, h.seed, i, t)
             offset += q.size

@@ -85,12 +85,22 @@ OPTIONS = (
         "``master_param``), step it, and write its rounded value into the "
         "parameter in the same pass.  None: True for float16/bfloat16 "
         "parameters; True is an error for float32/float64 ones.")),
-    Option("state_dtype", "choice", None, choices=(None, "float32", "bfloat16", "float16", "float64"),
+    Option("state_dtype", "choice", None,
+           choices=(None, "float32", "bfloat16", "float16", "float64", "int8"),
            example="bfloat16", functional=False, storage=True, doc=(
         "Storage of ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq``): "
         "\"float32\", \"bfloat16\" or \"float16\".  None: the parameter's "
         "dtype for float32/float64 parameters, float32 for 16-bit ones.  "
-        "float64 parameters keep float64 state (\"float64\" is for them only).")),
+        "float64 parameters keep float64 state (\"float64\" is for them only).  "
+        "\"int8\": 8-bit blockwise-quantized moments (uint8 codes of the dynamic "
+        "maps, one float32 scale per block of 256 elements, as bitsandbytes' "
+        "Adam8bit; docs/int8-state.md) for parameters of at least "
+        "``min_8bit_size`` elements, float32 state for smaller ones; not with "
+        "amsgrad.")),
+    Option("min_8bit_size", "count", 4096, example=300, functional=False, storage=True, doc=(
+        "With state_dtype=\"int8\": parameters with fewer elements (or fewer "
+        "than one block, 256) keep float32 moments, as bitsandbytes' "
+        "min_8bit_size.")),
     Option("stochastic_rounding", "bool", False, example=True, storage=True, doc=(
         "Round every value written to 16 bits (parameters without master "
         "weights, 16-bit state) stochastically instead of to nearest even: "
@@ -102,6 +112,11 @@ OPTIONS = (
 
 #: Storage dtypes by name: the 16-bit ones are rounded to, float32/float64 computed in.
 SIXTEEN_BIT = ("float16", "bfloat16")
+#: 8-bit blockwise state (state_dtype="int8"): elements per block (one float32
+#: scale each), and the version of the dynamic maps the codes index
+#: (reference.dynamic_map; recorded in state_dicts and checkpoints).
+QUANT_BLOCK = 256
+QUANT_MAP_VERSION = 1
 STORAGE = ("float16", "bfloat16", "float32", "float64")
 
 OPTION = {o.name: o for o in OPTIONS}
@@ -127,16 +142,18 @@ FUNCTIONAL_NAMES = tuple(f for f in Hypers._fields
 
 class Slot(NamedTuple):
     """One per-parameter state buffer: its name in state_dicts and
-    checkpoints, when it exists (``needs``: "always", "amsgrad" or
-    "master"), its dtype ("state": the resolved state_dtype; "float32") and
-    how it starts ("zeros", or "param": the parameter's value).  Every slot
-    has the parameter's shape and memory order."""
+    checkpoints, when it exists (``needs``: "always", "amsgrad",
+    "master" or "int8": 8-bit state), its dtype ("state": the resolved state_dtype; "float32") and
+    how it starts ("zeros", or "param": the parameter's value) and its
+    shape: the parameter's shape and memory order, or ("blocks", the scales
+    of 8-bit state) one float32 per QUANT_BLOCK elements."""
 
     name: str
     needs: str
     dtype: str
     init: str
     doc: str
+    shape: str = "param"    # or "blocks": one value per QUANT_BLOCK elements, 1-D
 
 
 SLOTS = (
@@ -144,7 +161,13 @@ SLOTS = (
     Slot("exp_avg_sq", "always", "state", "zeros", "second moment estimate v"),
     Slot("max_exp_avg_sq", "amsgrad", "state", "zeros", "running maximum of v (amsgrad)"),
     Slot("master_param", "master", "float32", "param", "float32 master copy of a 16-bit parameter"),
+    Slot("exp_avg_absmax", "int8", "float32", "zeros",
+         "per-block scale of the 8-bit exp_avg codes", "blocks"),
+    Slot("exp_avg_sq_absmax", "int8", "float32", "zeros",
+         "per-block scale of the 8-bit exp_avg_sq codes", "blocks"),
 )
+#: The 8-bit slots and the slot holding their scales.
+SCALE_SLOT = {"exp_avg": "exp_avg_absmax", "exp_avg_sq": "exp_avg_sq_absmax"}
 SLOT_NAMES = tuple(s.name for s in SLOTS)
 SLOT = {s.name: s for s in SLOTS}
 
@@ -156,19 +179,29 @@ def uses_master(param_dtype, hypers):
     return bool(hypers.master_weights)
 
 
-def state_dtype_for(param_dtype, hypers):
-    """The moments' storage dtype (name) for a parameter of this dtype."""
+def state_dtype_for(param_dtype, hypers, size=None):
+    """The moments' storage dtype (name) for a parameter of this dtype and
+    ``size`` elements (None: large): "int8" falls back to float32 below
+    ``min_8bit_size`` elements or one block."""
+    if hypers.state_dtype == "int8" and size is not None \
+            and size < max(hypers.min_8bit_size, QUANT_BLOCK):
+        return "float32"
     if hypers.state_dtype is not None:
         return hypers.state_dtype
     return "float32" if param_dtype in SIXTEEN_BIT else param_dtype
 
 
-def slots_for(hypers, param_dtype="float32"):
-    """{slot name: dtype name} of the slots a parameter of this dtype
-    stepping with ``hypers`` needs."""
+def nblocks(size):
+    """The number of QUANT_BLOCK blocks (the last may be shorter) of size elements."""
+    return -(-int(size) // QUANT_BLOCK)
+
+
+def slots_for(hypers, param_dtype="float32", size=None):
+    """{slot name: dtype name} of the slots a parameter of this dtype and
+    size stepping with ``hypers`` needs."""
+    state = state_dtype_for(param_dtype, hypers, size)
     on = {"always": True, "amsgrad": hypers.amsgrad,
-          "master": uses_master(param_dtype, hypers)}
-    state = state_dtype_for(param_dtype, hypers)
+          "master": uses_master(param_dtype, hypers), "int8": state == "int8"}
     return {s.name: (state if s.dtype == "state" else s.dtype)
             for s in SLOTS if on[s.needs]}
 
@@ -204,7 +237,9 @@ def functional_signature():
     params = [P(n, P.POSITIONAL_OR_KEYWORD)
               for n in ("param", "grad", "exp_avg", "exp_avg_sq")]
     params += [P("step", P.KEYWORD_ONLY), P("max_exp_avg_sq", P.KEYWORD_ONLY, default=None),
-               P("master_param", P.KEYWORD_ONLY, default=None)]
+               P("master_param", P.KEYWORD_ONLY, default=None),
+               P("exp_avg_absmax", P.KEYWORD_ONLY, default=None),
+               P("exp_avg_sq_absmax", P.KEYWORD_ONLY, default=None)]
     for o in OPTIONS:
         if not o.functional:
             continue
@@ -227,7 +262,7 @@ def parameters_doc(variant):
         default = o.default_for(variant)
         kind = {"lr": "float or callable", "betas": "(float, float)", "real": "float",
                 "bool": "bool", "choice": "str or None" if None in o.choices else "str",
-                "optbool": "bool or None", "seed": "int or None"}[o.kind]
+                "optbool": "bool or None", "seed": "int or None", "count": "int"}[o.kind]
         lines.append(f"{o.name} : {kind}, default {default!r}")
         lines.append(f"    {o.doc}")
     return "\n".join(lines)

@@ -120,7 +120,19 @@ def _check_option(o, value, where):
         return (None if value is None else check_bool(value, o.name, where),)
     if o.kind == "seed":
         return (check_seed(value, where),)
+    if o.kind == "count":
+        return (check_count(value, o.name, where),)
     return (check_choice(value, o.name, o.choices, where),)
+
+
+def check_count(value, name, where=""):
+    """An int >= 0 (a number of elements)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an int >= 0, got {type(value).__name__}{_where(where)}")
+    if not 0 <= int(value) < 2**62:
+        raise ValueError(f"{name} must be in [0, 2**62), got {value}{_where(where)}")
+    return int(value)
 
 
 def check_seed(seed, where=""):
@@ -228,16 +240,35 @@ def dtype_name(dt):
     return None
 
 
-def check_storage(param_dtype, h, label, where=""):
+def state_name(dt):
+    """The storage name of a state array's dtype: dtype_name's, or "int8"
+    for the uint8 codes of 8-bit state."""
+    if dt == np.uint8:
+        return "int8"
+    return dtype_name(dt)
+
+
+def check_storage(param_dtype, h, label, where="", size=None):
     """The storage options of a group (``h``: its Hypers) fit a parameter of
-    this dtype (a name); refused combinations say why."""
+    this dtype (a name) and size; refused combinations say why."""
     sixteen = param_dtype in _spec.SIXTEEN_BIT
+    if h.state_dtype == "int8" and h.amsgrad:
+        raise ValueError(
+            f"state_dtype='int8'{_where(where)} with amsgrad=True: amsgrad's running "
+            "maximum of v needs more precision than 8-bit codes keep (its maximum "
+            "would be requantized every step); use amsgrad=False, or a float "
+            "state_dtype")
+    if h.state_dtype == "int8" and param_dtype == "float64":
+        raise ValueError(
+            f"state_dtype='int8'{_where(where)} with {label} in float64: 8-bit "
+            "moments lose more than float64 parameters gain; use float32 (or 16-bit) "
+            "parameters, or keep float64 state (state_dtype=None)")
     if h.master_weights and not sixteen:
         raise ValueError(
             f"master_weights=True{_where(where)}, but {label} is {param_dtype}: master "
             "weights are a float32 copy of a float16/bfloat16 parameter; leave "
             "master_weights=None (or False) for it")
-    state = _spec.state_dtype_for(param_dtype, h)
+    state = _spec.state_dtype_for(param_dtype, h, size)
     if param_dtype == "float64" and state != "float64":
         raise ValueError(
             f"state_dtype={h.state_dtype!r}{_where(where)} with {label} in float64: "
@@ -257,9 +288,9 @@ def check_storage(param_dtype, h, label, where=""):
             ) from None
 
 
-def rounds_to_16_bits(param_dtype, h):
+def rounds_to_16_bits(param_dtype, h, size=None):
     """Whether a parameter of this dtype writes any 16-bit value when stepped."""
-    return (_spec.state_dtype_for(param_dtype, h) in _spec.SIXTEEN_BIT
+    return (_spec.state_dtype_for(param_dtype, h, size) in _spec.SIXTEEN_BIT
             or (param_dtype in _spec.SIXTEEN_BIT and not _spec.uses_master(param_dtype, h)))
 
 
@@ -267,9 +298,10 @@ def check_group_storage(h, params, labels, where):
     """Every parameter of a group fits its storage options, and stochastic
     rounding has a 16-bit rounding to do."""
     names = [dtype_name(p.dtype) for p in params]
-    for name, lab in zip(names, labels):
-        check_storage(name, h, lab, where)
-    if h.stochastic_rounding and not any(rounds_to_16_bits(n, h) for n in names):
+    for name, p, lab in zip(names, params, labels):
+        check_storage(name, h, lab, where, p.size)
+    if h.stochastic_rounding and not any(rounds_to_16_bits(n, h, p.size)
+                                         for n, p in zip(names, params)):
         raise ValueError(
             f"stochastic_rounding=True{_where(where)}, but no parameter of the group "
             "is rounded to 16 bits (float16/bfloat16 parameters without master "
@@ -312,7 +344,7 @@ def check_array(a, label, role="param"):
             f"convert it with np.asarray(x, dtype=np.float32){keep}"
         )
     dt = a.dtype
-    if dtype_name(dt) is None:
+    if dtype_name(dt) is None and not (role == "codes" and dt == np.uint8):
         raise TypeError(
             f"{label} must have dtype float32 or float64 (or float16, or "
             f"ml_dtypes.bfloat16), got {dt}; convert it with .astype(np.float32){keep}"
@@ -406,14 +438,45 @@ def check_no_overlap(a, label, spans):
         )
 
 
-def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, h):
+def check_scales(codes, scales, label, codes_label):
+    """The float32 per-block scales of a functional step's 8-bit codes."""
+    if scales is None:
+        raise ValueError(
+            f"{codes_label} holds 8-bit codes (uint8): pass {label}=, its float32 "
+            f"scales, one per {_spec.QUANT_BLOCK} elements (zeros before the first step)")
+    check_array(scales, label, role="state")
+    check_writeable(scales, label)
+    nb = _spec.nblocks(codes.size)
+    if scales.dtype != np.float32 or scales.shape != (nb,):
+        raise ValueError(
+            f"{label} must be float32 of shape ({nb},) for {codes.size} elements "
+            f"(one scale per {_spec.QUANT_BLOCK}), got {scales.dtype} {scales.shape}")
+
+
+def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, h,
+                       exp_avg_absmax=None, exp_avg_sq_absmax=None):
     """Validate the buffers of a functional step (shared with the reference):
     the state buffers share one dtype, which the storage rules allow for the
     parameter (``h``: the step's Hypers; its state_dtype and master_weights
-    are taken from the buffers)."""
+    are taken from the buffers).  uint8 moments are 8-bit codes, with their
+    scales in exp_avg_absmax and exp_avg_sq_absmax."""
     check_array(param, "param")
     check_writeable(param, "param")
     pname = dtype_name(param.dtype)
+    q8 = isinstance(exp_avg, np.ndarray) and exp_avg.dtype == np.uint8
+    if q8:
+        check_storage(pname, h._replace(state_dtype="int8"), "param")
+        for name, a in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+            check_array(a, name, role="codes")
+            check_writeable(a, name)
+            if a.dtype != np.uint8:
+                raise TypeError(f"{name} must be uint8 codes like exp_avg, got {a.dtype}")
+            check_like(a, param, name, "param", any_float=True)
+        check_scales(exp_avg, exp_avg_absmax, "exp_avg_absmax", "exp_avg")
+        check_scales(exp_avg_sq, exp_avg_sq_absmax, "exp_avg_sq_absmax", "exp_avg_sq")
+    elif exp_avg_absmax is not None or exp_avg_sq_absmax is not None:
+        raise ValueError("exp_avg_absmax/exp_avg_sq_absmax go with uint8 (8-bit) "
+                         "exp_avg and exp_avg_sq; drop them for float moments")
     named = [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
     if h.amsgrad:
         if max_exp_avg_sq is None:
@@ -422,13 +485,16 @@ def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_
                 "zero-initialised before the first step"
             )
         named.append(("max_exp_avg_sq", max_exp_avg_sq))
-    for name, a in named:
+    for name, a in ([] if q8 else named):
         check_array(a, name)
         check_writeable(a, name)
         check_like(a, exp_avg if name != "exp_avg" else param, name,
                    "exp_avg" if name != "exp_avg" else "param", any_float=name == "exp_avg")
     written = [param] + [a for _, a in named]
     labels = ["param"] + [name for name, _ in named]
+    if q8:
+        written += [exp_avg_absmax, exp_avg_sq_absmax]
+        labels += ["exp_avg_absmax", "exp_avg_sq_absmax"]
     if master_param is not None:
         check_array(master_param, "master_param")
         check_writeable(master_param, "master_param")
@@ -437,7 +503,7 @@ def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_
         check_like(master_param, param, "master_param", "param", any_float=True)
         written.append(master_param)
         labels.append("master_param")
-    storage = h._replace(state_dtype=dtype_name(exp_avg.dtype),
+    storage = h._replace(state_dtype=state_name(exp_avg.dtype),
                          master_weights=master_param is not None)
     check_storage(pname, storage, "param")
     if h.stochastic_rounding and not rounds_to_16_bits(pname, storage):
@@ -478,10 +544,11 @@ def functional_values(step, options):
 
 
 def check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, step,
-                     options):
+                     options, exp_avg_absmax=None, exp_avg_sq_absmax=None):
     """Validate adam_step's arguments; return (t, Hypers)."""
     t, h = functional_values(step, options)
-    check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, h)
+    check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, h,
+                       exp_avg_absmax, exp_avg_sq_absmax)
     return t, h
 
 
@@ -744,6 +811,11 @@ def check_state_dict(sd, param_groups, params, names, variant):
             "returned by state_dict()"
         )
     groups, state = sd["param_groups"], sd["state"]
+    version = sd.get("quant_map_version", _spec.QUANT_MAP_VERSION)
+    if version != _spec.QUANT_MAP_VERSION or isinstance(version, bool):
+        raise ValueError(
+            f"state_dict['quant_map_version'] is {version!r}: this adamc's 8-bit codes "
+            f"index map version {_spec.QUANT_MAP_VERSION} only")
     if not isinstance(groups, (list, tuple)) or not isinstance(state, Mapping):
         raise TypeError(
             "state_dict['param_groups'] must be a list and state_dict['state'] a dict"
@@ -821,9 +893,12 @@ def check_state_dict(sd, param_groups, params, names, variant):
                 f"{where}['step'] must be between 0 and 2**62 - 1, got {step}")
         p = params[i]
         h = group_hypers[group_of[i]]
-        # amsgrad's maximum is kept while amsgrad is off (it resumes from it)
-        want = _spec.slots_for(h._replace(amsgrad=True), dtype_name(p.dtype))
+        # amsgrad's maximum is kept while amsgrad is off (it resumes from it);
+        # 8-bit state has none
+        int8 = _spec.state_dtype_for(dtype_name(p.dtype), h, p.size) == "int8"
+        want = _spec.slots_for(h._replace(amsgrad=not int8), dtype_name(p.dtype), p.size)
         entry = {"step": int(step)}
+        check_int8_entry(e, want, p, where, param_label(names, i))
         for key in SLOT_NAMES:
             if key not in e:
                 continue
@@ -831,10 +906,16 @@ def check_state_dict(sd, param_groups, params, names, variant):
             lab = f"{where}[{key!r}]"
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"{lab} must be a numpy.ndarray, got {type(a).__name__}")
+            if key in _spec.SCALE_SLOT.values():
+                entry[key] = (a, want[key])   # checked with its codes above
+                continue
             if key not in want:
                 raise ValueError(
                     f"{lab}: {param_label(names, i)} has no {key} with these options "
                     f"(its slots: {', '.join(want)})")
+            if a.dtype == np.uint8 and want[key] == "int8":
+                entry[key] = (a, want[key])
+                continue
             if dtype_name(a.dtype) is None:
                 raise TypeError(
                     f"{lab} has dtype {a.dtype}; state is float16, bfloat16, float32 or "
@@ -849,8 +930,52 @@ def check_state_dict(sd, param_groups, params, names, variant):
     return updates, checked
 
 
+def check_int8_entry(e, want, p, where, plab):
+    """The 8-bit parts of one state_dict entry: uint8 codes come with their
+    scales (finite, >= 0, one per 256 elements), only into a parameter whose
+    options ask for 8-bit state and in its memory order; full-precision
+    moments for an 8-bit parameter are quantized by value (no scales)."""
+    for key, scale in _spec.SCALE_SLOT.items():
+        a, sc = e.get(key), e.get(scale)
+        if isinstance(a, np.ndarray) and a.dtype == np.uint8:
+            if want.get(key) != "int8":
+                raise ValueError(
+                    f"{where}[{key!r}] holds 8-bit codes, but {plab} keeps "
+                    f"{want.get(key, 'no')} {key} with these options: load it into an "
+                    "optimizer with state_dtype='int8' (and the same min_8bit_size), or "
+                    "dequantize it first (adamc.reference.dequantize_blockwise)")
+            if not isinstance(sc, np.ndarray):
+                raise ValueError(
+                    f"{where} has 8-bit {key} codes but no {scale!r} array (its "
+                    "per-block scales)")
+            if a.shape != p.shape:
+                raise ValueError(
+                    f"{where}[{key!r}] has shape {a.shape} but {plab} has {p.shape}")
+            if p.ndim > 1 and order_of(a) != order_of(p):
+                raise ValueError(
+                    f"{where}[{key!r}] is in {order_of(a)} order but {plab} in "
+                    f"{order_of(p)} order: 8-bit blocks follow memory order; pass the "
+                    "codes as state_dict() gave them")
+            nb = _spec.nblocks(p.size)
+            if sc.dtype != np.float32 or sc.shape != (nb,):
+                raise ValueError(
+                    f"{where}[{scale!r}] must be float32 of shape ({nb},) (one scale per "
+                    f"{_spec.QUANT_BLOCK} elements of {plab}), got {sc.dtype} {sc.shape}")
+            if not np.all(np.isfinite(sc)) or np.any(sc < 0):
+                raise ValueError(
+                    f"{where}[{scale!r}] has a non-finite or negative scale: a block's "
+                    "scale is its largest |value|, finite and >= 0 (a corrupted state?)")
+        elif sc is not None:
+            raise ValueError(
+                f"{where}[{scale!r}] goes with uint8 {key} codes, but {key} is "
+                f"{'missing' if a is None else getattr(a, 'dtype', type(a).__name__)}")
+
+
 def storage_dtype(name):
-    """The NumPy dtype of a storage name (bfloat16 through ml_dtypes)."""
+    """The NumPy dtype of a storage name (bfloat16 through ml_dtypes; "int8":
+    the uint8 codes of 8-bit state)."""
+    if name == "int8":
+        return np.dtype(np.uint8)
     if name == "bfloat16":
         import ml_dtypes
         return np.dtype(ml_dtypes.bfloat16)
@@ -861,9 +986,9 @@ def check_state_fits(state, want, label):
     """A parameter's existing state has the slots' dtypes its options now
     ask for (state_dtype and master_weights are fixed once state exists)."""
     for slot, a in (state or {}).items():
-        if slot in want and dtype_name(a.dtype) != want[slot]:
+        if slot in want and state_name(a.dtype) != want[slot]:
             raise ValueError(
-                f"the {slot} of {label} is {dtype_name(a.dtype)}, but the options now "
+                f"the {slot} of {label} is {state_name(a.dtype)}, but the options now "
                 f"ask for {want[slot]}: state_dtype and master_weights cannot change "
                 "after the first step; build the optimizer with them, or convert "
                 "through state_dict()/load_state_dict() on a new optimizer")

@@ -35,16 +35,18 @@ from . import _spec
 __all__ = ["save_state", "load_state"]
 
 FORMAT_NAME = "adamc-optimizer-state"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Versions this reader accepts: 1 (float32/float64 state), 2 (adds float16,
-#: bfloat16 and the master_param slot).
-READ_VERSIONS = (1, 2)
+#: bfloat16 and the master_param slot), 3 (adds 8-bit state: uint8 codes of
+#: dynamic-map version 1 and the exp_avg_absmax/exp_avg_sq_absmax scales).
+READ_VERSIONS = (1, 2, 3)
 
 _HEADER = "header.npy"
 _DIGEST = "sha256.npy"
 _BUFFERS = _spec.SLOT_NAMES
 _DTYPES = {"<f2": np.dtype("<f2"), "<f4": np.dtype("<f4"), "<f8": np.dtype("<f8"),
-           "bfloat16": np.dtype("<u2")}  # bfloat16: its bits, as little-endian uint16
+           "bfloat16": np.dtype("<u2"),  # bfloat16: its bits, as little-endian uint16
+           "|u1": np.dtype("|u1")}       # version 3: 8-bit state codes (map version 1)
 _TOP_KEYS = {"format", "version", "optimizer", "adamc_version", "param_groups",
              "state", "arrays"}
 _CHUNK = 1 << 22  # bytes per write call
@@ -148,10 +150,10 @@ def _encode(opt, sd, scaler_state=None):
             bf16 = e[key].dtype.name == "bfloat16" and e[key].dtype.itemsize == 2
             a, order = _le(e[key].view(np.uint16) if bf16 else e[key])
             tag = "bfloat16" if bf16 else a.dtype.str
-            if tag not in _DTYPES or (not bf16 and a.dtype.kind != "f"):
+            if tag not in _DTYPES or (not bf16 and a.dtype.kind not in "fu"):
                 raise ValueError(
                     f"cannot save state[{i}][{key!r}]: dtype {e[key].dtype} is not "
-                    "float16, bfloat16, float32 or float64"
+                    "float16, bfloat16, float32, float64 or uint8 (8-bit codes)"
                 )
             ent[key] = len(arrays)
             arrays.append(a)
@@ -161,7 +163,8 @@ def _encode(opt, sd, scaler_state=None):
 
     doc = {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        # files without 8-bit state stay readable by version-2 readers
+        "version": FORMAT_VERSION if any(m["dtype"] == "|u1" for m in metas) else 2,
         "optimizer": type(opt).__name__,
         "adamc_version": __version__,
         "param_groups": groups,
@@ -395,6 +398,9 @@ def _parse_header(doc):
         if version == 1 and m["dtype"] not in ("<f4", "<f8"):
             raise _Bad(f"the header's arrays[{k}] has dtype {m['dtype']}, which version 1 "
                        "files do not hold")
+        if version < 3 and m["dtype"] == "|u1":
+            raise _Bad(f"the header's arrays[{k}] has dtype |u1 (8-bit codes), which "
+                       f"version {version} files do not hold")
     return metas
 
 

@@ -78,7 +78,9 @@ class AdamW(Adam):
 def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
               exp_avg_sq: np.ndarray, *, step: int,
               max_exp_avg_sq: np.ndarray | None = None,
-              master_param: np.ndarray | None = None, **options: Any) -> None:
+              master_param: np.ndarray | None = None,
+              exp_avg_absmax: np.ndarray | None = None,
+              exp_avg_sq_absmax: np.ndarray | None = None, **options: Any) -> None:
     """One fused Adam/AdamW update of one parameter, in place.
 
     Parameters
@@ -96,6 +98,10 @@ def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
     master_param : ndarray, float32, param's shape, optional      # IN/OUT
         The float32 master copy of a 16-bit param (start: param's values):
         it is stepped, and param receives its rounded value.
+    exp_avg_absmax, exp_avg_sq_absmax : ndarray, float32, optional  # IN/OUT
+        With 8-bit moments (exp_avg and exp_avg_sq uint8 codes: state_dtype
+        "int8"), their per-block scales, ceil(param.size / 256) each (zeros
+        and codes of 0.0 before step 1: ``reference.quantize_blockwise``).
     {options} (keywords)
         As for :class:`Adam` (``lr`` must be a number here; ``betas`` is
         given as ``beta1`` and ``beta2``).
@@ -109,12 +115,14 @@ def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
     >>> p
     array([0.99, 2.01])
     """
-    if master_param is not None or not _kernels.try_adam_step(
-            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, options):
+    if master_param is not None or exp_avg_absmax is not None \
+            or exp_avg_sq_absmax is not None or not _kernels.try_adam_step(
+                param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, options):
         t, h = V.check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-                                  master_param, step, options)
+                                  master_param, step, options, exp_avg_absmax,
+                                  exp_avg_sq_absmax)
         _kernels.step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, t, h,
-                              master_param)
+                              master_param, exp_avg_absmax, exp_avg_sq_absmax)
 
 
 adam_step.__signature__ = _spec.functional_signature()

@@ -21,7 +21,8 @@ from . import _spec
 from . import _validation as V
 from ._base import _Optimizer
 
-__all__ = ["Adam", "AdamW", "adam_step"]
+__all__ = ["Adam", "AdamW", "adam_step", "dynamic_map", "quantize_blockwise",
+           "dequantize_blockwise"]
 
 
 def _update(p, grad, m, v, vmax, t, h, factor=1.0):
@@ -160,18 +161,150 @@ def _step_storage(p, g, st, t, h, index, factor=1.0):
     master = st.get("master_param")
     pw = master if master is not None else (p if p.dtype == c else p.astype(c, order="K"))
     slots = [s for s in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if s in st]
-    work = {s: (st[s] if st[s].dtype == c else st[s].astype(c, order="K")) for s in slots}
+    # 8-bit state: dequantize, step with the fresh float32 moments, requantize
+    # (as bitsandbytes' blockwise 8-bit update: the parameter sees the new m
+    # and v before they are quantized)
+    work = {s: (dequantize_blockwise(st[s], st[_spec.SCALE_SLOT[s]], s == "exp_avg")
+                if st[s].dtype == np.uint8 else
+                st[s] if st[s].dtype == c else st[s].astype(c, order="K")) for s in slots}
     _update(pw, g.astype(c) if g.dtype.itemsize == 2 else g, work["exp_avg"],
             work["exp_avg_sq"], work.get("max_exp_avg_sq"), t, h, factor)
     if p.dtype != c:
         _write(p, round_to(pw, p.dtype, None if master is not None else keys[0]))
     for k, s in zip(keys[1:], slots):
-        if st[s].dtype != c:
+        if st[s].dtype == np.uint8:
+            codes, absmax = quantize_blockwise(work[s], s == "exp_avg")
+            _write(st[s], codes)
+            _write(st[_spec.SCALE_SLOT[s]], absmax)
+        elif st[s].dtype != c:
             _write(st[s], round_to(work[s], st[s].dtype, k))
 
 
+# ---------------------------------------------------------------------------
+# 8-bit blockwise state (state_dtype="int8"): the NumPy twins of csrc/quant.h
+# and blocked.inc's 8-bit path.  The format is bitsandbytes' blockwise dynamic
+# quantization (Dettmers et al. 2022); docs/int8-state.md describes it.
+
+BLOCK = _spec.QUANT_BLOCK
+_MAPS = {}
+
+
+def _linspace32(n):
+    """torch.linspace(0.1, 1, n, dtype=float32) as torch's CPU kernel computes
+    it: step = (1 - 0.1) / (n - 1) in float32; element i is start + i * step
+    for the first half, end - (n - 1 - i) * step for the rest, each rounded
+    once to float32 (the product is exact in float64, and so is the sum:
+    the terms are within a few binades of each other)."""
+    start, end = np.float32(0.1), np.float32(1.0)
+    step = np.float64(np.float32((end - start) / np.float32(n - 1)))
+    i = np.arange(n, dtype=np.float64)
+    lo = np.float64(start) + i * step
+    hi = np.float64(end) - (n - 1 - i) * step
+    return np.where(np.arange(n) < n // 2, lo, hi).astype(np.float32)
+
+
+def dynamic_map(signed):
+    """The 256 values (sorted float32) that an 8-bit code indexes: the dynamic
+    map of bitsandbytes' ``create_dynamic_map(signed)`` (map version 1).
+
+    Decade j = 0..6 (values in [10^(j-6) * 0.1, 10^(j-6)]) holds 2^j values
+    per sign (signed, for exp_avg) or 2^(j+1) (unsigned, for exp_avg_sq): the
+    midpoints of ``linspace(0.1, 1, count + 1)``, times 10^(j-6); then 0 and
+    1.0.  All in float32 arithmetic as bitsandbytes computes it with torch:
+    the linspace as torch's kernel (:func:`_linspace32`), the midpoints
+    ``(a + b) / 2`` and the product with ``float32(10^(j-6))`` each rounded to
+    float32 (checked against bitsandbytes 0.50.2 in tests/test_int8_state.py
+    when it is installed).  Returns a read-only array.
+    """
+    signed = bool(signed)
+    if signed not in _MAPS:
+        data = []
+        for j in range(7):
+            b = _linspace32((2**j if signed else 2**(j + 1)) + 1)
+            means = (b[:-1] + b[1:]) / np.float32(2.0)
+            scale = np.float32(10.0 ** (j - 6))
+            data.append(scale * means)
+            if signed:
+                data.append(-scale * means)
+        data.append(np.array([0.0, 1.0], dtype=np.float32))
+        m = np.sort(np.concatenate(data).astype(np.float32))
+        assert m.size == 256
+        m.flags.writeable = False
+        mid = (m[:-1] + m[1:]) / np.float32(2.0)
+        mid.flags.writeable = False
+        _MAPS[signed] = (m, mid)
+    return _MAPS[signed][0]
+
+
+def _midpoints(signed):
+    """The 255 float32 midpoints (m[i] + m[i+1]) / 2 a value is compared with."""
+    dynamic_map(signed)
+    return _MAPS[bool(signed)][1]
+
+
+def _blocks(flat):
+    """flat (1-D) as rows of BLOCK, the last padded with zeros."""
+    nb = -(-flat.size // BLOCK)
+    pad = np.zeros(nb * BLOCK, dtype=np.float32)
+    pad[:flat.size] = flat
+    return pad.reshape(nb, BLOCK)
+
+
+def quantize_blockwise(x, signed):
+    """8-bit codes and per-block scales of the float32 array ``x``.
+
+    The elements, in memory order (C order for a C-contiguous array), go in
+    blocks of 256 (the last may be shorter).  A block's scale ``absmax`` is
+    the largest |x| (NaN if any element is NaN).  Each element is normalized
+    as ``x * r`` with ``r = float32(1 / absmax)``, or ``1 / 1e-38`` when
+    absmax is below 1e-38 or NaN (a float32
+    reciprocal, then a float32 product; a NaN product counts as 0), and its
+    code is the number of midpoints of :func:`dynamic_map` strictly below it:
+    the nearest map value, a value exactly on a midpoint taking the lower
+    code (bitsandbytes' ``bucketize`` rule).  Returns ``(codes, absmax)``:
+    uint8 codes of x's shape and memory order, float32 scales of
+    ``ceil(x.size / 256)``.
+    """
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise TypeError(f"quantize_blockwise takes float32 values, got {x.dtype}")
+    order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
+    flat = x.ravel(order=order)
+    rows = _blocks(flat)
+    tiny = np.float32(1e-38)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        absmax = np.abs(rows).max(axis=1)  # NaN-propagating
+        absmax[np.isnan(absmax)] = np.nan  # the canonical quiet NaN, as the kernel
+        r = np.float32(1.0) / np.where(absmax >= tiny, absmax, tiny)
+        s = rows * r[:, None]
+    s[np.isnan(s)] = 0.0
+    codes = np.searchsorted(_midpoints(signed), s.ravel()[:flat.size], side="left")
+    codes = codes.astype(np.uint8).reshape(x.shape, order=order)
+    return codes, absmax.astype(np.float32)
+
+
+def dequantize_blockwise(codes, absmax, signed):
+    """The float32 values of 8-bit codes: ``map[code] * absmax`` of the
+    code's block (float32 product), codes in memory order as
+    :func:`quantize_blockwise` gives them."""
+    codes = np.asarray(codes)
+    absmax = np.asarray(absmax, dtype=np.float32)
+    if codes.dtype != np.uint8:
+        raise TypeError(f"dequantize_blockwise takes uint8 codes, got {codes.dtype}")
+    if absmax.shape != (-(-codes.size // BLOCK),):
+        raise ValueError(
+            f"absmax has shape {absmax.shape}; {codes.size} codes need "
+            f"({-(-codes.size // BLOCK)},), one scale per {BLOCK} elements")
+    order = "F" if codes.flags.f_contiguous and not codes.flags.c_contiguous else "C"
+    flat = codes.ravel(order=order)
+    vals = dynamic_map(signed)[flat]
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = vals * np.repeat(absmax, BLOCK)[:flat.size]
+    return out.reshape(codes.shape, order=order)
+
+
 def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, max_exp_avg_sq=None,
-              master_param=None, **options):
+              master_param=None, exp_avg_absmax=None, exp_avg_sq_absmax=None, **options):
     """The NumPy twin of :func:`adamc.adam_step` (same arguments and checks).
 
     Examples
@@ -184,8 +317,10 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, max_exp_avg_sq=None,
     array([0.99, 2.01])
     """
     t, h = V.check_functional(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-                              master_param, step, options)
+                              master_param, step, options, exp_avg_absmax, exp_avg_sq_absmax)
     st = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    if exp_avg.dtype == np.uint8:
+        st["exp_avg_absmax"], st["exp_avg_sq_absmax"] = exp_avg_absmax, exp_avg_sq_absmax
     if h.amsgrad:
         st["max_exp_avg_sq"] = max_exp_avg_sq
     if master_param is not None:

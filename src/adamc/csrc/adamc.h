@@ -13,8 +13,9 @@
 extern "C" {
 #endif
 
-/* Storage types (param, gradient, state). */
-enum { ADAMC_F32 = 0, ADAMC_F64 = 1, ADAMC_F16 = 2, ADAMC_BF16 = 3 };
+/* Storage types (param, gradient, state).  ADAMC_Q8: 8-bit blockwise state
+ * (uint8 codes, one float32 scale per 256 elements: quant.h). */
+enum { ADAMC_F32 = 0, ADAMC_F64 = 1, ADAMC_F16 = 2, ADAMC_BF16 = 3, ADAMC_Q8 = 4 };
 
 /* Where epsilon enters the denominator (adamc_hyper.eps_mode). */
 enum {
@@ -93,6 +94,8 @@ typedef struct {
     int state_dtype;          /* exp_avg, exp_avg_sq, max_exp_avg_sq     */
     int sr;                   /* round to 16 bits stochastically         */
     uint32_t sr_keys[4];      /* streams: param, exp_avg, exp_avg_sq, max */
+    float *exp_avg_absmax;    /* IN/OUT with ADAMC_Q8 state: one scale per */
+    float *exp_avg_sq_absmax; /* 256 elements (blocks never split: step.c) */
 } adamc_task;
 
 /* The stochastic-rounding keys of one parameter's step: a pure function of
@@ -272,6 +275,12 @@ typedef struct {
 } adamc_tune_row;
 int adamc_tune_rows(adamc_tune_row *out, int max);
 void adamc_tune_reset(void);
+
+/* The 8-bit state's tables (quant.c): once, at import; 0 on success. */
+int adamc_quant_init(void);
+/* Quantize n float32 values (blocks of 256 from x[0]) with the portable
+ * code: codes c[n], scales absmax[ceil(n / 256)]; signed: exp_avg's map. */
+void adamc_quantize(int is_signed, const float *x, uint8_t *c, float *absmax, int64_t n);
 
 /* ISA variants (kernel_<isa>.c, dispatch.c). */
 const adamc_kernel *adamc_kernel_baseline(void);

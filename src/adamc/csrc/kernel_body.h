@@ -9,6 +9,7 @@
 #include <string.h>
 #include "adamc.h"
 #include "convert.h"
+#include "quant.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define ADAMC_ALWAYS_INLINE __attribute__((always_inline))
@@ -117,7 +118,9 @@
 static void ISA(adamc_range)(const adamc_task *t, int64_t lo, int64_t hi)
 {
     const int gd = t->grad_dtype, direct = adamc_direct_bytes(t);
-    if (direct == 8) {
+    if (t->state_dtype == ADAMC_Q8) {   /* 8-bit state: per 256-element block */
+        ISA(adamc_blocked_q8)(t, lo, hi);
+    } else if (direct == 8) {
         if (gd == ADAMC_F64)
             ISA(adamc_range_f64f64)(t, lo, hi);
         else

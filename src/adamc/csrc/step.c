@@ -3,6 +3,7 @@
  * (pool.c) or run serially, as tune.c's plan for the step says. */
 #include <math.h>
 #include "adamc.h"
+#include "quant.h"
 #include "convert.h"
 
 
@@ -96,6 +97,13 @@ void adamc_run_range(const adamc_kernel *k, const adamc_task *tasks,
         const adamc_task *t = &tasks[i];
         int64_t s = lo > t->offset ? lo - t->offset : 0;
         int64_t e = hi - t->offset < t->n ? hi - t->offset : t->n;
+        if (t->state_dtype == ADAMC_Q8) {
+            /* 8-bit state: a block of 256 goes whole to the range holding
+             * its first element, whatever the chunks (one scale per block) */
+            s = (s + ADAMC_QBLOCK - 1) / ADAMC_QBLOCK * ADAMC_QBLOCK;
+            e = e == t->n ? e : (e + ADAMC_QBLOCK - 1) / ADAMC_QBLOCK * ADAMC_QBLOCK;
+            e = e < t->n ? e : t->n;
+        }
         if (s < e)
             k->range(t, s, e);
     }
