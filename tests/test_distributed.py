@@ -18,14 +18,17 @@ from pathlib import Path
 import pytest
 
 WORKER = Path(__file__).with_name("_mpi_worker.py")
-SRC = Path(__file__).resolve().parents[1] / "src"
 #: Seconds a whole mpiexec job may take before it is killed (each takes 1-5 s).
 TIMEOUT = 120
 
 
 def _env():
+    """The children import the adamc this test imports (installed or not)."""
+    import adamc
+
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
+    here = str(Path(adamc.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     env.setdefault("ADAMC_NUM_THREADS", "1")  # N processes on 2 cores
     return env
 
