@@ -117,3 +117,28 @@ def test_killed_process_ends_the_job(tmp_path):
         lr=0.01)
     adamc.load_state(fresh, tmp_path / "ckpt.npz")
     assert fresh.state_dict()["state"][0]["step"] == 2
+
+
+def test_mlp_example_reaches_single_process_accuracy():
+    """examples/train_mlp_mpi.py under mpiexec -n 2 (each process half of
+    every batch) against the single-process adamc.Adam on the same batches."""
+    pytest.importorskip("sklearn")
+    example = Path(__file__).resolve().parents[1] / "examples" / "train_mlp_mpi.py"
+    if not example.exists():
+        pytest.skip("examples/ is not here (an installed copy of the tests)")
+    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", str(example),
+           "--epochs", "12", "--compare"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env(), start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"the example did not end within {TIMEOUT} s")
+    assert proc.returncode == 0, out[-3000:]
+    import re
+
+    dist = float(re.search(r"2 processes: test accuracy ([\d.]+)%", out).group(1))
+    single = float(re.search(r"1 process \(adamc.Adam\): test accuracy ([\d.]+)%",
+                             out).group(1))
+    assert dist >= 95.0 and abs(dist - single) <= 1.5, out
