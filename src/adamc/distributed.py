@@ -339,6 +339,13 @@ class Adam:
             V.check_group_storage(h, [self._params[i] for i in idx],
                                   [V.param_label(self._names, i) for i in idx], where)
             hypers.append(h)
+        for i, had in enumerate(self._had):  # storage options fixed once state exists
+            if had:
+                want = _spec.slots_for(hypers[self._group_of[i]],
+                                       V.dtype_name(self._params[i].dtype))
+                V.check_state_fits({s: np.empty(0, V.storage_dtype(d)) for s, d in had.items()},
+                                   want, V.param_label(self._names, i))
+        self._had_current = np.zeros(len(self._params), dtype=bool)
         sig = repr([h._replace(lr="schedule" if callable(h.lr) else h.lr) for h in hypers])
         self._hyper_cache = (ids, hypers, zlib.crc32(sig.encode()))
         return hypers, self._hyper_cache[2]
@@ -358,12 +365,6 @@ class Adam:
                     and (g.size <= 1 or g.flags.c_contiguous == p.flags.c_contiguous)):
                 V.explain_grad(p, g, V.param_label(self._names, i),
                                V.grad_label(self._names, i), [])
-            h = hypers[self._group_of[i]]
-            want = _spec.slots_for(h, V.dtype_name(p.dtype))
-            if self._had[i]:
-                V.check_state_fits({s: np.empty(0, V.storage_dtype(d))
-                                    for s, d in self._had[i].items()}, want,
-                                   V.param_label(self._names, i))
         table = {}
         for i, g in enumerate(glist):
             gi = self._group_of[i]
@@ -484,11 +485,15 @@ class Adam:
                     inner._step_factor(shard_grads, info.factor)
         t = time.perf_counter()
         timing["step"] += t - t1
+        current = self._had_current
         for i, g in enumerate(glist):
             if g is not None:
                 self._steps[i] += 1
-                h = hypers[self._group_of[i]]
-                self._had[i].update(_spec.slots_for(h, V.dtype_name(self._params[i].dtype)))
+                if not current[i]:  # its slots under these hyperparameters, once
+                    h = hypers[self._group_of[i]]
+                    self._had[i].update(_spec.slots_for(h, V.dtype_name(
+                        self._params[i].dtype)))
+                    current[i] = True
         if N > 1:
             for b in self._buckets:
                 if b.n == 0:
