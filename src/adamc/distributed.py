@@ -104,16 +104,22 @@ class _Bucket:
         return out
 
     def buffers(self, deterministic):
+        """One flat buffer per bucket, N*S gradient elements, serves the whole
+        step: the local gradients go in, the reduce-scatter leaves this
+        process's summed shard in its first S elements (in place), and the
+        all-gather then brings the parameters back through the same bytes
+        (a parameter is never wider than its gradient's sum).  With
+        ``deterministic``, the all-to-all needs a second one to receive in."""
         if self.grad is None:
             total = self.S * self.size
             self.grad = np.zeros(total, dtype=self.rdtype)
             self.recv = np.empty(total, dtype=self.rdtype) if deterministic else None
-            self.shard = np.zeros(self.S, dtype=self.rdtype)
-            self.gather = np.zeros(total, dtype=self.dtype)
+            self.shard = self.grad[:self.S]
+            self.gather = self.grad.view(np.uint8)[:total * self.dtype.itemsize].view(
+                self.dtype)
 
     def nbytes(self):
-        return sum(a.nbytes for a in (self.grad, self.recv, self.shard, self.gather)
-                   if a is not None)
+        return sum(a.nbytes for a in (self.grad, self.recv) if a is not None)
 
 
 class _Scheduled:
@@ -439,6 +445,7 @@ class Adam:
                         b.grad[off:off + n] = 0
                     else:
                         np.copyto(b.grad[off:off + n], _flat(g), casting="unsafe")
+                b.grad[b.n:] = 0  # the padding (the all-gather left parameters there)
                 t1 = time.perf_counter()
                 timing["pack"] += t1 - t
                 if self.deterministic:
@@ -448,7 +455,7 @@ class Adam:
                     for r in range(1, N):  # rank order, elementwise: reproducible
                         np.add(b.shard, rows[r], out=b.shard)
                 else:
-                    comm.Reduce_scatter_block(b.grad, b.shard, op=MPI.SUM)
+                    comm.Reduce_scatter_block(MPI.IN_PLACE, b.grad, op=MPI.SUM)
                 if self.average:
                     np.divide(b.shard, N, out=b.shard)
                 t = time.perf_counter()
@@ -534,9 +541,9 @@ class Adam:
                    for a in (eng.get_state(j) or {}).values())
 
     def buffer_bytes(self) -> int:
-        """Bytes of this process's communication buffers (a flat gradient
-        buffer and a flat parameter buffer per dtype, each the whole bucket;
-        with ``deterministic`` a second gradient-sized receive buffer)."""
+        """Bytes of this process's communication buffer: one flat buffer per
+        dtype, the size of all that dtype's gradients (float32 for 16-bit
+        ones), padded to a multiple of N; twice that with ``deterministic``."""
         return sum(b.nbytes() for b in self._buckets)
 
     # ------------------------------------------------------------------
