@@ -138,6 +138,34 @@ def check_equivalence():
             run_config(cfg, det)
 
 
+def check_named_and_tiny():
+    """Named parameters (mappings), a parameter of 2 elements with more
+    processes than elements (a process owns nothing), one of 0 elements."""
+    rng = np.random.default_rng(3)
+    arrays = {"w": rng.standard_normal(2).astype(np.float32),
+              "e": np.zeros(0, dtype=np.float32),
+              "b": rng.standard_normal(3)}
+    ref = {k: v.copy() for k, v in arrays.items()}
+    opt = D.Adam(arrays, lr=0.1, deterministic=True)
+    single = adamc.Adam(ref, lr=0.1)
+    names = list(arrays)
+    for t in range(3):
+        ps = [arrays[k] for k in names]
+        opt.step(dict(zip(names, grads_for(ps, t, RANK))))
+        single.step(dict(zip(names, summed([ref[k] for k in names], t, N))))
+    same_everywhere(list(arrays.values()))
+    assert all(np.array_equal(arrays[k], ref[k]) for k in names)
+    sd, sr = opt.state_dict(), single.state_dict()
+    assert sd["param_groups"][0]["param_names"] == names
+    for i, e in sr["state"].items():
+        for k, v in e.items():
+            assert np.array_equal(np.asarray(sd["state"][i][k]), np.asarray(v)), (i, k)
+    gs = dict(zip(names, grads_for([arrays[k] for k in names], 5, RANK)))
+    if RANK == 0:
+        gs["b"] = gs["b"].astype(np.float32).reshape(3, 1)
+    expect_error(lambda: opt.step(gs), ValueError, "grads['b']", *WHERE(0))
+
+
 def check_mixed_precision():
     import ml_dtypes
     spec = [((9, 4), np.float16, "C"), ((10,), ml_dtypes.bfloat16, "C"),
@@ -370,7 +398,8 @@ def check_kill(directory):
 
 
 SCENARIOS = {
-    "main": lambda d: (check_equivalence(), check_mixed_precision(), check_fused(),
+    "main": lambda d: (check_equivalence(), check_named_and_tiny(), check_mixed_precision(),
+                       check_fused(),
                        check_errors(), check_memory()),
     "save": check_save,
     "load": check_load,
