@@ -397,6 +397,22 @@ def check_kill(directory):
         opt.step(grads_for(ps, t, RANK))
 
 
+def check_abort(directory):
+    """A failure after the processes agreed to step (here an injected
+    MemoryError on the last process, inside the step's exchange): that
+    process calls MPI_Abort and the job ends, while the others wait in a
+    collective call."""
+    ps = make_params(SPEC)
+    opt = D.Adam(ps, lr=0.01)
+    opt.step(grads_for(ps, 0, RANK))
+    if RANK == N - 1:
+        def fail(*args):
+            raise MemoryError("injected")
+        opt._step = fail
+    opt.step(grads_for(ps, 1, RANK))
+    opt.step(grads_for(ps, 2, RANK))
+
+
 SCENARIOS = {
     "main": lambda d: (check_equivalence(), check_named_and_tiny(), check_mixed_precision(),
                        check_fused(),
@@ -404,6 +420,7 @@ SCENARIOS = {
     "save": check_save,
     "load": check_load,
     "kill": check_kill,
+    "abort": check_abort,
 }
 
 if __name__ == "__main__":

@@ -142,3 +142,11 @@ def test_mlp_example_reaches_single_process_accuracy():
     single = float(re.search(r"1 process \(adamc.Adam\): test accuracy ([\d.]+)%",
                              out).group(1))
     assert dist >= 95.0 and abs(dist - single) <= 1.5, out
+
+
+def test_failure_after_agreement_aborts_the_job(tmp_path):
+    """An error on one process after the processes agreed to step cannot be
+    agreed on: that process calls MPI_Abort, and the job ends (non-zero)
+    instead of leaving the others in their collective calls."""
+    rc, out = run_job(2, "abort", tmp_path)
+    assert rc != 0 and "calling MPI_Abort" in out and "MemoryError('injected')" in out, out
