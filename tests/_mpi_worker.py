@@ -362,6 +362,26 @@ def check_load(directory):
         for i, e in sr["state"].items():
             for k, v in e.items():
                 assert np.array_equal(np.asarray(sd["state"][i][k]), np.asarray(v)), (i, k)
+    # a schedule: stored as a marker, re-supplied by every process's optimizer
+    spath = os.path.join(directory, "sched.npz")
+    ps4 = make_params(SPEC)
+    opt4 = D.Adam(ps4, lr=SCHEDULE, deterministic=True)
+    for t in range(2):
+        opt4.step(grads_for(ps4, t, RANK))
+    opt4.save_state(spath)
+    ps5 = [p.copy(order="K") for p in ps4]
+    ref5 = [p.copy(order="K") for p in ps4]
+    opt5 = D.Adam(ps5, lr=SCHEDULE, deterministic=True)
+    opt5.load_state(spath)
+    single5 = adamc.Adam(ref5, lr=SCHEDULE)
+    adamc.load_state(single5, spath)
+    for t in range(2, 4):
+        opt5.step(grads_for(ps5, t, RANK))
+        single5.step(summed(ref5, t, N))
+    assert all(np.array_equal(a, b) for a, b in zip(ps5, ref5))
+    assert opt5.param_groups[0]["lr"] is SCHEDULE
+    expect_error(lambda: D.Adam(make_params(SPEC), lr=0.1).load_state(spath), ValueError,
+                 "schedule", *WHERE(0))
     # a bad file: every process raises the same error, nothing changes
     bad = os.path.join(directory, "bad.npz")
     if RANK == 0:

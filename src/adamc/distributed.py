@@ -31,7 +31,6 @@ mpi4py is imported when an optimizer is built, never by ``import adamc``.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -132,10 +131,6 @@ class _Scheduled:
 
     def __call__(self, t):
         return self.table[(self.gi, t)]
-
-
-class _Failed(Exception):
-    pass
 
 
 class Adam:
