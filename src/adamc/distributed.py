@@ -169,6 +169,11 @@ class Adam:
     Stochastic rounding works, with the seed of process 0, but draws
     different random numbers than a single process would.
 
+    Beyond :class:`adamc.Adam`'s attributes: ``comm``, ``rank``, ``size``;
+    ``state_bytes()`` and ``buffer_bytes()`` (this process's memory);
+    ``last_timing``, the seconds of the last step's parts ("check" (with
+    the agreement's wait), "pack", "reduce", "step", "gather", "unpack").
+
 {_spec.parameters_doc("Adam")}
     """
 
