@@ -9,6 +9,8 @@ Each N runs as ``mpiexec -n N python -m mpi4py bench/distributed.py --worker``
 (under a timeout); every process steps the same transformer-shaped float32
 parameters (adamc._bench.transformer_shapes, ~100 tensors, 2.9e7 elements).
 Times are medians over rounds of the slowest process's time per step.
+"N flat" rows: the parameters and the gradients are views of one flat
+buffer each, which the step reduce-scatters from and gathers into in place.
 Needs ``pip install "adamc[mpi]"``.  The model these figures check is in
 docs/distributed.md.
 """
@@ -43,6 +45,18 @@ def rss():
     return out["VmRSS"], out["VmHWM"]
 
 
+def flat_views(arrays):
+    """Copies of ``arrays`` as consecutive views of one flat buffer."""
+    base = np.empty(sum(a.size for a in arrays), dtype=arrays[0].dtype)
+    out, off = [], 0
+    for a in arrays:
+        v = base[off:off + a.size].reshape(a.shape)
+        v[...] = a
+        out.append(v)
+        off += a.size
+    return out
+
+
 def worker(args):
     from mpi4py import MPI
 
@@ -55,6 +69,8 @@ def worker(args):
     shapes = _bench.transformer_shapes()
     params, grads = _bench.make_problem(shapes, np.float32, seed=0)
     grads = [g * np.float32(1 + rank) for g in grads]
+    if args.flat:  # parameters and gradients as views of one flat buffer each
+        params, grads = flat_views(params), flat_views(grads)
     rss_before = rss()[0]
     opt = D.Adam(params, lr=1e-4)
     steps = args.steps
@@ -101,13 +117,14 @@ def worker(args):
         print("RESULT " + json.dumps(everything), flush=True)
 
 
-def run(n, args):
+def run(n, args, flat=False):
     here = os.path.dirname(sys.executable)
     mpiexec = os.path.join(here, "mpiexec")
     if not os.path.exists(mpiexec):
         mpiexec = shutil.which("mpiexec")
     cmd = [sys.executable, "-m", "mpi4py", os.path.abspath(__file__), "--worker",
-           "--rounds", str(args.rounds), "--steps", str(args.steps)]
+           "--rounds", str(args.rounds), "--steps", str(args.steps)] + (
+               ["--flat"] if flat else [])
     if n > 1:
         cmd = [mpiexec, "-n", str(n)] + cmd
     env = dict(os.environ)
@@ -127,12 +144,15 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--flat", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
     results = {}
     for n in [int(x) for x in args.procs.split(",")]:
         results[n] = run(n, args)
+    for n in [int(x) for x in args.procs.split(",") if int(x) > 1]:
+        results[f"{n} flat"] = run(n, args, flat=True)
     first = results[min(results)][0]
     print(f"# adamc.distributed on the transformer-shaped list ({first['tensors']} tensors, "
           f"{first['elements']:.3g} float32 elements); {first.get('machine', '')}")
@@ -141,13 +161,13 @@ def main(argv=None):
                                      capture_output=True, text=True).stdout.strip())
     print("# medians of rounds; ms per step (slowest process); parts per process "
           "(comm = reduce + gather; copies = pack + unpack)")
-    print(f"{'N':>2} {'step':>8} {'comm':>8} {'compute':>8} {'copies':>8} {'check':>7} "
+    print(f"{'N':>7} {'step':>8} {'comm':>8} {'compute':>8} {'copies':>8} {'check':>7} "
           f"{'state/proc':>11} {'buffers':>9} {'RSS/proc':>9}")
     for n, rs in results.items():
         r0 = rs[0]
         p = r0["parts"]
         comm_t = p["reduce"] + p["gather"]
-        print(f"{n:>2} {1e3 * r0['step']:8.2f} {1e3 * comm_t:8.2f} {1e3 * p['step']:8.2f} "
+        print(f"{n:>7} {1e3 * r0['step']:8.2f} {1e3 * comm_t:8.2f} {1e3 * p['step']:8.2f} "
               f"{1e3 * (p['pack'] + p['unpack']):8.2f} {1e3 * p['check']:7.3f} "
               f"{max(r['state_bytes'] for r in rs) / 2**20:9.1f}Mi "
               f"{max(r['buffer_bytes'] for r in rs) / 2**20:7.1f}Mi "

@@ -71,6 +71,36 @@ def _flat(a):
     return a.reshape(-1, order=_order(a))
 
 
+def _root(a):
+    """The ndarray that owns a's memory (the end of its chain of bases)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _run(arrays, dtype):
+    """A 1-D view of ``dtype`` over ``arrays`` if they lie end to end in one
+    buffer, in this order, each in its memory order (as a model whose
+    parameters or gradients are views of one flat array does); else None."""
+    if not arrays or any(a.dtype != dtype for a in arrays):
+        return None
+    root = _root(arrays[0])
+    if not (root.flags.c_contiguous or root.flags.f_contiguous) or any(
+            _root(a) is not root for a in arrays):
+        return None
+    base = root.__array_interface__["data"][0]
+    start = arrays[0].__array_interface__["data"][0]
+    pos = start
+    for a in arrays:
+        if a.__array_interface__["data"][0] != pos and a.size:
+            return None
+        pos += a.nbytes
+    if (start - base) % dtype.itemsize or pos > base + root.nbytes:
+        return None
+    raw = root.reshape(-1, order=_order(root)).view(np.uint8)
+    return raw[start - base:pos - base].view(dtype)
+
+
 class _Bucket:
     """The parameters of one dtype, end to end: ``members`` is a list of
     (parameter index, offset, size); process r owns [r*S, (r+1)*S)."""
@@ -86,6 +116,11 @@ class _Bucket:
         self.S = -(-self.n // size)              # ceil(n / N)
         self.size = size
         self.grad = self.recv = self.shard = self.gather = None   # made on first use
+        self.small = None     # an S-element shard, for gradients reduced from where they lie
+        self.params = None    # the parameters, if they lie end to end (_run): gathered in place
+        # what MPI's vector collectives take: each process's [lo, hi) of the bucket
+        self.counts = [self.owned(r)[1] - self.owned(r)[0] for r in range(size)]
+        self.displs = [self.owned(r)[0] for r in range(size)]
 
     def owned(self, r):
         """[lo, hi) of the bucket that process r owns."""
@@ -118,7 +153,7 @@ class _Bucket:
                 self.dtype)
 
     def nbytes(self):
-        return sum(a.nbytes for a in (self.grad, self.recv) if a is not None)
+        return sum(a.nbytes for a in (self.grad, self.recv, self.small) if a is not None)
 
 
 class _Scheduled:
@@ -235,7 +270,10 @@ class Adam:
             for i in by[key]:
                 members.append((i, off, self._params[i].size))
                 off += self._params[i].size
-            self._buckets.append(_Bucket(dt, members, self.size))
+            b = _Bucket(dt, members, self.size)
+            if self.size > 1:
+                b.params = _run([self._params[i] for i in by[key]], np.dtype(dt))
+            self._buckets.append(b)
         self._build_inner()
 
     # ------------------------------------------------------------------
@@ -435,10 +473,27 @@ class Adam:
             shard_grads = [None if glist[i] is None else _flat(glist[i])
                            for i, _, _, _, _ in self._pieces]
         else:
+            shards = {}
             for b in self._buckets:
                 if b.n == 0:
                     continue
+                gs = [glist[i] for i, _, _ in b.members]
+                run = None if self.deterministic or any(g is None for g in gs) else _run(
+                    gs, b.rdtype)
+                if run is not None:  # reduce-scatter from where the gradients lie
+                    if b.small is None:
+                        b.small = np.zeros(b.S, dtype=b.rdtype)
+                    t1 = time.perf_counter()
+                    comm.Reduce_scatter(run, b.small[:b.counts[self.rank]],
+                                        recvcounts=b.counts, op=MPI.SUM)
+                    if self.average:
+                        np.divide(b.small, N, out=b.small)
+                    shards[id(b)] = b.small
+                    t = time.perf_counter()
+                    timing["reduce"] += t - t1
+                    continue
                 b.buffers(self.deterministic)
+                shards[id(b)] = b.shard
                 for i, off, n in b.members:
                     g = glist[i]
                     if g is None:
@@ -460,7 +515,7 @@ class Adam:
                     np.divide(b.shard, N, out=b.shard)
                 t = time.perf_counter()
                 timing["reduce"] += t - t1
-            shard_grads = [None if glist[i] is None else b.shard[s:s + hi - lo]
+            shard_grads = [None if glist[i] is None else shards[id(b)][s:s + hi - lo]
                            for i, lo, hi, b, s in self._pieces]
         info = None
         if is_fused:
@@ -505,6 +560,15 @@ class Adam:
             for b in self._buckets:
                 if b.n == 0:
                     continue
+                if b.params is not None:  # in place, in the caller's arrays: no copies
+                    isz = b.dtype.itemsize
+                    t1 = time.perf_counter()
+                    comm.Allgatherv(MPI.IN_PLACE, [b.params.view(np.uint8), (
+                        [c * isz for c in b.counts], [d * isz for d in b.displs]), MPI.BYTE])
+                    t = time.perf_counter()
+                    timing["gather"] += t - t1
+                    continue
+                b.buffers(self.deterministic)
                 a, z = b.owned(self.rank)
                 for i, lo, hi in b.pieces(self.rank):
                     off = b.offset[i]
