@@ -153,7 +153,10 @@ def main(argv=None):
         results[n] = run(n, args)
     for n in [int(x) for x in args.procs.split(",") if int(x) > 1]:
         results[f"{n} flat"] = run(n, args, flat=True)
-    first = results[min(results)][0]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({str(k): v for k, v in results.items()}, f, indent=1)
+    first = next(iter(results.values()))[0]
     print(f"# adamc.distributed on the transformer-shaped list ({first['tensors']} tensors, "
           f"{first['elements']:.3g} float32 elements); {first.get('machine', '')}")
     print("# MPI: " + subprocess.run([sys.executable, "-c", "from mpi4py import MPI; "
@@ -178,9 +181,6 @@ def main(argv=None):
               f"{results[1][0]['isa']}): {1e3 * t['distributed']:.2f} ms vs "
               f"{1e3 * t['adamc.Adam']:.2f} ms (medians), median of the rounds' ratios "
               f"{results[1][0]['paired_ratio']:.3f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({str(k): v for k, v in results.items()}, f, indent=1)
     return results
 
 
