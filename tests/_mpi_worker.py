@@ -185,26 +185,32 @@ def _order(a):
 
 def check_flat():
     """Parameters and gradients that are views of one flat buffer per dtype:
-    the step reduce-scatters from and gathers into them in place (no copies)
-    and still equals the oracle; mixed with a bucket that is not flat."""
-    base = make_params(SPEC)
-    for det in (False, True):
-        ps = flat_views(base[:4], np.float32) + [a.copy() for a in base[4:]]
-        ref = [p.copy(order="K") for p in ps]
-        opt = D.Adam(ps, lr=0.01, deterministic=det, amsgrad=True)
-        if N > 1:
-            assert opt._buckets[0].params is not None and opt._buckets[1].params is None
-        single = adamc.Adam(ref, lr=0.01, amsgrad=True)
-        for t in range(3):
-            gs = grads_for(ps, t, RANK)
-            gs = flat_views(gs[:4], np.float32) + gs[4:]
-            opt.step(gs, max_grad_norm=5.0)
-            single.step(summed(ref, t, N), max_grad_norm=5.0)
-        same_everywhere(ps)
-        for a, b in zip(ps, ref):
-            assert np.allclose(a, b, rtol=1e-6, atol=1e-7), (det, np.max(np.abs(a - b)))
-        if N > 1:  # the flat bucket never needed its flat buffer (deterministic: to send)
-            assert (opt._buckets[0].grad is None) != det and opt._buckets[1].grad is not None
+    the step reduce-scatters from them and, when N divides their count,
+    gathers into them in place (no copies); still the oracle's result.  Mixed
+    with a bucket that is not flat."""
+    base = make_params(SPEC + [((5,), np.float32, "C")])
+    for extra in (True, False):  # 78 float32 elements (N = 1, 2, 3 divide it), or 73
+        first = base[:4] + base[6:] if extra else base[:4]
+        for det in (False, True):
+            ps = flat_views(first, np.float32) + [a.copy() for a in base[4:6]]
+            ref = [p.copy(order="K") for p in ps]
+            opt = D.Adam(ps, lr=0.01, deterministic=det, amsgrad=True)
+            single = adamc.Adam(ref, lr=0.01, amsgrad=True)
+            for t in range(3):
+                gs = grads_for(ps, t, RANK)
+                k = len(first)
+                gs = flat_views(gs[:k], np.float32) + gs[k:]
+                opt.step(gs, max_grad_norm=5.0)
+                single.step(summed(ref, t, N), max_grad_norm=5.0)
+            same_everywhere(ps)
+            for a, b in zip(ps, ref):
+                assert np.allclose(a, b, rtol=1e-6, atol=1e-7), (det, np.max(np.abs(a - b)))
+            if N > 1:
+                b0 = opt._buckets[0]
+                assert (b0.params is not None) == extra and opt._buckets[1].params is None
+                # the flat buffer: only to send (deterministic) or to gather (N does not
+                # divide the count)
+                assert (b0.grad is None) == (extra and not det), (extra, det)
 
 
 def check_mixed_precision():

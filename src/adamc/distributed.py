@@ -117,7 +117,8 @@ class _Bucket:
         self.size = size
         self.grad = self.recv = self.shard = self.gather = None   # made on first use
         self.small = None     # an S-element shard, for gradients reduced from where they lie
-        self.params = None    # the parameters, if they lie end to end (_run): gathered in place
+        self.params = None    # the parameters, if they lie end to end (_run) and N divides
+                              # their count: gathered in place
         # what MPI's vector collectives take: each process's [lo, hi) of the bucket
         self.counts = [self.owned(r)[1] - self.owned(r)[0] for r in range(size)]
         self.displs = [self.owned(r)[0] for r in range(size)]
@@ -271,7 +272,10 @@ class Adam:
                 members.append((i, off, self._params[i].size))
                 off += self._params[i].size
             b = _Bucket(dt, members, self.size)
-            if self.size > 1:
+            if self.size > 1 and b.n % self.size == 0:
+                # Gathered in place with MPI_Allgather (equal blocks, no padding); not
+                # MPI_Allgatherv, which MPICH 5.0 runs 200x slower on an oversubscribed
+                # host (docs/distributed.md).
                 b.params = _run([self._params[i] for i in by[key]], np.dtype(dt))
             self._buckets.append(b)
         self._build_inner()
@@ -561,10 +565,8 @@ class Adam:
                 if b.n == 0:
                     continue
                 if b.params is not None:  # in place, in the caller's arrays: no copies
-                    isz = b.dtype.itemsize
                     t1 = time.perf_counter()
-                    comm.Allgatherv(MPI.IN_PLACE, [b.params.view(np.uint8), (
-                        [c * isz for c in b.counts], [d * isz for d in b.displs]), MPI.BYTE])
+                    comm.Allgather(MPI.IN_PLACE, [b.params.view(np.uint8), MPI.BYTE])
                     t = time.perf_counter()
                     timing["gather"] += t - t1
                     continue
