@@ -93,7 +93,7 @@ def worker(args):
         "rank": rank, "size": size,
         "step": statistics.median(per_round),
         "parts": {p: statistics.median(v) for p, v in parts.items()},
-        "state_bytes": opt.state_bytes(), "buffer_bytes": opt.buffer_bytes(),
+        "state_bytes": opt.state_nbytes(), "buffer_bytes": opt.buffer_nbytes(),
         "rss": rss()[0], "peak_rss": rss()[1], "rss_before_optimizer": rss_before,
         "elements": int(sum(int(np.prod(s)) for s in shapes)), "tensors": len(shapes),
     }

@@ -80,7 +80,7 @@ def train_distributed(comm, *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 6
         if log is not None and rank == 0:
             log(train_mlp.progress_line(epoch, epochs, float(np.mean(losses)), accs[-1]))
     return {"test_accuracy": accs, "step_seconds": step_seconds, "steps": steps,
-            "state_bytes": opt.state_bytes(), "buffer_bytes": opt.buffer_bytes(),
+            "state_bytes": opt.state_nbytes(), "buffer_bytes": opt.buffer_nbytes(),
             "params": params}
 
 

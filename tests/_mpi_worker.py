@@ -316,6 +316,10 @@ def check_errors():
     # a bad argument on one process
     expect_error(lambda: D.Adam(make_params(SPEC), lr=-1.0 if RANK == N - 1 else 0.1),
                  ValueError, "lr", *WHERE(N - 1))
+    # 8-bit state: its 256-element blocks would not survive the sharding
+    expect_error(lambda: D.Adam(make_params([((600,), np.float32, "C")]), state_dtype="int8"),
+                 ValueError,
+                 "state_dtype='int8'", "sharded")
     # save_state to a directory that does not exist: every process raises
     expect_error(lambda: opt.save_state("/nonexistent-dir/x.npz"), FileNotFoundError,
                  "does not exist")
@@ -330,7 +334,7 @@ def check_memory():
     single.step(grads_for(ps, 0, 0))
     full = sum(a.nbytes for e in single.state_dict()["state"].values()
                for k, a in e.items() if k != "step")
-    mine = opt.state_bytes()
+    mine = opt.state_nbytes()
     total = comm.allreduce(mine)
     assert total == full, (total, full)
     assert mine <= full / N + 3 * 8 * N, (mine, full, N)  # 1/N, up to padding

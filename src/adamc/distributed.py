@@ -206,7 +206,7 @@ class Adam:
     different random numbers than a single process would.
 
     Beyond :class:`adamc.Adam`'s attributes: ``comm``, ``rank``, ``size``;
-    ``state_bytes()`` and ``buffer_bytes()`` (this process's memory);
+    ``state_nbytes()`` and ``buffer_nbytes()`` (this process's memory);
     ``last_timing``, the seconds of the last step's parts ("check" (with
     the agreement's wait), "pack", "reduce", "step", "gather", "unpack").
 
@@ -229,6 +229,7 @@ class Adam:
 
         def build():
             single = self._Single(params, *args, **kwargs)
+            V.check_shardable(single.param_groups, f"{name}()")
             for label, v in (("average", average), ("deterministic", deterministic)):
                 V.check_bool(v, label, f"{name}()")
             sig = [self._variant, bool(average), bool(deterministic),
@@ -597,7 +598,7 @@ class Adam:
     # ------------------------------------------------------------------
     # memory
 
-    def state_bytes(self) -> int:
+    def state_nbytes(self) -> int:
         """Bytes of optimizer state (moments, amsgrad's maximum, master
         copies) this process holds: about 1/N of a single process's."""
         if self._inner is None:
@@ -606,7 +607,7 @@ class Adam:
         return sum(a.nbytes for j in range(len(self._pieces))
                    for a in (eng.get_state(j) or {}).values())
 
-    def buffer_bytes(self) -> int:
+    def buffer_nbytes(self) -> int:
         """Bytes of this process's communication buffer: one flat buffer per
         dtype, the size of all that dtype's gradients (float32 for 16-bit
         ones), padded to a multiple of N; twice that with ``deterministic``."""
