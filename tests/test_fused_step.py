@@ -200,6 +200,26 @@ def test_defaults_are_torchs():
         (65536.0, 2.0, 0.5, 2000)
 
 
+@pytest.mark.parametrize("layout", [
+    [(16384 * 9 + 5, np.float32)],                          # 9 whole chunks + a tail
+    [(16384 * 3, np.float64), (16384 * 8 - 7, np.float32)],  # groups cut by a boundary
+    [(100, np.float32), (16384 * 13, np.float64), (16384 * 2, np.float16),
+     (16384 * 5 + 1, np.float32)],                        # chunks straddling tasks
+])
+def test_norm_chunks_summed_side_by_side_are_the_reference_bits(clean_env, variant, layout):
+    """Every variant sums several whole chunks of one gradient side by side
+    (norm.inc's sumsq_ways): each chunk keeps its own lanes and order, so
+    the sum is bitwise the reference's, for any thread count."""
+    rng = np.random.default_rng(7)
+    gs = [(rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4, n)).astype(dt)
+          for n, dt in layout]
+    want = reference.grad_sumsq(gs)
+    os.environ["ADAMC_SERIAL_CUTOFF"] = "0"
+    for threads in (1, 2, 3):
+        adamc.set_num_threads(threads)
+        assert adamc.global_norm(gs) == math.sqrt(want)
+
+
 def test_global_norm_and_clip_grad_norm():
     rng = np.random.default_rng(6)
     gs = [rng.standard_normal(1000).astype(np.float32), rng.standard_normal((5, 5))]

@@ -17,7 +17,9 @@ TIMEOUT = 120
 
 COMMON = textwrap.dedent("""
     import numpy as np, adamc
-    N = 400_000   # above the serial cutoff: the parent really runs threads
+    # above the tuner's thread band (2^22 work), where a step always runs on
+    # every thread: the parent really runs threads from its first step
+    N = 4_300_000
 
     def trajectory(steps):
         p = np.linspace(-1, 1, N, dtype=np.float32)

@@ -149,11 +149,17 @@ class _Optimizer:
                 status = engine.step(grads, self.param_groups, 1.0, True)
             info = fused_factor(engine.sumsq, scale, max_norm, skip)
             if not info.skipped:
-                status = engine.step(grads, self.param_groups, info.factor)
-                while status:
-                    self._resolve(status, grads)
-                    status = engine.step(grads, self.param_groups, info.factor)
+                self._step_factor(grads, info.factor)
             self.last_step = info
+
+    def _step_factor(self, grads, factor):
+        """Step with every gradient multiplied by ``factor`` (a fused step's,
+        decided by the caller: here, or adamc.distributed from the global
+        norm); ``grads`` a list, the lock held."""
+        status = self._engine.step(grads, self.param_groups, factor)
+        while status:
+            self._resolve(status, grads)
+            status = self._engine.step(grads, self.param_groups, factor)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Not needed: adamc takes the gradients as ``step``'s argument."""

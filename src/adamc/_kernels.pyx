@@ -104,15 +104,18 @@ cdef extern from "csrc/adamc.h" nogil:
     void adamc_quantize(int is_signed, const float *x, uint8_t *c, float *absmax, int64_t n)
     ctypedef struct adamc_tune_row:
         int cls, multi, state, ncfg, chosen, steps_seen, samples, rounds, retrials
+        int fallbacks, early
         int threads[4]
         int64_t pf[4]
         double median[4]
+        double mean[4]
     int adamc_tune_rows(adamc_tune_row *out, int max)
     void adamc_tune_reset()
     int adamc_pool_workers()
     int adamc_tune_serial(int64_t work)
     int adamc_env_int(const char *name, int64_t lo, int64_t hi, int64_t *out)
     void adamc_pool_hold(int on)
+    void adamc_pool_stall(int us)
     int64_t adamc_default_chunk(int64_t total)
     const adamc_kernel *adamc_kernel_baseline()
     int adamc_variants(const adamc_kernel **out, int *cpu_ok, int max)
@@ -245,8 +248,39 @@ def thread_info():
 def _config_name(int threads, int64_t pf, int resolved):
     t = ("fixed rule" if threads < 0 else f"all threads ({resolved} now)" if threads
          else "1 thread")
+    if pf < 0:   # no range of the step can reach the prefetch threshold
+        return t
     p = f"prefetch {pf} B ahead" if pf else "no prefetch"
     return t + ", " + p if threads >= 0 else p
+
+
+def _why(multi, chosen, early, fallbacks, threads, median, mean, names):
+    """Why a decided size class runs what it chose (tuning_info)."""
+    ks = range(len(names))
+    if multi:
+        best1 = min((k for k in ks if not threads[k]), key=lambda k: median[k])
+        if threads[chosen]:
+            return (f"{median[best1] / median[chosen]:.3f}x faster than {names[best1]} "
+                    "in median, and faster in mean (the margin for all threads: 5%)")
+        if early:
+            return ("one thread: two steps on all threads took over 2x one thread's time "
+                    "(a busy host, or a step too short to share); the trial stopped early")
+        why = "one thread, the configuration to beat"
+        many = [k for k in ks if threads[k] and median[k] > 0]
+        if many:
+            bn = min(many, key=lambda k: median[k])
+            why += (f": all threads were {median[chosen] / median[bn]:.3f}x as fast in "
+                    f"median, {mean[chosen] / mean[bn]:.3f}x in mean (5% needed in both, "
+                    "and no stalled step)")
+        if fallbacks:
+            why += f"; fell back from all threads {fallbacks}x on stalled steps"
+        return why
+    best = min(ks, key=lambda k: median[k])
+    if chosen == 0:
+        return "the fixed default" + (
+            f": {names[best]} was {median[0] / median[best]:.3f}x faster, "
+            "within the 2% margin" if best != 0 else ": fastest measured")
+    return f"{median[0] / median[chosen]:.3f}x faster than the fixed default ({names[0]})"
 
 
 def tuning_info():
@@ -262,19 +296,16 @@ def tuning_info():
         names = [_config_name(r.threads[k], r.pf[k], resolved) for k in range(r.ncfg)]
         row = {"work": (1 << r.cls, 1 << (r.cls + 1)),
                "configs": names,
-               "steps_seen": r.steps_seen, "retrials": r.retrials}
-        if r.state == 2:
+               "steps_seen": r.steps_seen, "retrials": r.retrials,
+               "fallbacks": r.fallbacks}
+        if r.state == 2 and r.ncfg > 1:
             row["chosen"] = names[r.chosen]
             row["median_seconds"] = {names[k]: r.median[k] for k in range(r.ncfg)}
-            best = min(range(r.ncfg), key=lambda k: r.median[k])
-            if r.chosen == 0:
-                row["why"] = (
-                    "the fixed default" + (
-                        f": {names[best]} was {r.median[0] / r.median[best]:.3f}x faster, "
-                        "within the 2% margin" if best != 0 else ": fastest measured"))
-            else:
-                row["why"] = (f"{r.median[0] / r.median[r.chosen]:.3f}x faster than the "
-                              f"fixed default ({names[0]})")
+            row["mean_seconds"] = {names[k]: r.mean[k] for k in range(r.ncfg)}
+            row["why"] = _why(r.multi, r.chosen, r.early, r.fallbacks,
+                              [r.threads[k] for k in range(r.ncfg)],
+                              [r.median[k] for k in range(r.ncfg)],
+                              [r.mean[k] for k in range(r.ncfg)], names)
         else:
             row["chosen"] = names[0]
             row["why"] = (f"the fixed default while the trial runs "
@@ -296,6 +327,12 @@ def pool_hold(bint on):
     """Tests: while on, the pool's woken workers wait before claiming work,
     like workers the OS has not scheduled; steps must finish without them."""
     adamc_pool_hold(on)
+
+
+def pool_stall(int us):
+    """Tests: each worker sleeps ``us`` microseconds after claiming its first
+    chunk of a step, as one preempted mid-chunk; 0 stops it."""
+    adamc_pool_stall(us)
 
 
 def default_chunk(int64_t total):

@@ -1003,6 +1003,19 @@ def check_state_fits(state, want, label):
 # loss scaler and the standalone clipping.
 
 
+def check_shardable(param_groups, where):
+    """8-bit state is quantized in blocks of 256 elements of each tensor;
+    a process's shard starts wherever the balanced split puts it, so its
+    blocks (and scales) would not be the single-process ones."""
+    for gi, g in enumerate(param_groups):
+        if g.get("state_dtype") == "int8":
+            raise ValueError(
+                f"{where}: param_groups[{gi}] has state_dtype='int8', which the sharded "
+                "optimizer does not support (its shards do not start on the 8-bit state's "
+                "256-element blocks); use a 16-bit or float32 state_dtype, or adamc.Adam "
+                "in one process")
+
+
 def check_positive(value, name, where=""):
     """A finite real > 0 (a loss scale, a maximum norm)."""
     x = check_real(value, name, where)

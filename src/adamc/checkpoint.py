@@ -127,7 +127,7 @@ def _le(a):
     return a, order
 
 
-def _encode(opt, sd, scaler_state=None):
+def _encode(name, sd, scaler_state=None):
     groups = []
     for gi, g in enumerate(sd["param_groups"]):
         out = {}
@@ -165,7 +165,7 @@ def _encode(opt, sd, scaler_state=None):
         "format": FORMAT_NAME,
         # files without 8-bit state stay readable by version-2 readers
         "version": FORMAT_VERSION if any(m["dtype"] == "|u1" for m in metas) else 2,
-        "optimizer": type(opt).__name__,
+        "optimizer": name,
         "adamc_version": __version__,
         "param_groups": groups,
         "state": entries,
@@ -285,9 +285,15 @@ def save_state(opt, path, *, scaler=None):
     >>> fresh.state_dict()["state"][0]["step"]
     1
     """
+    _write_state_dict(type(opt).__name__, opt.state_dict(), path,
+                      None if scaler is None else scaler.state_dict())
+
+
+def _write_state_dict(name, sd, path, scaler_state=None):
+    """save_state's work for a state_dict ``sd`` of an optimizer class ``name``
+    (adamc.distributed gathers a sharded state_dict and writes it here)."""
     path = os.fspath(path)
-    header, arrays, orders = _encode(opt, opt.state_dict(),
-                                     None if scaler is None else scaler.state_dict())
+    header, arrays, orders = _encode(name, sd, scaler_state)
     raws = [_raw(a) for a in arrays]
     digest = _digest(header, raws)
 
@@ -518,6 +524,20 @@ def load_state(opt, path, *, scaler=None):
     ``scaler``), which is restored too, all or nothing.
     """
     path = os.fspath(path)
+    sd, scaler_state = _read_state_dict(path, opt.param_groups, scaler)
+    try:
+        opt.load_state_dict(sd)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: the checkpoint does not fit this optimizer: {e}") from e
+    if scaler is not None:
+        scaler.load_state_dict(scaler_state)
+
+
+def _read_state_dict(path, param_groups, scaler=None):
+    """load_state's reading and checking, before the optimizer: (the file's
+    state_dict with its schedule markers replaced by the schedules of
+    ``param_groups``, the loss scaler's state or None), checked against
+    ``scaler`` if given (adamc.distributed reads a file on one process here)."""
     with open(path, "rb") as f:
         try:
             sd = _read(f)
@@ -525,9 +545,9 @@ def load_state(opt, path, *, scaler=None):
             raise ValueError(f"{path}: {e}") from None
     for gi, g in enumerate(sd["param_groups"]):
         lr = g.get("lr")
-        if not isinstance(lr, _Schedule) or gi >= len(opt.param_groups):
+        if not isinstance(lr, _Schedule) or gi >= len(param_groups):
             continue
-        current = opt.param_groups[gi].get("lr")
+        current = param_groups[gi].get("lr")
         if not (callable(current) and not isinstance(current, numbers.Real)):
             raise ValueError(
                 f"{path}: param group {gi} was saved with a learning-rate schedule "
@@ -545,9 +565,4 @@ def load_state(opt, path, *, scaler=None):
             type(scaler)().load_state_dict(scaler_state)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: the loss scaler state is invalid: {e}") from e
-    try:
-        opt.load_state_dict(sd)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: the checkpoint does not fit this optimizer: {e}") from e
-    if scaler is not None:
-        scaler.load_state_dict(scaler_state)
+    return sd, scaler_state

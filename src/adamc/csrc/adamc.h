@@ -77,7 +77,7 @@ void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h);
 /* One parameter's buffers: all contiguous, the same length n.  Compute is in
  * float64 for float64 parameters, else in float32; a gradient of another
  * type is converted as it is loaded (round to nearest), 16-bit storage
- * block by block (blocked.inc).  With master_param (16-bit parameters), the
+ * in registers (fused16.inc) or block by block (blocked.inc).  With master_param (16-bit parameters), the
  * float32 master copy is stepped and the parameter gets its rounded value. */
 typedef struct {
     void *param;              /* IN/OUT */
@@ -110,16 +110,42 @@ static inline int64_t adamc_work(int64_t n, int dtype)
     return dtype == ADAMC_F64 ? 2 * n : n;
 }
 
+/* The bytes of one element of a task whose buffers are all float32 or all
+ * float64 (either float gradient): the direct loop (adam_loop.inc), where
+ * software prefetch applies; 0 for 16-bit storage, which goes block by
+ * block (blocked.inc) and never prefetches.  kernel_body.h dispatches on it. */
+static inline int adamc_direct_bytes(const adamc_task *t)
+{
+    const int wide_grad = t->grad_dtype == ADAMC_F32 || t->grad_dtype == ADAMC_F64;
+    if (!wide_grad)
+        return 0;
+    if (t->dtype == ADAMC_F64)
+        return 8;
+    return t->dtype == ADAMC_F32 && t->state_dtype == ADAMC_F32 ? 4 : 0;
+}
+
+/* Software prefetch applies to ranges of at least this many bytes a stream
+ * (adam_loop.inc); the tuner trials it only where a range can reach it. */
+#define ADAMC_PF_MIN ((int64_t)1 << 20)
+
 /* Per-ISA kernel: update elements [lo, hi) of one task. */
 typedef void (*adamc_range_fn)(const adamc_task *t, int64_t lo, int64_t hi);
 
 /* Per-ISA sum of squares of one task's gradient elements [lo, hi) (norm.inc). */
 typedef double (*adamc_sumsq_fn)(const adamc_task *t, int64_t lo, int64_t hi);
 
+/* Per-ISA sums of squares of `ways` consecutive segments of `len` elements
+ * (a multiple of 8) of one float32/float64 gradient from element lo, each
+ * bitwise 0.0 + segment_sumsq of it, summed side by side (norm.inc). */
+typedef void (*adamc_sumsq_ways_fn)(const adamc_task *t, int64_t lo, int64_t len, int ways,
+                                    double *out);
+
 typedef struct {
     const char *name;
     adamc_range_fn range;
     adamc_sumsq_fn segment_sumsq;
+    adamc_sumsq_ways_fn sumsq_ways;
+    int norm_ways;      /* segments sumsq_ways takes at once (it takes fewer too) */
 } adamc_kernel;
 
 /* The sum of squares of every gradient element of the tasks, in double, in
@@ -184,16 +210,25 @@ void adamc_run_range(const adamc_kernel *k, const adamc_task *tasks, int64_t nta
 /* Run the step's `total` elements in chunks of `chunk` on up to nthreads
  * threads (the caller one of them); returns 0, having done nothing, when the
  * pool cannot take it (busy with another step, no workers, one chunk).
- * With `sums`, chunk i instead stores its gradients' sum of squares in
- * sums[i] (norm.c; the chunk must then be used as given: at most 65534). */
+ * With `sums`, a chunk (a multiple of ADAMC_NORM_CHUNK) instead runs
+ * adamc_norm_range on its elements (norm.c; the chunk must then be used as
+ * given: at most 65534 of them). */
 int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
                    int64_t total, int64_t chunk, int nthreads, int64_t pf_ahead,
                    double *sums);
+/* The norm's fixed chunks (norm.c): their boundaries depend on the step's
+ * size only, and each chunk's sum of squares is added in a fixed order. */
+#define ADAMC_NORM_CHUNK 16384
 /* The gradients' sum of squares over elements [lo, hi) of the tasks (norm.c). */
 double adamc_chunk_sumsq(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
                          int64_t lo, int64_t hi);
+/* sums[c] = the sum of squares of norm chunk c, for each chunk c in [lo, hi)
+ * (lo a multiple of ADAMC_NORM_CHUNK; hi one too, or the end of the tasks). */
+void adamc_norm_range(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
+                      int64_t lo, int64_t hi, double *sums);
 int adamc_pool_workers(void);       /* workers started so far */
 void adamc_pool_hold(int on);       /* tests: woken workers wait while on */
+void adamc_pool_stall(int us);      /* tests: workers stall us in their first chunk */
 
 /* Software prefetch distance in bytes (0: none) for the kernels this thread
  * runs next; the kernels read it for ranges of ADAMC_PF_MIN bytes a stream
@@ -208,7 +243,10 @@ typedef struct {
     int64_t pf_ahead;   /* software prefetch distance, bytes; 0 none  */
     int cls, multi, slot;  /* the trial this step is part of (slot >= 0) */
 } adamc_plan;
-void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, int probe_flags);
+/* big32, big64: the longest float32 / float64 direct task (elements; 0 if
+ * none), which tells whether a range of the step can reach ADAMC_PF_MIN. */
+void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, int probe_flags,
+                     int64_t big32, int64_t big64);
 void adamc_plan_done(const adamc_plan *pl, double seconds);
 double adamc_now(void);
 /* 1 when the tuner chose one thread for steps of this much work and no
@@ -228,9 +266,12 @@ typedef struct {
     int cls, multi;       /* work in [2^cls, 2^(cls+1)); thread choice trialed */
     int state;            /* 0 no step yet, 1 trialing, 2 decided */
     int ncfg, chosen, steps_seen, samples, rounds, retrials;
+    int fallbacks;        /* times a thread choice fell back to one thread on stalls */
+    int early;            /* 1: the last trial stopped early (stalled steps) */
     int threads[ADAMC_TUNE_MAX_CFG];     /* 1 or 0 (= the resolved count) */
-    int64_t pf[ADAMC_TUNE_MAX_CFG];
+    int64_t pf[ADAMC_TUNE_MAX_CFG];      /* -1: no range can reach the threshold */
     double median[ADAMC_TUNE_MAX_CFG];   /* seconds; 0 before the trial ends */
+    double mean[ADAMC_TUNE_MAX_CFG];
 } adamc_tune_row;
 int adamc_tune_rows(adamc_tune_row *out, int max);
 void adamc_tune_reset(void);

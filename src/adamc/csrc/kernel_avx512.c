@@ -3,4 +3,5 @@
  * and OS support it. */
 #define ADAMC_ISA avx512
 #define ADAMC_USE_FMA 1
+#define ADAMC_NORM_WAYS 4
 #include "kernel_body.h"

@@ -28,11 +28,11 @@
  * hardware prefetcher alone can fall behind on large buffers; in cache the
  * extra instructions only cost, hence the threshold.  Whether it pays
  * depends on the CPU (it costs 12% on a Zen 4 host): tune.c measures it on
- * the first large steps, bench/ab_probe.py re-measures it (step and probe,
+ * the first large steps that can reach ADAMC_PF_MIN (in adamc.h: the tuner
+ * reads it too), bench/ab_probe.py re-measures it (step and probe,
  * with and without), and docs/performance.md logs what each host showed. */
 #define ADAMC_LINE 64
 #define ADAMC_PF_BLOCK (4 * ADAMC_LINE)
-#define ADAMC_PF_MIN ((int64_t)1 << 20)
 #if defined(__GNUC__) || defined(__clang__)
 #define ADAMC_PREFETCH(addr) __builtin_prefetch((addr), 0, 3)
 #elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
@@ -40,6 +40,14 @@
 #define ADAMC_PREFETCH(addr) _mm_prefetch((const char *)(addr), _MM_HINT_T0)
 #else
 #define ADAMC_PREFETCH(addr) ((void)0)
+#endif
+
+/* How many norm chunks one thread sums side by side (norm.inc's
+ * adamc_sumsq_ways): enough independent additions to cover the adder's
+ * latency times its throughput, within the registers the ISA has.  It
+ * never changes a result (each chunk keeps its own lanes and order). */
+#ifndef ADAMC_NORM_WAYS
+#define ADAMC_NORM_WAYS 2
 #endif
 
 #define ADAMC_CAT_(a, b) a##b
@@ -100,29 +108,35 @@
 #undef SQRT
 
 #include "blocked.inc"
+#include "fused16.inc"
 #include "norm.inc"
 
 /* Every task goes through here: the direct loops when the buffers are in
  * the compute type (float32/float64 storage, either float gradient), the
- * blocked conversions otherwise. */
+ * one-pass 16-bit loops (fused16.inc) where they exist, the blocked
+ * conversions otherwise. */
 static void ISA(adamc_range)(const adamc_task *t, int64_t lo, int64_t hi)
 {
-    const int gd = t->grad_dtype, wide_grad = gd == ADAMC_F32 || gd == ADAMC_F64;
-    if (t->state_dtype == ADAMC_Q8) {
+    const int gd = t->grad_dtype, direct = adamc_direct_bytes(t);
+    if (t->state_dtype == ADAMC_Q8) {   /* 8-bit state: per 256-element block */
         ISA(adamc_blocked_q8)(t, lo, hi);
-    } else if (t->dtype == ADAMC_F64) {
+    } else if (direct == 8) {
         if (gd == ADAMC_F64)
             ISA(adamc_range_f64f64)(t, lo, hi);
-        else if (gd == ADAMC_F32)
-            ISA(adamc_range_f64f32)(t, lo, hi);
         else
-            ISA(adamc_blocked_f64)(t, lo, hi);
-    } else if (t->dtype == ADAMC_F32 && t->state_dtype == ADAMC_F32 && wide_grad) {
+            ISA(adamc_range_f64f32)(t, lo, hi);
+    } else if (direct == 4) {
         if (gd == ADAMC_F32)
             ISA(adamc_range_f32f32)(t, lo, hi);
         else
             ISA(adamc_range_f32f64)(t, lo, hi);
+    } else if (t->dtype == ADAMC_F64) {
+        ISA(adamc_blocked_f64)(t, lo, hi);
     } else {
+#ifdef ADAMC_HAVE_FUSED16
+        if (ISA(adamc_fused16)(t, lo, hi))   /* the common combinations, one pass */
+            return;
+#endif
         ISA(adamc_blocked_f32)(t, lo, hi);
     }
 }
@@ -133,6 +147,7 @@ static void ISA(adamc_range)(const adamc_task *t, int64_t lo, int64_t hi)
 const adamc_kernel *ADAMC_CAT(adamc_kernel_, ADAMC_ISA)(void)
 {
     static const adamc_kernel k = {ADAMC_STR(ADAMC_ISA), ISA(adamc_range),
-                                   ISA(adamc_segment_sumsq)};
+                                   ISA(adamc_segment_sumsq), ISA(adamc_sumsq_ways),
+                                   ADAMC_NORM_WAYS};
     return &k;
 }

@@ -50,7 +50,7 @@ typedef struct {
     const adamc_task *tasks;
     int64_t ntasks, total, chunk, nchunks, pf_ahead;
     double spin;       /* seconds a worker spins for the next job, then sleeps */
-    double *sums;      /* a norm job (adamc_grad_sumsq): chunk sums, not a step */
+    double *sums;      /* a norm job (adamc_grad_sumsq): norm chunk sums, not a step */
 } job_t;
 
 static pthread_mutex_t owner_mu = PTHREAD_MUTEX_INITIALIZER; /* the step using the pool */
@@ -61,6 +61,7 @@ static int job_want = 0;       /* workers 0..job_want-1 take part in job job_gen
 static job_t job;              /* under job_mu; copied by each worker */
 static int nworkers = 0;       /* started so far (under owner_mu) */
 static int hold_workers = 0;   /* atomic; tests: woken workers wait (late) */
+static int stall_us = 0;       /* atomic; tests: a worker stalls in its first chunk */
 static uint64_t claim_word;    /* atomic: generation << 32 | front << 16 | back */
 static int64_t chunks_done;    /* atomic: chunks finished by workers */
 static int caller_waiting;     /* atomic: the caller sleeps on done_cv */
@@ -103,7 +104,7 @@ static void run_chunk(const job_t *j, int64_t i)
     int64_t lo = i * j->chunk;
     int64_t hi = j->total - lo < j->chunk ? j->total : lo + j->chunk;
     if (j->sums)
-        j->sums[i] = adamc_chunk_sumsq(j->k, j->tasks, j->ntasks, lo, hi);
+        adamc_norm_range(j->k, j->tasks, j->ntasks, lo, hi, j->sums);
     else
         adamc_run_range(j->k, j->tasks, j->ntasks, lo, hi);
 }
@@ -142,7 +143,12 @@ static void *worker_main(void *arg)
             nanosleep(&ms, NULL);
         }
         adamc_set_prefetch(j.pf_ahead);
-        while (claim(gen, 1, &i)) {
+        for (int first = 1; claim(gen, 1, &i); first = 0) {
+            int us = __atomic_load_n(&stall_us, __ATOMIC_ACQUIRE);
+            if (first && us > 0) {   /* as if preempted in the middle of the chunk */
+                struct timespec d = {us / 1000000, (long)(us % 1000000) * 1000};
+                nanosleep(&d, NULL);
+            }
             run_chunk(&j, i);
             __atomic_add_fetch(&chunks_done, 1, __ATOMIC_SEQ_CST);
             if (__atomic_load_n(&caller_waiting, __ATOMIC_SEQ_CST)) {
@@ -261,9 +267,15 @@ int adamc_pool_workers(void) { return nworkers; }
  * worker the OS has not scheduled yet would. */
 void adamc_pool_hold(int on) { __atomic_store_n(&hold_workers, on, __ATOMIC_RELEASE); }
 
+/* Tests: a worker sleeps `us` microseconds after claiming its first chunk
+ * of each job, as a worker preempted in the middle of a chunk; the caller
+ * must wait for it (a stalled step, which the tuner must notice). */
+void adamc_pool_stall(int us) { __atomic_store_n(&stall_us, us > 0 ? us : 0, __ATOMIC_RELEASE); }
+
 #else
 
 void adamc_pool_hold(int on) { (void)on; }
+void adamc_pool_stall(int us) { (void)us; }
 
 int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
                    int64_t total, int64_t chunk, int nthreads, int64_t pf_ahead,

@@ -147,7 +147,7 @@ static void omp_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntas
 void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
                       int64_t ntasks, int nthreads)
 {
-    int64_t total, work = 0;
+    int64_t total, work = 0, big32 = 0, big64 = 0;
     adamc_plan pl;
     double t0 = 0.0;
     if (ntasks <= 0)
@@ -157,11 +157,17 @@ void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
         run_serial(k, tasks, ntasks);   /* the common small step: no bookkeeping */
         return;
     }
-    for (int64_t i = 0; i < ntasks; i++)
+    for (int64_t i = 0; i < ntasks; i++) {
+        const int direct = adamc_direct_bytes(&tasks[i]);
         work += adamc_work(tasks[i].n, tasks[i].dtype);
+        if (direct == 4 && tasks[i].n > big32)
+            big32 = tasks[i].n;
+        else if (direct == 8 && tasks[i].n > big64)
+            big64 = tasks[i].n;
+    }
     if (adamc_forked_child())
         nthreads = 1;
-    adamc_plan_step(&pl, work, total, nthreads, tasks[0].s->flags);
+    adamc_plan_step(&pl, work, total, nthreads, tasks[0].s->flags, big32, big64);
     if (pl.slot >= 0)
         t0 = adamc_now();
     if (pl.nthreads > 1) {

@@ -4,9 +4,16 @@
  * The choices:
  *   - threads: for a step of work in [2^15, 2^22) float32 elements (float64
  *     counting twice), one thread or the resolved count (above, always the
- *     resolved count; below, one thread);
- *   - software prefetch on or off, for steps of 2^18 work or more (where a
- *     range can reach the kernels' 1 MiB-a-stream threshold);
+ *     resolved count; below, one thread).  In that band one thread is the
+ *     configuration to beat: a second thread is used only where it measured
+ *     a clear win (see below), because a step of that size gains little
+ *     from it and loses a lot when the host is busy (a worker preempted in
+ *     the middle of its chunk keeps the step waiting for a time slice);
+ *   - software prefetch on or off, for steps of 2^18 work or more, trialed
+ *     only for the thread configurations in which a range of the step can
+ *     reach the kernels' threshold (ADAMC_PF_MIN bytes a stream: a task that
+ *     long, and in a parallel step a chunk that long); elsewhere the
+ *     prefetch setting cannot change the code that runs;
  *   - the chunk size of a parallel step (fixed by a formula of the step's
  *     size, or ADAMC_CHUNK; not trialed).
  * Each choice only decides which thread runs an element, or whether a
@@ -20,12 +27,21 @@
  * large steps; 12 where a thread count is tried: those steps are short, and
  * beside BLAS's spinning threads their times scatter); the class then
  * keeps the configuration with the lowest median time if it beats the
- * fixed default by more than MARGIN, else the default.  So a class never
- * settles on something that measured slower than the default, and its
- * trial costs at most (rounds x alternatives) steps run in the slower
- * configuration: 4 of the first 100 steps of a large model.  A thread-count
- * choice is tried again every RETRIAL steps of its class (other processes
- * or BLAS's threads may have come or gone): at most 12 of 1024 steps.
+ * fixed default by more than MARGIN, else the default.  All threads must
+ * beat the best one-thread configuration by MARGIN_THREADS in median and
+ * in mean (the mean counts the stalls that a busy host adds to some steps;
+ * the median alone would not see them).  So a class never settles on
+ * something that measured slower than the default, and its trial costs at
+ * most (rounds x alternatives) steps run in the slower configuration: 4 of
+ * the first 100 steps of a large model.
+ *
+ * A busy host, quickly: a step run on all threads that takes more than
+ * STALL x the one-thread median is a stall.  Two stalls in a trial end it
+ * at once with one thread; two within STALL_WINDOW steps after a class chose
+ * all threads switch it to one thread at once.  A thread-count choice is
+ * tried again every RETRIAL steps of its class (other processes or BLAS's
+ * threads may have come or gone), the interval doubling (up to
+ * RETRIAL_MAX) each time one thread is confirmed or fallen back to.
  *
  * Environment variables fix each choice (read at every step):
  *   ADAMC_TUNE=0            no trials: every choice at its fixed default
@@ -77,15 +93,25 @@ double adamc_now(void)
 #define ROUNDS 4          /* timed steps per configuration, large steps       */
 #define ROUNDS_THREADS 12 /* with a thread choice: short steps, noisy beside BLAS */
 #define MAX_ROUNDS 12
-#define RETRIAL 1024      /* a thread choice is tried again after this many steps */
+#define RETRIAL 1024      /* a thread choice is tried again after this many steps, */
+#define RETRIAL_MAX 16384 /* doubling up to this while one thread is confirmed    */
 #define ADAMC_TUNE_SKIP 2
 #define MARGIN 0.02
+#define MARGIN_THREADS 0.05 /* all threads against one: a clear win only */
+#define STALL 2.0           /* x the one-thread median: a stalled step */
+#define STALL_WINDOW 64     /* two stalls this close: fall back to one thread */
+#define MONITOR_SLOT (MAX_ROUNDS * ADAMC_TUNE_MAX_CFG)  /* a timed step outside a trial */
 
 typedef struct {
     adamc_tune_row r;
-    int busy;                              /* a trial step is running */
+    int busy;                              /* a timed step is running */
     int rounds;
+    int stalls;                            /* in the running trial */
     int64_t retrial_at;   /* steps_seen at which a decided thread choice is retried */
+    int64_t interval;     /* steps from a thread decision to its retrial */
+    int64_t last_stall;   /* steps_seen at the last stall after the decision */
+    double serial_median; /* the one-thread configuration's median: the yardstick */
+    int n[ADAMC_TUNE_MAX_CFG];             /* timed steps of each configuration */
     double t[ADAMC_TUNE_MAX_CFG][MAX_ROUNDS];
 } cls_t;
 
@@ -177,6 +203,8 @@ static int ilog2(int64_t x)
 static double median(double *x, int n)
 {
     /* n <= MAX_ROUNDS: insertion sort */
+    if (n <= 0)
+        return 0.0;
     for (int i = 1; i < n; i++)
         for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
             double t = x[j];
@@ -186,22 +214,58 @@ static double median(double *x, int n)
     return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
+/* Called with the lock held: the class's thread choice for the next
+ * RETRIAL.. steps is one thread (the best measured one-thread
+ * configuration), the retrial interval doubling. */
+static void choose_serial(cls_t *c, int best1)
+{
+    c->r.chosen = best1;
+    if (c->interval < RETRIAL)
+        c->interval = RETRIAL;
+    else if (c->interval < RETRIAL_MAX)
+        c->interval *= 2;
+    c->retrial_at = c->r.steps_seen + c->interval;
+    serial_choice[c->r.cls] = 1;
+}
+
 static void decide(cls_t *c)
 {
-    int best = 0;
+    int best1 = 0, bestn = -1;
     for (int k = 0; k < c->r.ncfg; k++) {
-        double tmp[MAX_ROUNDS];
+        double tmp[MAX_ROUNDS], sum = 0.0;
         memcpy(tmp, c->t[k], sizeof tmp);
-        c->r.median[k] = median(tmp, c->rounds);
-        if (c->r.median[k] < c->r.median[best])
-            best = k;
+        for (int i = 0; i < c->n[k]; i++)
+            sum += c->t[k][i];
+        c->r.median[k] = median(tmp, c->n[k]);
+        c->r.mean[k] = c->n[k] ? sum / c->n[k] : 0.0;
     }
-    /* config 0 is the fixed default: keep it unless another beats it clearly */
-    c->r.chosen = c->r.median[best] < (1.0 - MARGIN) * c->r.median[0] ? best : 0;
+    /* without a thread choice (or among the one-thread configurations):
+     * config 0 is the fixed default, kept unless another beats it clearly */
+    for (int k = 1; k < c->r.ncfg; k++)
+        if (!(c->r.multi && c->r.threads[k]) && c->n[k] && c->r.median[k] < c->r.median[best1])
+            best1 = k;
+    if (!(c->r.median[best1] < (1.0 - MARGIN) * c->r.median[0]))
+        best1 = 0;
+    c->r.chosen = best1;
     c->r.state = 2;
-    c->retrial_at = c->r.steps_seen + RETRIAL;
-    if (c->r.multi && c->r.threads[c->r.chosen] == 0)
-        serial_choice[c->r.cls] = 1;
+    if (!c->r.multi)
+        return;
+    c->serial_median = c->r.median[best1];
+    for (int k = 0; k < c->r.ncfg; k++)
+        if (c->r.threads[k] && c->n[k] && (bestn < 0 || c->r.median[k] < c->r.median[bestn]))
+            bestn = k;
+    /* all threads: a clear win in the median and in the mean (stalls) */
+    if (!c->stalls && bestn >= 0
+        && c->r.median[bestn] < (1.0 - MARGIN_THREADS) * c->r.median[best1]
+        && c->r.mean[bestn] < c->r.mean[best1]) {
+        c->r.chosen = bestn;
+        c->interval = RETRIAL;
+        c->retrial_at = c->r.steps_seen + RETRIAL;
+        c->last_stall = -STALL_WINDOW - 1;
+        serial_choice[c->r.cls] = 0;
+    } else {
+        choose_serial(c, best1);
+    }
 }
 
 static cls_t *class_of(int multi, int64_t work)
@@ -217,7 +281,25 @@ static int threads_of(int code, int rule, int nthreads)
     return code < 0 ? rule : code ? nthreads : 1;
 }
 
-void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, int probe_flags)
+/* Can a range of the step reach the prefetch threshold, ranges capped at
+ * `cap` elements (a parallel step's chunk)? */
+static int pf_reachable(int64_t big32, int64_t big64, int64_t cap)
+{
+    if (big32 > cap)
+        big32 = cap;
+    if (big64 > cap)
+        big64 = cap;
+    return big32 * 4 >= ADAMC_PF_MIN || big64 * 8 >= ADAMC_PF_MIN;
+}
+
+/* A configuration's prefetch distance (-1: not trialed, the default). */
+static int64_t pf_of(int64_t code, int64_t pf)
+{
+    return code < 0 ? pf : code;
+}
+
+void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, int probe_flags,
+                     int64_t big32, int64_t big64)
 {
     int64_t cutoff, pf, chunk;
     int tune, fixed_cutoff, fixed_pf, try_threads, try_pf, rule;
@@ -252,8 +334,8 @@ void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, 
         if (try_threads) {
             c = class_of(1, work);
             LOCK();
-            if (c->r.state == 2)
-                pl->nthreads = threads_of(c->r.threads[c->r.chosen], rule, nthreads);
+            pl->nthreads = c->r.state == 2 ? threads_of(c->r.threads[c->r.chosen], rule, nthreads)
+                                           : 1;
             UNLOCK();
         }
         return;
@@ -266,40 +348,43 @@ void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, 
         c = class_of(1, work);
         LOCK();
         pl->nthreads = 1;     /* (adamc_tune_serial counted the step) */
-        pl->pf_ahead = c->r.pf[c->r.chosen];
+        pl->pf_ahead = pf_of(c->r.pf[c->r.chosen], pf);
         UNLOCK();
         return;
     }
     if (!try_threads && !try_pf)
         return;
+    if (!try_threads && !pf_reachable(big32, big64, rule > 1 ? chunk : INT64_MAX))
+        return;   /* prefetch cannot change the code that runs: nothing to trial */
     c = class_of(try_threads, work);
     LOCK();
     if (c->r.state == 0) {
-        int n = 0, npf = try_pf ? 2 : 1, nthr = try_threads ? 2 : 1;
+        int n = 0, nthr = try_threads ? 2 : 1;
         int thr[2];
-        int64_t pfs[2];
-        /* configuration 0 is the fixed default */
-        thr[0] = try_threads ? rule > 1 : -1;
-        thr[1] = !thr[0];
-        pfs[0] = pf;
-        pfs[1] = 0;
-        for (int a = 0; a < nthr; a++)
-            for (int b = 0; b < npf; b++) {
+        /* configuration 0 is the fixed default: one thread in the band */
+        thr[0] = try_threads ? 0 : -1;
+        thr[1] = 1;
+        for (int a = 0; a < nthr; a++) {
+            int par = threads_of(thr[a], rule, nthreads) > 1;
+            int reach = pf_reachable(big32, big64, par ? chunk : INT64_MAX);
+            c->r.threads[n] = thr[a];
+            c->r.pf[n++] = reach ? pf : -1;
+            if (reach && try_pf) {
                 c->r.threads[n] = thr[a];
-                c->r.pf[n] = pfs[b];
-                n++;
+                c->r.pf[n++] = 0;
             }
+        }
         c->r.cls = ilog2(work) < NCLASS ? ilog2(work) : NCLASS - 1;
         c->r.multi = try_threads;
         c->r.ncfg = n;
         c->r.rounds = c->rounds = try_threads ? ROUNDS_THREADS : ROUNDS;
-        c->r.state = 1;
+        c->r.state = n > 1 ? 1 : 2;   /* one configuration: nothing to trial */
+        c->interval = 0;
     }
     c->r.steps_seen++;
     if (c->r.state == 2 && c->r.multi && c->r.steps_seen >= c->retrial_at) {
         /* other processes, BLAS's threads or a data loader may have come or
-         * gone since: try the thread counts again (at most 12 of every 1024
-         * steps in the other configuration) */
+         * gone since: try the thread counts again */
         c->r.state = 1;
         c->r.samples = 0;
         c->r.retrials++;
@@ -308,34 +393,79 @@ void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, 
     if (c->r.state == 2) {
         int k = c->r.chosen;
         pl->nthreads = threads_of(c->r.threads[k], rule, nthreads);
-        pl->pf_ahead = c->r.pf[k];
+        pl->pf_ahead = pf_of(c->r.pf[k], pf);
+        if (c->r.multi && pl->nthreads > 1 && !c->busy) {
+            /* all threads chosen: time the step, to see stalls */
+            pl->cls = c->r.cls;
+            pl->multi = 1;
+            pl->slot = MONITOR_SLOT;
+            c->busy = 1;
+        }
     } else if (c->r.steps_seen > ADAMC_TUNE_SKIP && !c->busy) {
         int s = c->r.samples, n = c->r.ncfg, round = s / n, pos = s % n;
         int k = round % 2 == 0 ? pos : n - 1 - pos;   /* ABBA order */
+        if (s == 0) {
+            c->stalls = 0;
+            for (int i = 0; i < n; i++)
+                c->n[i] = 0;
+        }
         pl->nthreads = threads_of(c->r.threads[k], rule, nthreads);
-        pl->pf_ahead = c->r.pf[k];
+        pl->pf_ahead = pf_of(c->r.pf[k], pf);
         pl->cls = c->r.cls;
         pl->multi = try_threads;
         pl->slot = s;
         c->busy = 1;
     } else {
         pl->nthreads = threads_of(c->r.threads[0], rule, nthreads);
-        pl->pf_ahead = c->r.pf[0];
+        pl->pf_ahead = pf_of(c->r.pf[0], pf);
     }
     UNLOCK();
+}
+
+/* The fastest timed one-thread step of the running trial so far (0: none). */
+static double fastest_serial(const cls_t *c)
+{
+    double best = 0.0;
+    for (int k = 0; k < c->r.ncfg; k++)
+        if (!c->r.threads[k])
+            for (int i = 0; i < c->n[k]; i++)
+                if (best == 0.0 || c->t[k][i] < best)
+                    best = c->t[k][i];
+    return best;
 }
 
 void adamc_plan_done(const adamc_plan *pl, double seconds)
 {
     cls_t *c = &classes[pl->multi][pl->cls];
     LOCK();
-    if (c->busy && c->r.state == 1 && pl->slot == c->r.samples) {
+    if (c->busy && c->r.state == 2 && pl->slot == MONITOR_SLOT) {
+        /* a step on all threads after the class chose them */
+        if (seconds > STALL * c->serial_median) {
+            if (c->r.steps_seen - c->last_stall <= STALL_WINDOW) {
+                c->r.fallbacks++;
+                /* the best one-thread configuration of the trial */
+                int best1 = 0;
+                for (int k = 1; k < c->r.ncfg; k++)
+                    if (!c->r.threads[k] && c->r.median[k] < c->r.median[best1])
+                        best1 = k;
+                choose_serial(c, best1);
+            }
+            c->last_stall = c->r.steps_seen;
+        }
+    } else if (c->busy && c->r.state == 1 && pl->slot == c->r.samples) {
         int n = c->r.ncfg, round = pl->slot / n, pos = pl->slot % n;
         int k = round % 2 == 0 ? pos : n - 1 - pos;
-        c->t[k][round] = seconds;
+        double fast1 = fastest_serial(c);
+        c->t[k][c->n[k]++] = seconds;
         c->r.samples++;
-        if (c->r.samples == n * c->rounds)
+        c->r.early = 0;
+        if (c->r.multi && c->r.threads[k] && fast1 > 0.0 && seconds > STALL * fast1
+            && ++c->stalls >= 2) {
+            c->r.early = 1;     /* a busy host: one thread, now */
             decide(c);
+        } else if (c->r.samples == n * c->rounds) {
+            decide(c);
+        }
     }
     c->busy = 0;
     UNLOCK();
