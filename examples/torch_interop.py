@@ -161,8 +161,11 @@ def compare(steps=300, batch_size=64, lr=1e-2, dtype="float32", seed=0):
 
     adamc_losses = train(model_a, X, y, batches, adamc_step)
 
-    torch_params = [p.detach().float().numpy().copy() for p in model_t.parameters()]
-    adamc_params = [p.detach().float().numpy().copy() for p in model_a.parameters()]
+    def final(model):  # NumPy copies, 16-bit weights widened to float32 to compare
+        return [(p.detach().float() if sixteen else p.detach()).numpy().copy()
+                for p in model.parameters()]
+
+    torch_params, adamc_params = final(model_t), final(model_a)
     max_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(adamc_params, torch_params))
     return {
         "torch_losses": torch_losses,

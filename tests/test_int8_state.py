@@ -75,22 +75,41 @@ def test_codes_are_the_nearest_map_value(signed):
     m = R.dynamic_map(signed).astype(np.float64)
     s = (x.reshape(-1) * np.repeat(np.float32(1) / absmax, BLOCK)[:x.size]).astype(np.float64)
     dist = np.abs(s[:, None] - m[None, :])
+    if not signed:  # exp_avg_sq: the nearest NONZERO value (never code 0)
+        dist[:, 0] = np.inf
+        assert codes.min() >= 1
     best = dist.min(axis=1)
     got = dist[np.arange(s.size), codes]
     # nearest up to the float32 rounding of the midpoint it is compared with
     assert np.all(got - best <= 2.0**-24 * np.abs(s) + 1e-45)
 
 
+def test_exp_avg_sq_never_rounds_to_zero():
+    """A tiny positive v (and a zero one) takes the smallest nonzero code, so
+    a nonzero m beside it cannot step the weight by lr * m / eps."""
+    x = np.zeros(2 * BLOCK, np.float32)
+    x[0] = 1.0
+    x[1:6] = [1e-7, 1e-9, 1e-30, 1e-45, 0.0]
+    for quantize in (R.quantize_blockwise, _kernels.quantize_blockwise):
+        codes, absmax = quantize(x, False)
+        assert codes[0] == 255 and np.all(codes[1:6] == 1) and np.all(codes[BLOCK:] == 1)
+        back = R.dequantize_blockwise(codes, absmax, False)
+        assert back[1] == R.dynamic_map(False)[1] and np.all(back[BLOCK:] == 0)  # absmax 0
+    assert R.quantize_blockwise(x, True)[0][2] == 127  # the signed map keeps its 0
+
+
 @pytest.mark.parametrize("signed", [True, False])
 def test_midpoint_ties_take_the_lower_code(signed):
     mid = R._midpoints(signed)
-    x = np.concatenate([mid, [1.0]]).astype(np.float32)   # absmax 1: normalized = x
+    first = 0 if signed else 1   # the unsigned map's first midpoint is -inf: code >= 1
+    assert signed or mid[0] == -np.inf
+    x = np.concatenate([mid[first:], [1.0]]).astype(np.float32)   # absmax 1: normalized = x
     codes, absmax = R.quantize_blockwise(x, signed)
     assert absmax[0] == 1.0
-    assert np.array_equal(codes[:255], np.arange(255))
-    above = np.nextafter(mid, np.float32(2))
+    assert np.array_equal(codes[:-1], np.arange(first, 255))
+    above = np.nextafter(mid[first:], np.float32(2))
     codes, _ = R.quantize_blockwise(np.concatenate([above, [1.0]]).astype(np.float32), signed)
-    assert np.array_equal(codes[:255], np.arange(1, 256))
+    assert np.array_equal(codes[:-1], np.arange(first + 1, 256))
 
 
 @pytest.mark.parametrize("signed", [True, False])

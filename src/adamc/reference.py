@@ -231,6 +231,10 @@ def dynamic_map(signed):
         assert m.size == 256
         m.flags.writeable = False
         mid = (m[:-1] + m[1:]) / np.float32(2.0)
+        if not signed:
+            # exp_avg_sq never rounds to 0 (code 0): a v of 0 beside a nonzero
+            # m would step the weight by lr * m / eps (docs/int8-state.md)
+            mid[0] = -np.inf
         mid.flags.writeable = False
         _MAPS[signed] = (m, mid)
     return _MAPS[signed][0]
@@ -261,7 +265,9 @@ def quantize_blockwise(x, signed):
     reciprocal, then a float32 product; a NaN product counts as 0), and its
     code is the number of midpoints of :func:`dynamic_map` strictly below it:
     the nearest map value, a value exactly on a midpoint taking the lower
-    code (bitsandbytes' ``bucketize`` rule).  Returns ``(codes, absmax)``:
+    code (bitsandbytes' ``bucketize`` rule), except that the unsigned map
+    (exp_avg_sq) never gives code 0: its values round to the nearest
+    nonzero map value (its first midpoint counts as -inf).  Returns ``(codes, absmax)``:
     uint8 codes of x's shape and memory order, float32 scales of
     ``ceil(x.size / 256)``.
     """

@@ -50,6 +50,8 @@ static int build(adamc_qmap *q, int sign)
     for (int i = 0; i < 255; i++)
         q->mid[i] = (q->map[i] + q->map[i + 1]) / 2.0f;
     q->mid[255] = INFINITY;
+    if (!sign)   /* exp_avg_sq never takes code 0 (reference.quantize_blockwise) */
+        q->mid[0] = -INFINITY;
     /* each bucket: the count of midpoints below its lowest value, and the
      * one midpoint that may lie in it */
     for (uint32_t s = 0; s < 2; s++) {
@@ -62,6 +64,10 @@ static int build(adamc_qmap *q, int sign)
             int below = 0, inside = 0;
             uint32_t low = s ? 0u : 0xffffu;   /* no midpoint: no value passes */
             for (int i = 0; i < 255; i++) {
+                if (q->mid[i] == -INFINITY) {   /* below every value */
+                    below++;
+                    continue;
+                }
                 below += q->mid[i] < vmin;
                 if (q->mid[i] >= vmin && q->mid[i] <= vmax) {
                     inside++;

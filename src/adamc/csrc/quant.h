@@ -6,7 +6,8 @@
  *
  * A value's code is the number of the map's 255 float32 midpoints strictly
  * below it (the nearest map value; a value on a midpoint takes the lower
- * code).  Instead of a binary search, the value's float32 bits pick a
+ * code); the unsigned map's first midpoint is -inf, so exp_avg_sq never
+ * takes code 0 (docs/int8-state.md).  Instead of a binary search, the value's float32 bits pick a
  * bucket: sign, exponent and the top ADAMC_Q_KBITS mantissa bits of |x|,
  * clamped to [2^-23, 1.0].  Every bucket holds at most one midpoint (for
  * both maps, checked when the tables are built), so the code is the count
