@@ -203,8 +203,14 @@ def _variants():
     return _kernels.variants()[1]
 
 
+@pytest.mark.parametrize("name", ["baseline", "avx2", "avx512"])
 @pytest.mark.parametrize("signed", [True, False])
-def test_c_quantization_matches_reference_around_every_midpoint(signed):
+def test_c_quantization_matches_reference_around_every_midpoint(variant, signed, name):
+    """Each variant's quantizer (the code its step uses) gives the
+    reference's codes, bit for bit."""
+    if name not in _variants():
+        pytest.skip(f"{name} not available on this CPU/build")
+    variant(name)
     mid = R._midpoints(signed)
     # each midpoint and its 8 float32 neighbours each side, a dense grid of
     # [-1, 1], zeros, tiny values, values beyond 1 and NaN; absmax 1 or 2

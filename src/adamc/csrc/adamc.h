@@ -116,10 +116,17 @@ typedef void (*adamc_range_fn)(const adamc_task *t, int64_t lo, int64_t hi);
 /* Per-ISA sum of squares of one task's gradient elements [lo, hi) (norm.inc). */
 typedef double (*adamc_sumsq_fn)(const adamc_task *t, int64_t lo, int64_t hi);
 
+/* Per-ISA 8-bit quantization of n float32 values (blocks of 256 from x[0]):
+ * codes c[n], scales absmax[ceil(n / 256)]; signed: exp_avg's map.  The
+ * code the step uses (blocked.inc), exposed for the tests. */
+typedef void (*adamc_quantize_fn)(int is_signed, const float *x, uint8_t *c, float *absmax,
+                                  int64_t n);
+
 typedef struct {
     const char *name;
     adamc_range_fn range;
     adamc_sumsq_fn segment_sumsq;
+    adamc_quantize_fn quantize;
 } adamc_kernel;
 
 /* The sum of squares of every gradient element of the tasks, in double, in
@@ -237,9 +244,6 @@ void adamc_tune_reset(void);
 
 /* The 8-bit state's tables (quant.c): once, at import; 0 on success. */
 int adamc_quant_init(void);
-/* Quantize n float32 values (blocks of 256 from x[0]) with the portable
- * code: codes c[n], scales absmax[ceil(n / 256)]; signed: exp_avg's map. */
-void adamc_quantize(int is_signed, const float *x, uint8_t *c, float *absmax, int64_t n);
 
 /* ISA variants (kernel_<isa>.c, dispatch.c). */
 const adamc_kernel *adamc_kernel_baseline(void);

@@ -133,6 +133,6 @@ static void ISA(adamc_range)(const adamc_task *t, int64_t lo, int64_t hi)
 const adamc_kernel *ADAMC_CAT(adamc_kernel_, ADAMC_ISA)(void)
 {
     static const adamc_kernel k = {ADAMC_STR(ADAMC_ISA), ISA(adamc_range),
-                                   ISA(adamc_segment_sumsq)};
+                                   ISA(adamc_segment_sumsq), ISA(adamc_quantize)};
     return &k;
 }

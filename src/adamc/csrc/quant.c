@@ -50,6 +50,11 @@ static int build(adamc_qmap *q, int sign)
     for (int i = 0; i < 255; i++)
         q->mid[i] = (q->map[i] + q->map[i + 1]) / 2.0f;
     q->mid[255] = INFINITY;
+    /* a binary search's levels: level k compares with one of 2^k midpoints */
+    for (int k = 0; k < 8; k++)
+        for (int j = 0; j < 1 << k; j++)
+            q->tree[(1 << k) - 1 + j] = q->mid[(2 * j + 1) * (128 >> k) - 1];
+    q->tree[255] = 0.0f;
     /* each bucket: the count of midpoints below its lowest value, and the
      * one midpoint that may lie in it */
     for (uint32_t s = 0; s < 2; s++) {
@@ -82,24 +87,4 @@ static int build(adamc_qmap *q, int sign)
 int adamc_quant_init(void)
 {
     return build(&adamc_qmaps[0], 1) | build(&adamc_qmaps[1], 0);
-}
-
-void adamc_quantize(int is_signed, const float *x, uint8_t *c, float *absmax, int64_t n)
-{
-    const adamc_qmap *q = &adamc_qmaps[is_signed ? 0 : 1];
-    for (int64_t b = 0; b < n; b += ADAMC_QBLOCK) {
-        const int64_t e = n - b < ADAMC_QBLOCK ? n : b + ADAMC_QBLOCK;
-        float am = 0.0f;
-        int nan = 0;
-        for (int64_t i = b; i < e; i++) {
-            const float a = fabsf(x[i]);
-            nan |= a != a;
-            am = a > am ? a : am;
-        }
-        am = nan ? adamc_u2f(0x7fc00000u) : am;
-        absmax[b / ADAMC_QBLOCK] = am;
-        const float r = adamc_q_recip(am);
-        for (int64_t i = b; i < e; i++)
-            c[i] = adamc_q_code(q, x[i], r);
-    }
 }
