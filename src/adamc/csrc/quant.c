@@ -50,11 +50,6 @@ static int build(adamc_qmap *q, int sign)
     for (int i = 0; i < 255; i++)
         q->mid[i] = (q->map[i] + q->map[i + 1]) / 2.0f;
     q->mid[255] = INFINITY;
-    /* a binary search's levels: level k compares with one of 2^k midpoints */
-    for (int k = 0; k < 8; k++)
-        for (int j = 0; j < 1 << k; j++)
-            q->tree[(1 << k) - 1 + j] = q->mid[(2 * j + 1) * (128 >> k) - 1];
-    q->tree[255] = 0.0f;
     /* each bucket: the count of midpoints below its lowest value, and the
      * one midpoint that may lie in it */
     for (uint32_t s = 0; s < 2; s++) {

@@ -36,9 +36,6 @@
 typedef struct {
     float map[256];                      /* the dynamic map, sorted            */
     float mid[256];                      /* the 255 midpoints; [255] = +inf     */
-    float tree[256];                     /* the midpoints in search order:
-                                          * level k (0..7) at 2^k - 1, entry j =
-                                          * mid[(2j + 1) * 2^(7-k) - 1]; [255] = 0 */
     uint32_t tab[2 * ADAMC_Q_NKEY];      /* per bucket (+ sign half): count << 16
                                           * | low bits of the midpoint inside  */
 } adamc_qmap;
