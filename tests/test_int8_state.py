@@ -222,8 +222,14 @@ def _variants():
     return _kernels.variants()[1]
 
 
+@pytest.mark.parametrize("name", ["baseline", "avx2", "avx512"])
 @pytest.mark.parametrize("signed", [True, False])
-def test_c_quantization_matches_reference_around_every_midpoint(signed):
+def test_c_quantization_matches_reference_around_every_midpoint(variant, signed, name):
+    """Each variant's quantizer (the code its step uses) gives the
+    reference's codes, bit for bit."""
+    if name not in _variants():
+        pytest.skip(f"{name} not available on this CPU/build")
+    variant(name)
     mid = R._midpoints(signed)
     # each midpoint and its 8 float32 neighbours each side, a dense grid of
     # [-1, 1], zeros, tiny values, values beyond 1 and NaN; absmax 1 or 2
@@ -242,6 +248,25 @@ def test_c_quantization_matches_reference_around_every_midpoint(signed):
         rc, ra = R.quantize_blockwise(x, signed)
         np.testing.assert_array_equal(a.view(np.uint32), ra.view(np.uint32))
         np.testing.assert_array_equal(c, rc)
+
+
+@pytest.mark.parametrize("name", ["baseline", "avx2", "avx512"])
+@pytest.mark.parametrize("signed", [True, False])
+def test_c_quantization_ragged_tail_and_nan(variant, signed, name):
+    """Lengths that end inside a block and inside a vector, a NaN in the last
+    vector's tail: each variant's codes and scales are the reference's."""
+    if name not in _variants():
+        pytest.skip(f"{name} not available on this CPU/build")
+    variant(name)
+    rng = np.random.default_rng(5)
+    for n in (1, 7, 15, 17, 255, 257, 1000 + 7):
+        x = rng.standard_normal(n).astype(np.float32)
+        x = x if signed else np.abs(x)
+        for y in (x, np.concatenate([x[:-1], [np.nan]]).astype(np.float32)):
+            c, a = _kernels.quantize_blockwise(y, signed)
+            rc, ra = R.quantize_blockwise(y, signed)
+            np.testing.assert_array_equal(a.view(np.uint32), ra.view(np.uint32))
+            np.testing.assert_array_equal(c, rc)
 
 
 def _run_pair(pdtype, options, shapes=((70, 300), (4099,), (300,)), steps=4, seed=0,

@@ -82,8 +82,11 @@ cdef extern from "csrc/adamc.h" nogil:
         uint32_t sr_keys[4]
         float *exp_avg_absmax
         float *exp_avg_sq_absmax
+    ctypedef void (*adamc_quantize_fn)(int is_signed, const float *x, uint8_t *c,
+                                       float *absmax, int64_t n) noexcept nogil
     ctypedef struct adamc_kernel:
         const char *name
+        adamc_quantize_fn quantize
     int64_t adamc_work(int64_t n, int dtype)
     void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h)
     void adamc_sr_keys(uint32_t keys[4], uint64_t seed, int64_t index, int64_t step)
@@ -101,7 +104,6 @@ cdef extern from "csrc/adamc.h" nogil:
     void adamc_threads_init()
     int adamc_forked_child()
     int adamc_quant_init()
-    void adamc_quantize(int is_signed, const float *x, uint8_t *c, float *absmax, int64_t n)
     ctypedef struct adamc_tune_row:
         int cls, multi, state, ncfg, chosen, steps_seen, samples, rounds, retrials
         int fallbacks, early
@@ -537,13 +539,14 @@ cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
 
 
 def quantize_blockwise(x, bint signed):
-    """The C code's 8-bit codes and scales of a contiguous float32 array
-    (tests: against reference.quantize_blockwise)."""
+    """The selected variant's 8-bit codes and scales of a contiguous float32
+    array, by the code its step uses (tests: against
+    reference.quantize_blockwise)."""
     cdef cnp.ndarray a = np.ascontiguousarray(x, dtype=np.float32).ravel()
     cdef cnp.ndarray c = np.empty(a.size, dtype=np.uint8)
     cdef cnp.ndarray am = np.empty((a.size + 255) // 256, dtype=np.float32)
-    adamc_quantize(signed, <const float *>cnp.PyArray_DATA(a), <uint8_t *>cnp.PyArray_DATA(c),
-                   <float *>cnp.PyArray_DATA(am), a.size)
+    _kernel.quantize(signed, <const float *>cnp.PyArray_DATA(a),
+                     <uint8_t *>cnp.PyArray_DATA(c), <float *>cnp.PyArray_DATA(am), a.size)
     return c, am
 
 

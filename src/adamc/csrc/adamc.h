@@ -139,6 +139,11 @@ typedef double (*adamc_sumsq_fn)(const adamc_task *t, int64_t lo, int64_t hi);
  * bitwise 0.0 + segment_sumsq of it, summed side by side (norm.inc). */
 typedef void (*adamc_sumsq_ways_fn)(const adamc_task *t, int64_t lo, int64_t len, int ways,
                                     double *out);
+/* Per-ISA 8-bit quantization of n float32 values (blocks of 256 from x[0]):
+ * codes c[n], scales absmax[ceil(n / 256)]; signed: exp_avg's map.  The
+ * code the step uses (blocked.inc), exposed for the tests. */
+typedef void (*adamc_quantize_fn)(int is_signed, const float *x, uint8_t *c, float *absmax,
+                                  int64_t n);
 
 typedef struct {
     const char *name;
@@ -146,6 +151,7 @@ typedef struct {
     adamc_sumsq_fn segment_sumsq;
     adamc_sumsq_ways_fn sumsq_ways;
     int norm_ways;      /* segments sumsq_ways takes at once (it takes fewer too) */
+    adamc_quantize_fn quantize;
 } adamc_kernel;
 
 /* The sum of squares of every gradient element of the tasks, in double, in
@@ -278,9 +284,6 @@ void adamc_tune_reset(void);
 
 /* The 8-bit state's tables (quant.c): once, at import; 0 on success. */
 int adamc_quant_init(void);
-/* Quantize n float32 values (blocks of 256 from x[0]) with the portable
- * code: codes c[n], scales absmax[ceil(n / 256)]; signed: exp_avg's map. */
-void adamc_quantize(int is_signed, const float *x, uint8_t *c, float *absmax, int64_t n);
 
 /* ISA variants (kernel_<isa>.c, dispatch.c). */
 const adamc_kernel *adamc_kernel_baseline(void);

@@ -148,6 +148,6 @@ const adamc_kernel *ADAMC_CAT(adamc_kernel_, ADAMC_ISA)(void)
 {
     static const adamc_kernel k = {ADAMC_STR(ADAMC_ISA), ISA(adamc_range),
                                    ISA(adamc_segment_sumsq), ISA(adamc_sumsq_ways),
-                                   ADAMC_NORM_WAYS};
+                                   ADAMC_NORM_WAYS, ISA(adamc_quantize)};
     return &k;
 }

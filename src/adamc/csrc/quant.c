@@ -89,23 +89,3 @@ int adamc_quant_init(void)
 {
     return build(&adamc_qmaps[0], 1) | build(&adamc_qmaps[1], 0);
 }
-
-void adamc_quantize(int is_signed, const float *x, uint8_t *c, float *absmax, int64_t n)
-{
-    const adamc_qmap *q = &adamc_qmaps[is_signed ? 0 : 1];
-    for (int64_t b = 0; b < n; b += ADAMC_QBLOCK) {
-        const int64_t e = n - b < ADAMC_QBLOCK ? n : b + ADAMC_QBLOCK;
-        float am = 0.0f;
-        int nan = 0;
-        for (int64_t i = b; i < e; i++) {
-            const float a = fabsf(x[i]);
-            nan |= a != a;
-            am = a > am ? a : am;
-        }
-        am = nan ? adamc_u2f(0x7fc00000u) : am;
-        absmax[b / ADAMC_QBLOCK] = am;
-        const float r = adamc_q_recip(am);
-        for (int64_t i = b; i < e; i++)
-            c[i] = adamc_q_code(q, x[i], r);
-    }
-}
