@@ -201,7 +201,9 @@ class Adam:
     float64 parameters and in float32 otherwise (a float64 gradient of a
     float32 parameter is rounded to float32 first).  ``grad_scale``,
     ``max_grad_norm`` and ``skip_nonfinite`` use the global norm of the
-    summed gradients (the shards' sums of squares added across processes).
+    summed gradients (the shards' sums of squares added across processes;
+    with ``deterministic``, the whole summed gradient's norm in one
+    process's order, so clipped steps are bitwise too).
     Stochastic rounding works, with the seed of process 0, but draws
     different random numbers than a single process would.
 
@@ -524,17 +526,23 @@ class Adam:
                            for i, lo, hi, b, s in self._pieces]
         info = None
         if is_fused:
-            mine = [g for g in shard_grads if g is not None]
-            sumsq = _kernels.grad_sumsq(mine) if mine else 0.0
-            if N > 1 and self.deterministic:  # every process adds in rank order
-                parts = comm.allgather(sumsq)
-                sumsq = 0.0
-                for x in parts:
-                    sumsq += x
-            elif N > 1:
-                box = np.array([sumsq])
-                comm.Allreduce(MPI.IN_PLACE, box, op=MPI.SUM)
-                sumsq = float(box[0])
+            if N > 1 and self.deterministic:
+                # the whole summed gradient on every process, then the norm in
+                # the single process's fixed order: bitwise its norm (one more
+                # all-gather of gradient bytes, in the mode that favours
+                # reproducibility over speed)
+                t1 = time.perf_counter()
+                whole = self._gathered_grads(glist)
+                sumsq = _kernels.grad_sumsq(whole) if whole else 0.0
+                t = time.perf_counter()
+                timing["reduce"] += t - t1
+            else:
+                mine = [g for g in shard_grads if g is not None]
+                sumsq = _kernels.grad_sumsq(mine) if mine else 0.0
+                if N > 1:
+                    box = np.array([sumsq])
+                    comm.Allreduce(MPI.IN_PLACE, box, op=MPI.SUM)
+                    sumsq = float(box[0])
             info = fused_factor(sumsq, scale, max_norm, skip)
             self.last_step = info
             if info.skipped:
@@ -590,6 +598,19 @@ class Adam:
                 timing["unpack"] += t1 - t
                 t = t1
         self.last_timing = timing
+
+    def _gathered_grads(self, glist):
+        """Every parameter's summed (or averaged) gradient, whole, in
+        parameter order (None ones left out): each bucket's shards gathered
+        into its receive buffer, which the rank-order sum has finished with."""
+        views = {}
+        for b in self._buckets:
+            if b.n == 0:
+                continue
+            self.comm.Allgather(b.shard, b.recv)
+            for i, off, n in b.members:
+                views[i] = b.recv[off:off + n]
+        return [views[i] for i, g in enumerate(glist) if g is not None]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Not needed: adamc takes the gradients as ``step``'s argument."""
