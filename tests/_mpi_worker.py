@@ -333,6 +333,21 @@ def check_errors():
     expect_error(lambda: D.Adam(make_params([((600,), np.float32, "C")]), state_dtype="int8"),
                  ValueError,
                  "state_dtype='int8'", "sharded")
+    # stochastic rounding: refused where bitwise equality to one process is
+    # promised, stepped (identically on every process) where it is not
+    half = [((40, 9), np.float16, "C")]
+    sr = dict(master_weights=False, state_dtype="float16", stochastic_rounding=True)
+    expect_error(lambda: D.Adam(make_params(half), deterministic=True, **sr), ValueError,
+                 "stochastic_rounding=True", "deterministic=False")
+    hp = make_params(half)
+    hopt = D.Adam(hp, lr=0.01, **sr)
+    hopt.step(grads_for(hp, 0, RANK))
+    same_everywhere(hp)
+    dopt = D.Adam(hp, lr=0.01, deterministic=True, master_weights=False, state_dtype="float16")
+    dopt.param_groups[0]["stochastic_rounding"] = True  # edited later: refused at the step
+    before = hp[0].copy()
+    expect_error(lambda: dopt.step(grads_for(hp, 1, RANK)), ValueError, "stochastic_rounding")
+    assert np.array_equal(hp[0], before)
     # save_state to a directory that does not exist: every process raises
     expect_error(lambda: opt.save_state("/nonexistent-dir/x.npz"), FileNotFoundError,
                  "does not exist")

@@ -1003,17 +1003,27 @@ def check_state_fits(state, want, label):
 # loss scaler and the standalone clipping.
 
 
-def check_shardable(param_groups, where):
-    """8-bit state is quantized in blocks of 256 elements of each tensor;
-    a process's shard starts wherever the balanced split puts it, so its
-    blocks (and scales) would not be the single-process ones."""
-    for gi, g in enumerate(param_groups):
-        if g.get("state_dtype") == "int8":
+def check_shardable(hypers, deterministic, where):
+    """What adamc.distributed cannot shard as promised, per group's Hypers.
+    8-bit state is quantized in blocks of 256 elements of each tensor; a
+    process's shard starts wherever the balanced split puts it, so its
+    blocks (and scales) would not be the single-process ones.  Stochastic
+    rounding draws its bits by the element's index in the stepped array,
+    which for a shard is the view's, so deterministic=True (bitwise equal to
+    one process) cannot hold with it."""
+    for gi, h in enumerate(hypers):
+        if h.state_dtype == "int8":
             raise ValueError(
                 f"{where}: param_groups[{gi}] has state_dtype='int8', which the sharded "
                 "optimizer does not support (its shards do not start on the 8-bit state's "
                 "256-element blocks); use a 16-bit or float32 state_dtype, or adamc.Adam "
                 "in one process")
+        if deterministic and h.stochastic_rounding:
+            raise ValueError(
+                f"{where}: param_groups[{gi}] has stochastic_rounding=True, which "
+                "deterministic=True cannot make bitwise equal to one process (a shard's "
+                "random bits follow its own element indices); use deterministic=False "
+                "(results then match one process to the rounding) or round to nearest")
 
 
 def check_positive(value, name, where=""):

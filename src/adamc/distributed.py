@@ -205,7 +205,8 @@ class Adam:
     with ``deterministic``, the whole summed gradient's norm in one
     process's order, so clipped steps are bitwise too).
     Stochastic rounding works, with the seed of process 0, but draws
-    different random numbers than a single process would.
+    different random numbers than a single process would (so
+    ``deterministic=True`` refuses it); 8-bit state is refused.
 
     Beyond :class:`adamc.Adam`'s attributes: ``comm``, ``rank``, ``size``;
     ``state_nbytes()`` and ``buffer_nbytes()`` (this process's memory);
@@ -231,7 +232,9 @@ class Adam:
 
         def build():
             single = self._Single(params, *args, **kwargs)
-            V.check_shardable(single.param_groups, f"{name}()")
+            V.check_shardable([V.group_values(g, f"param_groups[{gi}]")
+                               for gi, g in enumerate(single.param_groups)],
+                              deterministic, f"{name}()")
             for label, v in (("average", average), ("deterministic", deterministic)):
                 V.check_bool(v, label, f"{name}()")
             sig = [self._variant, bool(average), bool(deterministic),
@@ -390,6 +393,7 @@ class Adam:
             V.check_group_storage(h, [self._params[i] for i in idx],
                                   [V.param_label(self._names, i) for i in idx], where)
             hypers.append(h)
+        V.check_shardable(hypers, self.deterministic, "step()")
         for i, had in enumerate(self._had):  # storage options fixed once state exists
             if had:
                 want = _spec.slots_for(hypers[self._group_of[i]],
