@@ -370,6 +370,17 @@ def assert_twins_match(opt, ref, steps, what="", groups=False):
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
+def step_on_threads(opt, grads, threads):
+    """``opt.step([g])`` for each g of ``grads`` (one parameter) with adamc's
+    thread count set to ``threads``, restored afterwards."""
+    adamc.set_num_threads(threads)
+    try:
+        for g in grads:
+            opt.step([g])
+    finally:
+        adamc.set_num_threads(None)
+
+
 def load_example(name):
     """Import examples/<name>.py as a module without putting examples/ on
     sys.path; skips the test when examples/ is absent (an installed copy)."""

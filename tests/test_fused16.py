@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import adamc
-from _toolkit import state_of
+from _toolkit import state_of, step_on_threads
 from adamc import reference
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -60,12 +60,7 @@ def inputs(pdt, gdt, n, steps, seed):
 def run(module, pdt, gdt, options, n, threads=1, steps=3, seed=0):
     p, grads = inputs(pdt, gdt, n, steps, seed)
     opt = module.Adam([p], **EXACT, **options)
-    adamc.set_num_threads(threads)
-    try:
-        for g in grads:
-            opt.step([g])
-    finally:
-        adamc.set_num_threads(None)
+    step_on_threads(opt, grads, threads)
     return p, state_of(opt, 0)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 import adamc
 from adamc import _spec, reference
+from _toolkit import step_on_threads
 
 PAIRS = [(np.float32, np.float64), (np.float64, np.float32)]
 OPTIONS = [{}, {"amsgrad": True, "weight_decay": 0.1}, {"maximize": True, "eps_mode": "hat"},
@@ -18,12 +19,7 @@ OPTIONS = [{}, {"amsgrad": True, "weight_decay": 0.1}, {"maximize": True, "eps_m
 def run(module, p0, grads, options, threads):
     p = p0.copy(order="K")
     opt = module.Adam([p], lr=1e-2, **options)
-    adamc.set_num_threads(threads)
-    try:
-        for g in grads:
-            opt.step([g])
-    finally:
-        adamc.set_num_threads(None)
+    step_on_threads(opt, grads, threads)
     return p, opt.state_dict()["state"][0]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import adamc
-from _toolkit import load_example, state_of
+from _toolkit import load_example, state_of, step_on_threads
 from adamc import reference
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -43,12 +43,7 @@ def run(module, pdt, gdt, options, n=3001, steps=3, threads=1, seed=0, order="C"
     grads = [(rng.standard_normal(n) * 10.0 ** rng.integers(-3, 2)).astype(gdt)
              for _ in range(steps)]
     opt = module.Adam([p], lr=1e-2, **options)
-    adamc.set_num_threads(threads)
-    try:
-        for g in grads:
-            opt.step([g])
-    finally:
-        adamc.set_num_threads(None)
+    step_on_threads(opt, grads, threads)
     return p, opt
 
 
