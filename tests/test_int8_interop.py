@@ -1,61 +1,15 @@
 """adamc.interop: 8-bit state to and from bitsandbytes' and torchao's layouts,
-and full precision to 8 bits and back (docs/int8-state.md).
-
-The first part needs NumPy only: layouts, round trips, values against
-adamc.reference.dequantize_blockwise, and the refusals.  The second runs
-when torch and bitsandbytes (or torchao) import: a real Adam8bit state goes
-into adamc and back, and both libraries step from the same state.
+and full precision to 8 bits and back (docs/int8-state.md), NumPy only:
+layouts, round trips, values against adamc.reference.dequantize_blockwise,
+and the refusals.  Against the real libraries: test_int8_interop_libs.py.
 """
 
 import numpy as np
 import pytest
 
-import adamc
-from adamc import _spec
 from adamc import interop
 from adamc import reference as R
-
-BLOCK = _spec.QUANT_BLOCK
-# 64x128: 8-bit, whole blocks; 5000: 8-bit with a short last block (136);
-# 300: below min_8bit_size, float32 state.
-SHAPES = [(64, 128), (5000,), (300,)]
-
-
-def _params(rng, shapes=SHAPES, order="C"):
-    return [np.asarray(rng.standard_normal(s).astype(np.float32), order=order)
-            for s in shapes]
-
-
-def _trained(opt_cls=R.Adam, steps=3, seed=0, shapes=SHAPES, order="C", **options):
-    """An optimizer over fresh parameters after ``steps`` steps, and its params."""
-    rng = np.random.default_rng(seed)
-    params = _params(rng, shapes, order)
-    opt = opt_cls(params, **{"lr": 1e-2, "state_dtype": "int8", **options})
-    for _ in range(steps):
-        opt.step([np.asarray(rng.standard_normal(p.shape).astype(np.float32), order=order)
-                  for p in params])
-    return opt, params
-
-
-def _bnb_values(codes, absmax, qmap):
-    """bitsandbytes' dequantization, written out: qmap[code] * absmax of the
-    code's block (C order), in float32."""
-    flat = np.asarray(codes).reshape(-1)
-    scale = np.repeat(np.asarray(absmax, np.float32), BLOCK)[:flat.size]
-    return (np.asarray(qmap, np.float32)[flat] * scale).reshape(np.shape(codes))
-
-
-def _assert_entries_equal(a, b):
-    assert a.keys() == b.keys()
-    for pid in a:
-        assert a[pid].keys() == b[pid].keys(), pid
-        for k in a[pid]:
-            x, y = a[pid][k], b[pid][k]
-            if k == "step":
-                assert x == y
-            else:
-                assert x.dtype == y.dtype and x.shape == y.shape, (pid, k)
-                assert np.array_equal(x, y), (pid, k)
+from _int8_cases import BLOCK, assert_entries_equal, bnb_values, random_params, trained_int8
 
 
 # ---------------------------------------------------------------------------
@@ -63,7 +17,7 @@ def _assert_entries_equal(a, b):
 
 
 def test_to_bitsandbytes_layout_and_values():
-    opt, params = _trained()
+    opt, params = trained_int8()
     sd = opt.state_dict()
     b = interop.to_bitsandbytes(sd)
     assert sorted(b) == ["param_groups", "state"]
@@ -86,17 +40,17 @@ def test_to_bitsandbytes_layout_and_values():
             # bitsandbytes' dequantization of the converted state gives, bit
             # for bit, the values adamc steps with
             want = R.dequantize_blockwise(ours[m], ours[f"{m}_absmax"], signed)
-            got = _bnb_values(e[f"state{n}"], e[f"absmax{n}"], e[f"qmap{n}"])
+            got = bnb_values(e[f"state{n}"], e[f"absmax{n}"], e[f"qmap{n}"])
             assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
         # copies: the converted dict does not alias the optimizer's state_dict
         assert not np.shares_memory(e["state1"], ours["exp_avg"])
 
 
 def test_bitsandbytes_round_trip_resumes_bit_identically():
-    opt, params = _trained()
+    opt, params = trained_int8()
     sd = opt.state_dict()
     back = interop.from_bitsandbytes(interop.to_bitsandbytes(sd))
-    _assert_entries_equal(back["state"], sd["state"])
+    assert_entries_equal(back["state"], sd["state"])
     assert back["param_groups"] == [{"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8,
                                      "weight_decay": 0.0, "params": [0, 1, 2]}]
     # the converted state, loaded into a new optimizer, steps as the original
@@ -110,32 +64,32 @@ def test_bitsandbytes_round_trip_resumes_bit_identically():
         twin.step([g.copy() for g in grads])
     for p, q in zip(params, twin_params):
         assert np.array_equal(p, q)
-    _assert_entries_equal(opt.state_dict()["state"], twin.state_dict()["state"])
+    assert_entries_equal(opt.state_dict()["state"], twin.state_dict()["state"])
 
 
 def test_from_bitsandbytes_takes_the_nested_layout():
-    sd = _trained()[0].state_dict()
+    sd = trained_int8()[0].state_dict()
     flat = interop.to_bitsandbytes(sd)
     nested = {"param_groups": flat["param_groups"], "state": {}}
     for pid, e in flat["state"].items():
         nested["state"][pid] = {"step": e["step"], interop.BNB_NESTED:
                                 {k: v for k, v in e.items() if k != "step"}}
-    _assert_entries_equal(interop.from_bitsandbytes(nested)["state"],
+    assert_entries_equal(interop.from_bitsandbytes(nested)["state"],
                           interop.from_bitsandbytes(flat)["state"])
 
 
 def test_bitsandbytes_weight_decay_is_decoupled():
-    sd = _trained(R.AdamW, weight_decay=0.1)[0].state_dict()
+    sd = trained_int8(R.AdamW, weight_decay=0.1)[0].state_dict()
     b = interop.to_bitsandbytes(sd)
     assert b["param_groups"][0]["weight_decay"] == 0.1
     assert interop.from_bitsandbytes(b)["param_groups"][0]["decoupled_weight_decay"] is True
-    l2 = _trained(weight_decay=0.1)[0].state_dict()
+    l2 = trained_int8(weight_decay=0.1)[0].state_dict()
     with pytest.raises(ValueError, match="decoupled"):
         interop.to_bitsandbytes(l2)
 
 
 def test_fortran_order_is_requantized_in_c_order():
-    opt, params = _trained(shapes=[(128, 96)], order="F")
+    opt, params = trained_int8(shapes=[(128, 96)], order="F")
     sd = opt.state_dict()
     assert sd["state"][0]["exp_avg"].flags.f_contiguous
     b = interop.to_bitsandbytes(sd)
@@ -143,7 +97,7 @@ def test_fortran_order_is_requantized_in_c_order():
     assert e["state1"].flags.c_contiguous
     for n, m, signed in ((1, "exp_avg", True), (2, "exp_avg_sq", False)):
         want = R.dequantize_blockwise(sd["state"][0][m], sd["state"][0][f"{m}_absmax"], signed)
-        got = _bnb_values(e[f"state{n}"], e[f"absmax{n}"], e[f"qmap{n}"])
+        got = bnb_values(e[f"state{n}"], e[f"absmax{n}"], e[f"qmap{n}"])
         # requantized once more: the codes are the nearest to the values
         codes, absmax = R.quantize_blockwise(np.ascontiguousarray(want), signed)
         assert np.array_equal(e[f"state{n}"], codes)
@@ -156,7 +110,7 @@ def test_fortran_order_is_requantized_in_c_order():
 
 
 def test_tensor_hook_applies_to_every_array():
-    sd = _trained()[0].state_dict()
+    sd = trained_int8()[0].state_dict()
     seen = []
 
     def hook(a):
@@ -175,7 +129,7 @@ def test_tensor_hook_applies_to_every_array():
 
 
 def test_torchao_layout_and_round_trip():
-    opt, params = _trained()
+    opt, params = trained_int8()
     sd = opt.state_dict()
     t = interop.to_torchao(sd)
     assert t["param_groups"] == [{"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8,
@@ -190,7 +144,7 @@ def test_torchao_layout_and_round_trip():
         assert q["scale"].shape == (params[0].size // BLOCK,)
         assert np.array_equal(q["qmap"], R.dynamic_map(signed))
         want = R.dequantize_blockwise(sd["state"][0][m], sd["state"][0][f"{m}_absmax"], signed)
-        assert np.array_equal(_bnb_values(q["codes"], q["scale"], q["qmap"]), want)
+        assert np.array_equal(bnb_values(q["codes"], q["scale"], q["qmap"]), want)
     # 5000 elements: not whole blocks, which torchao keeps in float: the
     # values adamc steps with
     for m, signed in (("exp_avg", True), ("exp_avg_sq", False)):
@@ -202,7 +156,7 @@ def test_torchao_layout_and_round_trip():
     assert back["param_groups"] == [{"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8,
                                      "weight_decay": 0.0, "params": [0, 1, 2]}]
     for pid in (0, 2):
-        _assert_entries_equal({pid: back["state"][pid]}, {pid: sd["state"][pid]})
+        assert_entries_equal({pid: back["state"][pid]}, {pid: sd["state"][pid]})
     # the float32 state of the 5000-element tensor quantizes back to 8 bits:
     # the same values but for a second rounding (not always the same codes: a
     # block whose largest |m| is negative dequantizes it to -0.99297 * scale,
@@ -217,7 +171,7 @@ def test_torchao_layout_and_round_trip():
 
 
 def test_torchao_accepts_objects_with_attributes():
-    sd = _trained()[0].state_dict()
+    sd = trained_int8()[0].state_dict()
     t = interop.to_torchao(sd)
 
     class State8bit:  # what OptimState8bit exposes
@@ -229,12 +183,12 @@ def test_torchao_accepts_objects_with_attributes():
         for m in ("exp_avg", "exp_avg_sq"):
             if isinstance(e[m], dict):
                 e[m] = State8bit(e[m])
-    _assert_entries_equal(interop.from_torchao(t)["state"],
+    assert_entries_equal(interop.from_torchao(t)["state"],
                           interop.from_torchao(interop.to_torchao(sd))["state"])
 
 
 def test_torchao_keeps_l2_weight_decay():
-    sd = _trained(weight_decay=0.1)[0].state_dict()
+    sd = trained_int8(weight_decay=0.1)[0].state_dict()
     assert interop.to_torchao(sd)["param_groups"][0]["weight_decay"] == 0.1
 
 
@@ -244,7 +198,7 @@ def test_torchao_keeps_l2_weight_decay():
 
 def test_quantize_state_loads_into_an_int8_optimizer():
     rng = np.random.default_rng(4)
-    params = _params(rng)
+    params = random_params(rng)
     full = R.Adam(params, lr=1e-2)
     for _ in range(3):
         full.step([rng.standard_normal(p.shape).astype(np.float32) for p in params])
@@ -261,7 +215,7 @@ def test_quantize_state_loads_into_an_int8_optimizer():
                 assert np.array_equal(q["state"][i][m], sd["state"][i][m])
     eight = R.Adam([p.copy() for p in params], lr=1e-2, state_dtype="int8")
     eight.load_state_dict(q)
-    _assert_entries_equal(eight.state_dict()["state"], q["state"])
+    assert_entries_equal(eight.state_dict()["state"], q["state"])
     # and back: the float32 values are map[code] * scale
     f = interop.dequantize_state(eight.state_dict())
     assert f["param_groups"][0]["state_dtype"] == "float32"
@@ -273,12 +227,12 @@ def test_quantize_state_loads_into_an_int8_optimizer():
             assert np.array_equal(f["state"][i][m], want)
     back = R.Adam([p.copy() for p in params], lr=1e-2)
     back.load_state_dict(f)
-    _assert_entries_equal(back.state_dict()["state"], f["state"])
+    assert_entries_equal(back.state_dict()["state"], f["state"])
 
 
 def test_quantize_state_threshold_and_amsgrad():
     rng = np.random.default_rng(5)
-    params = _params(rng)
+    params = random_params(rng)
     full = R.Adam(params, lr=1e-2)
     full.step([rng.standard_normal(p.shape).astype(np.float32) for p in params])
     q = interop.quantize_state(full.state_dict(), min_8bit_size=300)
@@ -299,7 +253,7 @@ def test_quantize_state_threshold_and_amsgrad():
 
 
 def _bnb(**change):
-    b = interop.to_bitsandbytes(_trained()[0].state_dict())
+    b = interop.to_bitsandbytes(trained_int8()[0].state_dict())
     for key, val in change.items():
         b["state"][0][key] = val
     return b
@@ -348,32 +302,32 @@ def test_from_bitsandbytes_refuses_structure():
     ({"lr": lambda t: 0.01}, "lr"),
 ])
 def test_to_layouts_refuse_options_they_cannot_express(options, match):
-    sd = _trained(**options)[0].state_dict()
+    sd = trained_int8(**options)[0].state_dict()
     for convert in (interop.to_bitsandbytes, interop.to_torchao):
         with pytest.raises(ValueError, match=match):
             convert(sd)
 
 
 def test_to_bitsandbytes_refuses_corrupted_adamc_state():
-    sd = _trained()[0].state_dict()
+    sd = trained_int8()[0].state_dict()
     sd["state"][0]["exp_avg_absmax"] = sd["state"][0]["exp_avg_absmax"].copy()
     sd["state"][0]["exp_avg_absmax"][3] = np.inf
     before = sd["state"][0]["exp_avg_absmax"].copy()
     with pytest.raises(ValueError, match=r"exp_avg_absmax'\]\[3\] is inf"):
         interop.to_bitsandbytes(sd)
     assert np.array_equal(sd["state"][0]["exp_avg_absmax"], before)
-    sd = _trained()[0].state_dict()
+    sd = trained_int8()[0].state_dict()
     del sd["state"][1]["exp_avg_sq_absmax"]
     with pytest.raises(ValueError, match="no 'exp_avg_sq_absmax'"):
         interop.to_torchao(sd)
-    sd = _trained()[0].state_dict()
+    sd = trained_int8()[0].state_dict()
     sd["state"][0]["bogus"] = 1
     with pytest.raises(ValueError, match="bogus"):
         interop.to_bitsandbytes(sd)
 
 
 def _torchao(m="exp_avg", **change):
-    t = interop.to_torchao(_trained()[0].state_dict())
+    t = interop.to_torchao(trained_int8()[0].state_dict())
     t["state"][0][m].update(change)
     return t
 
@@ -395,199 +349,3 @@ def test_from_torchao_refuses_amsgrad_state():
     t["state"][0]["max_exp_avg_sq"] = t["state"][0]["exp_avg_sq"]
     with pytest.raises(ValueError, match="amsgrad"):
         interop.from_torchao(t)
-
-
-# ---------------------------------------------------------------------------
-# against the real libraries (torch + bitsandbytes / torchao installed)
-
-
-@pytest.fixture
-def bnb():
-    torch = pytest.importorskip("torch")
-    bnb = pytest.importorskip("bitsandbytes")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch, bnb
-    torch.set_num_threads(before)
-
-
-def _bnb_optimizer(torch, bnb, params, **kw):
-    tp = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
-    return bnb.optim.Adam8bit(tp, **kw), tp
-
-
-def test_adamc_state_into_bitsandbytes_and_back(bnb):
-    torch, bnb = bnb
-    opt, params = _trained(adamc.Adam, lr=1e-3)
-    sd = opt.state_dict()
-    b_opt, tp = _bnb_optimizer(torch, bnb, params, lr=1e-3)
-    b_opt.load_state_dict(interop.to_bitsandbytes(sd, tensor=torch.from_numpy))
-    # bitsandbytes took it as its own state: 8-bit where adamc had it
-    assert b_opt.state[tp[0]]["state1"].dtype == torch.uint8
-    assert b_opt.state[tp[2]]["state1"].dtype == torch.float32
-    back = interop.from_bitsandbytes(b_opt.state_dict())
-    _assert_entries_equal(back["state"], sd["state"])
-    # bitsandbytes' own dequantization agrees with adamc's, bit for bit
-    F = pytest.importorskip("bitsandbytes.functional")
-    st = b_opt.state[tp[1]]
-    got = F.dequantize_blockwise(st["state1"], absmax=st["absmax1"], code=st["qmap1"],
-                                 blocksize=BLOCK).numpy()
-    want = R.dequantize_blockwise(sd["state"][1]["exp_avg"], sd["state"][1]["exp_avg_absmax"],
-                                  True)
-    assert np.array_equal(got, want)
-
-
-# Both libraries step from one state.  They compute the same update from the
-# same dequantized moments, but round differently: bitsandbytes' m is
-# b1 * m + (1 - b1) * g (adamc: torch's lerp), and its CPU quantizer picks a
-# code by an approximate search, not always the nearest (docs/int8-state.md).
-# Each step moves a weight by about lr at most.  Measured over 5 steps
-# (bitsandbytes 0.50.2, seed 11): the weights differ by 6e-5 * lr * steps on
-# average and 0.024 * lr * steps at worst; the bounds leave 150x and 8x.
-STEPS = 5
-LR = 1e-3
-
-
-@pytest.mark.parametrize("decay", [0.0, 0.1])
-def test_bitsandbytes_and_adamc_step_alike(bnb, decay):
-    torch, bnb = bnb
-    rng = np.random.default_rng(11)
-    params = _params(rng)
-    ours = [p.copy() for p in params]
-    opt = adamc.AdamW(ours, lr=LR, weight_decay=decay, state_dtype="int8")
-    b_opt, tp = _bnb_optimizer(torch, bnb, params, lr=LR, weight_decay=decay)
-    for step in range(STEPS):
-        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
-        opt.step([g.copy() for g in grads])
-        for t, g in zip(tp, grads):
-            t.grad = torch.from_numpy(g.copy())
-        b_opt.step()
-        if step == 0:
-            # after one step from zero state both hold the same quantized moments
-            # up to the quantizers' code choice
-            b_sd = interop.from_bitsandbytes(b_opt.state_dict())
-            for i in range(len(params)):
-                a = interop.dequantize_state(opt.state_dict())["state"][i]["exp_avg"]
-                b = interop.dequantize_state(b_sd)["state"][i]["exp_avg"]
-                scale = np.abs(a).max()
-                assert np.mean(np.abs(a - b)) <= 1e-3 * scale
-    for p0, a, t in zip(params, ours, tp):
-        b = t.detach().numpy()
-        moved = np.abs(a - p0).max()
-        assert moved > 0.5 * LR * STEPS  # both really stepped
-        diff = np.abs(a - b)
-        assert diff.mean() <= 0.01 * LR * STEPS, diff.mean()
-        assert diff.max() <= 0.2 * LR * STEPS, diff.max()
-
-
-def test_bitsandbytes_state_into_adamc(bnb):
-    torch, bnb = bnb
-    rng = np.random.default_rng(12)
-    params = _params(rng)
-    b_opt, tp = _bnb_optimizer(torch, bnb, params, lr=LR)
-    for _ in range(3):
-        for t in tp:
-            t.grad = torch.from_numpy(rng.standard_normal(tuple(t.shape)).astype(np.float32))
-        b_opt.step()
-    sd = interop.from_bitsandbytes(b_opt.state_dict())
-    ours = [t.detach().numpy().copy() for t in tp]
-    opt = adamc.Adam(ours, lr=LR, state_dtype="int8")
-    opt.load_state_dict(sd)
-    _assert_entries_equal(opt.state_dict()["state"], sd["state"])
-    # one more step each from the same state and weights
-    grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
-    opt.step([g.copy() for g in grads])
-    for t, g in zip(tp, grads):
-        t.grad = torch.from_numpy(g.copy())
-    b_opt.step()
-    for a, t in zip(ours, tp):
-        assert np.abs(a - t.detach().numpy()).max() <= 0.2 * LR
-
-
-def test_torchao_state_into_adamc_and_back(bnb):
-    torch, _ = bnb
-    pytest.importorskip("torchao")
-    try:
-        from torchao.optim import AdamW8bit
-        from torchao.optim.subclass_8bit import OptimState8bit
-    except ImportError:
-        pytest.skip("this torchao has no torchao.optim.AdamW8bit")
-    rng = np.random.default_rng(13)
-    params = _params(rng, [(64, 128), (300,)])
-    tp = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params]
-    t_opt = AdamW8bit(tp, lr=LR, weight_decay=0.0)
-    for t in tp:
-        t.grad = torch.from_numpy(rng.standard_normal(tuple(t.shape)).astype(np.float32))
-    t_opt.step()
-    sd = interop.from_torchao(t_opt.state_dict())
-    st = t_opt.state[tp[0]]
-    assert np.array_equal(sd["state"][0]["exp_avg"], st["exp_avg"].codes.numpy())
-    assert np.array_equal(sd["state"][0]["exp_avg_sq_absmax"], st["exp_avg_sq"].scale.numpy())
-    ours = [t.detach().numpy().copy() for t in tp]
-    opt = adamc.AdamW(ours, lr=LR, weight_decay=0.0, state_dtype="int8")
-    opt.load_state_dict(sd)
-    # and back into a fresh torchao optimizer, as OptimState8bit tensors
-    back = interop.to_torchao(opt.state_dict(), tensor=torch.from_numpy)
-    for e in back["state"].values():
-        for m in ("exp_avg", "exp_avg_sq"):
-            if isinstance(e[m], dict):
-                d = e[m]
-                e[m] = OptimState8bit(d["codes"], d["scale"], d["qmap"], d["signed"])
-    t2 = AdamW8bit([torch.nn.Parameter(torch.from_numpy(p.copy())) for p in ours], lr=LR,
-                   weight_decay=0.0)
-    t2.load_state_dict(back)
-    again = interop.from_torchao(t2.state_dict())
-    _assert_entries_equal(again["state"], sd["state"])
-
-
-def test_map_version_travels():
-    sd = _trained()[0].state_dict()
-    assert sd["quant_map_version"] == _spec.QUANT_MAP_VERSION
-    for there, back in ((interop.to_bitsandbytes, interop.from_bitsandbytes),
-                        (interop.to_torchao, interop.from_torchao)):
-        assert back(there(sd))["quant_map_version"] == _spec.QUANT_MAP_VERSION
-    assert "quant_map_version" not in interop.dequantize_state(sd)
-    assert interop.quantize_state(interop.dequantize_state(sd))["quant_map_version"] == 1
-    sd["quant_map_version"] = 2
-    for convert in (interop.to_bitsandbytes, interop.to_torchao, interop.dequantize_state):
-        with pytest.raises(ValueError, match="map version 1 only"):
-            convert(sd)
-
-
-def test_quantize_state_gives_the_codes_load_state_dict_makes():
-    # load_state_dict quantizes full-precision moments by value when the
-    # groups say state_dtype="int8" (a float optimizer's state_dict says
-    # otherwise, and its groups win: that is what quantize_state changes);
-    # both paths give the same codes
-    rng = np.random.default_rng(6)
-    params = _params(rng)
-    full = adamc.Adam(params, lr=1e-2)
-    full.step([rng.standard_normal(p.shape).astype(np.float32) for p in params])
-    sd = full.state_dict()
-    eight = adamc.Adam([p.copy() for p in params], lr=1e-2, state_dtype="int8")
-    eight.load_state_dict({**sd, "param_groups": [
-        {**g, "state_dtype": "int8"} for g in sd["param_groups"]]})
-    _assert_entries_equal(eight.state_dict()["state"], interop.quantize_state(sd)["state"])
-
-
-def test_to_layouts_refuse_moments_of_different_shapes():
-    sd = _trained()[0].state_dict()
-    sd["state"][2]["exp_avg_sq"] = np.zeros(301, np.float32)
-    with pytest.raises(ValueError, match="differ in shape"):
-        interop.to_bitsandbytes(sd)
-
-
-def test_bfloat16_parameters_convert_and_master_copies_are_refused():
-    ml_dtypes = pytest.importorskip("ml_dtypes")
-    rng = np.random.default_rng(8)
-    p = rng.standard_normal((64, 128)).astype(ml_dtypes.bfloat16)
-    opt = adamc.Adam([p], lr=1e-2, state_dtype="int8", master_weights=False)
-    opt.step([rng.standard_normal(p.shape).astype(ml_dtypes.bfloat16)])
-    sd = opt.state_dict()
-    back = interop.from_bitsandbytes(interop.to_bitsandbytes(sd))
-    _assert_entries_equal(back["state"], sd["state"])
-    with_master = adamc.Adam([p.copy()], lr=1e-2, state_dtype="int8")
-    with_master.step([rng.standard_normal(p.shape).astype(ml_dtypes.bfloat16)])
-    for convert in (interop.to_bitsandbytes, interop.to_torchao):
-        with pytest.raises(ValueError, match="master"):
-            convert(with_master.state_dict())
