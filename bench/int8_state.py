@@ -1,12 +1,12 @@
 """8-bit blockwise state (state_dtype="int8") against adamc's float32-state
 step on the same parameters, side by side in one run (issue 13's goals).
 
-    python bench/int8_state.py [--n 5e7] [--rounds 7] [--bnb]
+    python bench/int8_state.py [--n 5e7] [--rounds 7]
 
 Prints the machine and kernel variant, then per case the medians of
 interleaved rounds, the ratio to the float32-state step, the bytes per
-element each moves and the ratio of bytes.  --bnb also times
-bitsandbytes' Adam8bit (torch + bitsandbytes installed) on the first case.
+element each moves and the ratio of bytes.  bitsandbytes' Adam8bit:
+bench/int8_vs_bnb.py.
 """
 
 from __future__ import annotations
@@ -43,25 +43,10 @@ def make(shapes, dtype, kw, state_dtype, seed=0):
     return lambda: opt.step(gs)
 
 
-def bnb_step(n):
-    try:
-        import torch
-        import bitsandbytes as bnb
-    except ImportError:
-        return None
-    rng = np.random.default_rng(0)
-    p = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(n).astype(np.float32)))
-    p.grad = torch.from_numpy((rng.standard_normal(n) * 1e-3).astype(np.float32))
-    opt = bnb.optim.Adam8bit([p], lr=1e-4)
-    opt.step()
-    return opt.step
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=float, default=5e7)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--bnb", action="store_true")
     args = ap.parse_args(argv)
     print(describe_machine())
     print(f"kernel variant: {adamc._kernels.kernel_name()}, median of {args.rounds} "
@@ -72,16 +57,9 @@ def main(argv=None):
         sd = None if dt == np.float32 else "float32"
         contenders = {"fp32": make(shapes, dt, kw, sd),
                       "int8": make(shapes, dt, {**kw, "min_8bit_size": 4096}, "int8")}
-        if args.bnb and name.startswith("fp32 params, one"):
-            f = bnb_step(int(args.n))
-            if f is not None:
-                contenders["bnb"] = f
         med = interleaved(contenders, rounds=args.rounds, target=0.05, pause=0.02)
         print(f"{name:36s} {med['fp32'] * 1e3:8.2f}ms {med['int8'] * 1e3:8.2f}ms "
               f"{med['int8'] / med['fp32']:6.2f} {b8 / b32:11.2f}")
-        if "bnb" in med:
-            print(f"{'  bitsandbytes Adam8bit (CPU)':36s} {'':10s} {med['bnb'] * 1e3:8.2f}ms "
-                  f"  adamc int8 {med['bnb'] / med['int8']:.0f}x faster")
 
 
 if __name__ == "__main__":
