@@ -6,9 +6,11 @@
 Each iteration runs a forward-pass-like chain of matrix products through the
 model's weight matrices (NumPy's BLAS with its default threads: caches are
 cold and BLAS's threads may still be spinning when the step starts), then
-one optimizer step, which alone is timed.  Contenders, each timed in the
-same loop, in interleaved rounds shuffled afresh each round (seeded),
-medians of the rounds:
+one optimizer step, which alone is timed.  The contenders in the loop take
+turns iteration by iteration (each after its own matrix products, in an
+order shuffled afresh each iteration, seeded), so that a burst of load from
+elsewhere falls on all of them alike; a round is the mean step time over
+its iterations, and the figures are medians of the rounds:
 
 - adamc with the default thread count (and the tuner's choices, after a
   warm-up that runs every size class's trial);
@@ -131,6 +133,22 @@ def time_loop(step, between, iters):
     return total / iters
 
 
+def time_turns(cont, iters, order):
+    """Mean seconds per step of each contender over `iters` iterations in
+    which the contenders take turns (each after its own `between`)."""
+    total = dict.fromkeys(cont, 0.0)
+    keys = list(cont)
+    for _ in range(iters):
+        order.shuffle(keys)
+        for k in keys:
+            step, between = cont[k]
+            between()
+            t0 = time.perf_counter()
+            step()
+            total[k] += time.perf_counter() - t0
+    return {k: v / iters for k, v in total.items()}
+
+
 def bench_model(name, rounds, use_torch):
     widths, dtype, batch = MODELS[name]
     rng = np.random.default_rng(0)
@@ -145,9 +163,13 @@ def bench_model(name, rounds, use_torch):
     iters = max(5, min(200, int(0.05 / max(t_one, 1e-6))))
     samples = {k: [] for k in cont}
     order = random.Random(0)
+    tight = {k: c for k, c in cont.items() if c[1] is None}
+    in_loop = {k: c for k, c in cont.items() if c[1] is not None}
     for _ in range(rounds):
-        for k in order.sample(list(cont), len(cont)):
-            samples[k].append(time_loop(*cont[k], iters))
+        for k, t in time_turns(in_loop, iters, order).items():
+            samples[k].append(t)
+        for k, c in tight.items():
+            samples[k].append(time_loop(*c, iters))
     adamc.set_num_threads(None)
     med = {k: statistics.median(v) for k, v in samples.items()}
     return n, np.dtype(dtype).name, iters, med
@@ -189,7 +211,7 @@ def main():
                  f"({__import__('torch').get_num_threads()} threads)" if use_torch else "")
               + (", OVERSUBSCRIBED: 2 CPU-bound processes beside it" if args.oversubscribe
                  else "")
-              + f"; {args.rounds} interleaved rounds, medians")
+              + f"; {args.rounds} rounds, contenders taking turns step by step; medians")
         for name in args.sizes.split(","):
             n, dt, iters, t = bench_model(name, args.rounds, use_torch)
             print(f"\n{name}: {n} parameters, {dt}, {iters} steps a round "
