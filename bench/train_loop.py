@@ -160,7 +160,7 @@ def bench_model(name, rounds, use_torch):
     for step, between in cont.values():
         time_loop(step, between, 30)
     t_one = time_loop(cont["adamc 1 thread"][0], None, 3)
-    iters = max(5, min(200, int(0.05 / max(t_one, 1e-6))))
+    iters = max(10, min(200, int(0.2 / max(t_one, 1e-6))))
     samples = {k: [] for k in cont}
     order = random.Random(0)
     tight = {k: c for k, c in cont.items() if c[1] is None}
