@@ -36,8 +36,14 @@ def cases():
          {**nm, "state_dtype": "bfloat16", "stochastic_rounding": True, "seed": 1}, None),
         ("fp16 / fp16 / fp16 state, nearest", 14, f16, f16,
          {**nm, "state_dtype": "float16"}, "float16"),
+        ("fp16 / fp16 / fp16 state, stochastic", 14, f16, f16,
+         {**nm, "state_dtype": "float16", "stochastic_rounding": True, "seed": 1}, None),
         ("fp32 / fp32 / bf16 state", 20, f32, f32, {"state_dtype": "bfloat16"}, None),
         ("fp32 / fp32 / fp16 state", 20, f32, f32, {"state_dtype": "float16"}, None),
+        ("fp32 / fp32 / bf16 state, stochastic", 20, f32, f32,
+         {"state_dtype": "bfloat16", "stochastic_rounding": True, "seed": 1}, None),
+        ("fp32 / fp32 / fp16 state, stochastic", 20, f32, f32,
+         {"state_dtype": "float16", "stochastic_rounding": True, "seed": 1}, None),
     ]
 
 

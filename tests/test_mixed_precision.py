@@ -131,6 +131,34 @@ def test_stochastic_rounding_is_unbiased():
         assert abs(np.mean(out == hi) - frac) < 5 * np.sqrt(frac * (1 - frac) / x32.size), dt
 
 
+def test_stored_values_of_an_element_round_independently():
+    """One hash per element feeds all of its stored values (convert.h's
+    adamc_sr_take gives each its own bits): whether one value rounds up
+    must say nothing about another's, nor about the next element's.  For
+    each pair of values (and p, m, v together) the fraction of elements
+    where all round up is the product of their proportions."""
+    n = 400_000
+    fracs = {"param": 0.3, "exp_avg": 0.6, "exp_avg_sq": 0.45, "max_exp_avg_sq": 0.7}
+    for key in (12345, reference.sr_key(7, 3, 1000)):
+        up, want = {}, {}
+        for name, q in fracs.items():
+            x = np.full(n, 1.0 + q * 2.0**-7, dtype=np.float32)  # bfloat16's gap above 1: 2^-7
+            out = reference.round_to(x, BF16, key=key, value=reference.SR_VALUE[name])
+            up[name] = out.astype(np.float32) > 1.0
+            want[name] = (float(x[0]) - 1.0) / 2.0**-7
+            assert abs(up[name].mean() - want[name]) < 5 * np.sqrt(q * (1 - q) / n), name
+        names = list(fracs)
+        groups = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+        for group in groups + [("param", "exp_avg", "exp_avg_sq")]:
+            both = np.logical_and.reduce([up[a] for a in group]).mean()
+            prob = np.prod([want[a] for a in group])
+            assert abs(both - prob) < 5 * np.sqrt(prob * (1 - prob) / n), group
+        for name in names:  # neighbouring elements
+            both = (up[name][1:] & up[name][:-1]).mean()
+            prob = want[name] ** 2
+            assert abs(both - prob) < 5 * np.sqrt(prob * (1 - prob) / n), name
+
+
 def test_round_to_nearest_is_numpys_and_ml_dtypes_cast():
     """The reference's rounding (and so, through the bitwise tests above, the
     kernel's) is the libraries' own cast, edge cases included."""

@@ -79,7 +79,7 @@ cdef extern from "csrc/adamc.h" nogil:
         int grad_dtype
         int state_dtype
         int sr
-        uint32_t sr_keys[4]
+        uint32_t sr_key
         float *exp_avg_absmax
         float *exp_avg_sq_absmax
     ctypedef void (*adamc_quantize_fn)(int is_signed, const float *x, uint8_t *c,
@@ -89,7 +89,7 @@ cdef extern from "csrc/adamc.h" nogil:
         adamc_quantize_fn quantize
     int64_t adamc_work(int64_t n, int dtype)
     void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h)
-    void adamc_sr_keys(uint32_t keys[4], uint64_t seed, int64_t index, int64_t step)
+    uint32_t adamc_sr_key(uint64_t seed, int64_t index, int64_t step)
     double adamc_grad_sumsq(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
                             int nthreads)
     void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
@@ -531,7 +531,7 @@ cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     t.exp_avg_sq_absmax = NULL if av is None else <float *>cnp.PyArray_DATA(<cnp.ndarray>av)
     t.sr = h.stochastic_rounding
     if t.sr:
-        adamc_sr_keys(t.sr_keys, h.seed, 0, step)
+        t.sr_key = adamc_sr_key(h.seed, 0, step)
     nthreads = _threads_for(adamc_work(t.n, t.dtype))
     with nogil:
         adamc_multi_step(_kernel, &t, 1, nthreads)
@@ -1145,7 +1145,7 @@ cdef class Engine:
                                                  or q.sdtype == ADAMC_F16
                                                  or q.sdtype == ADAMC_BF16)
             if task.sr:
-                adamc_sr_keys(task.sr_keys, h.seed, i, t)
+                task.sr_key = adamc_sr_key(h.seed, i, t)
             offset += q.size
             work[0] += adamc_work(q.size, q.dtype)
             ntask += 1

@@ -85,20 +85,39 @@ def _hash32(x):
     return x ^ (x >> np.uint32(16))
 
 
-def sr_keys(seed, index, step):
-    """convert.h/step.c's adamc_sr_keys: the four stream keys of one step."""
+def sr_key(seed, index, step):
+    """step.c's adamc_sr_key: the stochastic-rounding key of one parameter's step."""
     m = 0xFFFFFFFF
     k = _hash32((seed & m) ^ 0x243F6A88)
     for word in (seed >> 32, index & m, (index >> 32) & m, step & m, (step >> 32) & m):
         k = _hash32(k ^ np.uint32(word & m))
-    return [int(_hash32(k ^ np.uint32(s))[0]) for s in range(4)]
+    return int(k[0])
 
 
-def sr_bits(key, n):
-    """The 32 random bits of elements 0..n-1 of the stream with this key."""
+# convert.h's ADAMC_SR_HI and adamc_sr_take's multipliers (exp_avg_sq, max_exp_avg_sq)
+_SR_HI = 0x9E3779B9
+_SR_MUL = {2: 0x9E3779B1, 3: 0x85EBCA77}
+# the stored values' numbers in adamc_sr_take
+SR_VALUE = {"param": 0, "exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 3}
+
+
+def sr_hash(key, n):
+    """convert.h's adamc_sr_hash: the random words of elements 0..n-1 of one
+    parameter's step, one per element, shared by its stored values."""
     i = np.arange(n, dtype=np.uint64)
-    lo = (i & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    return _hash32(_hash32(lo + np.uint32(key)) ^ (i >> np.uint64(32)).astype(np.uint32))
+    x = (i + np.uint64(key) + (i >> np.uint64(32)) * np.uint64(_SR_HI)) & np.uint64(0xFFFFFFFF)
+    return _hash32(x.astype(np.uint32))
+
+
+def sr_bits(key, n, value=0):
+    """The 16 random bits (adamc_sr_take & 0xffff) with which stored value
+    ``value`` (SR_VALUE) of elements 0..n-1 rounds."""
+    h = sr_hash(key, n)
+    if value == 0:
+        return h & np.uint32(0xFFFF)
+    if value == 1:
+        return h >> np.uint32(16)
+    return (h * np.uint32(_SR_MUL[value])) >> np.uint32(16)
 
 
 def _f16_sr(x, r):
@@ -107,20 +126,14 @@ def _f16_sr(x, r):
     sign = (u >> 16) & 0x8000
     ax = u & 0x7FFFFFFF
     normal = (((ax - 0x38000000) & 0xFFFFFFFF) + (r & 0x1FFF)) >> 13
-    e = ax >> 23
-    E = np.maximum(e, 1)
-    M = (ax & 0x7FFFFF) | np.where(e > 0, 0x800000, 0).astype(np.uint64)
-    shift = 126 - E.astype(np.int64)
-    sh = np.clip(shift, 0, 63).astype(np.uint64)
-    rem = np.where(shift < 64, M & ((np.uint64(1) << sh) - np.uint64(1)), M)
-    up = np.clip(32 - shift, 0, 63).astype(np.uint64)
-    down = np.clip(shift - 32, 0, 63).astype(np.uint64)
-    thr = np.where(shift <= 32, rem << up, np.where(shift - 32 < 64, M >> down, 0))
-    sub = np.where(shift < 64, M >> sh, 0) + (r.astype(np.uint64) < thr)
+    tiny = ax < 0x38800000
+    # |x| * 2^40 is exact and below 2^26 where it is used; truncated
+    fixed = np.where(tiny, ax, 0).astype(np.uint32).view(np.float32) * np.float32(2.0 ** 40)
+    sub = (fixed.astype(np.uint64) + (r & 0xFFFF)) >> 16
     nan = 0x7C00 | ((ax >> 13) & 0x3FF)
     nan = nan + (nan == 0x7C00)
     res = np.where(ax > 0x7F800000, nan, np.where(ax >= 0x47800000, 0x7C00,
-                                                  np.where(ax >= 0x38800000, normal, sub)))
+                                                  np.where(tiny, sub, normal)))
     return (res | sign).astype(np.uint16).view(np.float16)
 
 
@@ -133,16 +146,17 @@ def _bf16_sr(x, r):
     return res.astype(np.uint16).view(ml_dtypes.bfloat16)
 
 
-def round_to(x, dtype, key=None):
+def round_to(x, dtype, key=None, value=0):
     """float32 values x rounded to a 16-bit dtype: to nearest even (NumPy's
-    and ml_dtypes' casts), or stochastically with stream ``key``."""
+    and ml_dtypes' casts), or stochastically with the bits of stored value
+    ``value`` (SR_VALUE) in the step with this ``key`` (sr_key)."""
     with np.errstate(over="ignore", invalid="ignore"):
         if key is None:
             return x.astype(dtype)
         # element i of the stream is the i-th element in memory, as in the kernel
         order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
         flat = np.ascontiguousarray(x.ravel(order=order), dtype=np.float32)
-        r = sr_bits(key, flat.size).astype(np.uint64)
+        r = sr_bits(key, flat.size, value).astype(np.uint64)
         out = _f16_sr(flat, r) if dtype == np.float16 else _bf16_sr(flat, r)
         return out.reshape(x.shape, order=order)
 
@@ -157,7 +171,7 @@ def _step_storage(p, g, st, t, h, index, factor=1.0):
     as blocked.inc: widen, the one update (_update) in the compute dtype,
     round back (stochastically with h.stochastic_rounding)."""
     c = np.float64 if p.dtype == np.float64 else np.float32
-    keys = sr_keys(h.seed, index, t) if h.stochastic_rounding else [None] * 4
+    key = sr_key(h.seed, index, t) if h.stochastic_rounding else None
     master = st.get("master_param")
     pw = master if master is not None else (p if p.dtype == c else p.astype(c, order="K"))
     slots = [s for s in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if s in st]
@@ -170,14 +184,14 @@ def _step_storage(p, g, st, t, h, index, factor=1.0):
     _update(pw, g.astype(c) if g.dtype.itemsize == 2 else g, work["exp_avg"],
             work["exp_avg_sq"], work.get("max_exp_avg_sq"), t, h, factor)
     if p.dtype != c:
-        _write(p, round_to(pw, p.dtype, None if master is not None else keys[0]))
-    for k, s in zip(keys[1:], slots):
+        _write(p, round_to(pw, p.dtype, None if master is not None else key))
+    for s in slots:
         if st[s].dtype == np.uint8:
             codes, absmax = quantize_blockwise(work[s], s == "exp_avg")
             _write(st[s], codes)
             _write(st[_spec.SCALE_SLOT[s]], absmax)
         elif st[s].dtype != c:
-            _write(st[s], round_to(work[s], st[s].dtype, k))
+            _write(st[s], round_to(work[s], st[s].dtype, key, SR_VALUE[s]))
 
 
 # ---------------------------------------------------------------------------

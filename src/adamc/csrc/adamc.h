@@ -93,14 +93,14 @@ typedef struct {
     int grad_dtype;           /* ADAMC_F32/F64/F16/BF16                  */
     int state_dtype;          /* exp_avg, exp_avg_sq, max_exp_avg_sq     */
     int sr;                   /* round to 16 bits stochastically         */
-    uint32_t sr_keys[4];      /* streams: param, exp_avg, exp_avg_sq, max */
+    uint32_t sr_key;          /* the step's key (convert.h: adamc_sr_hash) */
     float *exp_avg_absmax;    /* IN/OUT with ADAMC_Q8 state: one scale per */
     float *exp_avg_sq_absmax; /* 256 elements (blocks never split: step.c) */
 } adamc_task;
 
-/* The stochastic-rounding keys of one parameter's step: a pure function of
- * (seed, parameter index, step), one per stream (convert.h). */
-void adamc_sr_keys(uint32_t keys[4], uint64_t seed, int64_t index, int64_t step);
+/* The stochastic-rounding key of one parameter's step: a pure function of
+ * (seed, parameter index, step); convert.h draws each element's bits from it. */
+uint32_t adamc_sr_key(uint64_t seed, int64_t index, int64_t step);
 
 /* The work of n elements, in float32 elements: a float64 element costs
  * about twice as much (bench/thread_cutoff.py).  The serial cutoff is in

@@ -4,7 +4,7 @@
  * Plain integer and float32 arithmetic with no branches in the element
  * functions (selects only), so that each ISA variant's compiler flags
  * vectorise the block loops of blocked.inc.  Every function here has a
- * NumPy twin in adamc/reference.py (_f16_bits, _bf16_bits, _sr_bits, ...)
+ * NumPy twin in adamc/reference.py (_f16_sr, _bf16_sr, sr_hash, sr_bits, ...)
  * that produces the same bits.
  *
  * Rounding to nearest even follows NumPy's float32 -> float16 cast and
@@ -12,8 +12,9 @@
  * (float16 keeps the payload's top bits, or 1; bfloat16 gives sign | 0x7fc0).
  * Stochastic rounding (Gupta et al. 2015; Connolly, Higham & Mary 2021):
  * round up with probability equal to the distance to the value below, in
- * units of the gap, drawn from 32 random bits; exactly unbiased in the normal
- * range of the target, and to 2^-32 for float16 subnormal results.
+ * units of the gap, drawn from 16 random bits (the low 16 bits of r; float16
+ * normal results use 13 of them); exactly unbiased in the normal range of
+ * the target, and to 2^-16 of a unit for float16 subnormal results.
  */
 #ifndef ADAMC_CONVERT_H
 #define ADAMC_CONVERT_H
@@ -58,22 +59,18 @@ static inline uint16_t adamc_f2h(float f)
     return (uint16_t)(r | sign);
 }
 
-/* Round stochastically with 32 random bits r. */
+/* Round stochastically with the random bits r & 0xffff.  A subnormal result
+ * (|f| < 2^-14) is |f| in units of 2^-24 with 16 fraction bits, T =
+ * trunc(|f| * 2^40) (the product is exact and below 2^26), plus the 16 bits,
+ * shifted down 16: rounding up with probability frac(T / 2^16), within 2^-16
+ * of a unit of the exact distance. */
 static inline uint16_t adamc_f2h_sr(float f, uint32_t r)
 {
     const uint32_t x = adamc_f2u(f), sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
     const uint32_t m = ax - 0x38000000u;
     const uint32_t normal = (m + (r & 0x1fffu)) >> 13;
-    /* subnormal result: |f| = M * 2^(E - 150), in units of 2^-24 M >> (126 - E),
-     * rounded up when r < the remainder scaled to 32 bits */
-    const uint32_t e = ax >> 23;
-    const uint32_t E = e ? e : 1u;
-    const uint64_t M = (ax & 0x7fffffu) | (e ? 0x800000u : 0u);
-    const uint32_t shift = 126u - E;                            /* >= 14 here */
-    const uint64_t rem = shift < 64u ? M & ((1ull << shift) - 1u) : M;
-    const uint64_t thr = shift <= 32u ? rem << (32u - shift)
-                       : (shift - 32u < 64u ? M >> (shift - 32u) : 0u);
-    const uint32_t sub = (uint32_t)(shift < 64u ? M >> shift : 0u) + ((uint64_t)r < thr);
+    const uint32_t fixed = ax < 0x38800000u ? (uint32_t)(adamc_u2f(ax) * 1099511627776.0f)  /* 2^40 */ : 0u;
+    const uint32_t sub = (fixed + (r & 0xffffu)) >> 16;
     const uint32_t res = ax > 0x7f800000u ? adamc_f2h_nan(ax)
                        : ax >= 0x47800000u ? 0x7c00u            /* >= 65536: inf */
                        : ax >= 0x38800000u ? normal : sub;
@@ -113,10 +110,27 @@ static inline uint32_t adamc_hash32(uint32_t x)
     return x;
 }
 
-/* The 32 random bits of element i of one stream (stream keys: adamc_sr_key). */
-static inline uint32_t adamc_sr_bits(uint32_t stream_key, int64_t i)
+/* The random word of element i in one parameter's step (key: adamc_sr_key):
+ * one hash per element, shared by all of the element's stored values.  The
+ * index's high word moves the counter by a multiple of an odd constant. */
+#define ADAMC_SR_HI 0x9e3779b9u
+static inline uint32_t adamc_sr_hash(uint32_t key, int64_t i)
 {
-    return adamc_hash32(adamc_hash32((uint32_t)i + stream_key) ^ (uint32_t)((uint64_t)i >> 32));
+    return adamc_hash32((uint32_t)i + key + (uint32_t)((uint64_t)i >> 32) * ADAMC_SR_HI);
+}
+
+/* Stored value s of an element (ADAMC_SR_PARAM, ...) rounds with the low 16
+ * bits of adamc_sr_take(h, s): the parameter h's low half, exp_avg its high
+ * half, exp_avg_sq and max_exp_avg_sq the high half of h times an odd
+ * constant (one multiply each), so that no two values share their bits. */
+enum { ADAMC_SR_PARAM = 0, ADAMC_SR_EXP_AVG = 1, ADAMC_SR_EXP_AVG_SQ = 2, ADAMC_SR_MAX = 3 };
+#define ADAMC_SR_MUL2 0x9e3779b1u
+#define ADAMC_SR_MUL3 0x85ebca77u
+static inline uint32_t adamc_sr_take(uint32_t h, int s)
+{
+    return s == ADAMC_SR_PARAM ? h
+         : s == ADAMC_SR_EXP_AVG ? h >> 16
+         : (h * (s == ADAMC_SR_EXP_AVG_SQ ? ADAMC_SR_MUL2 : ADAMC_SR_MUL3)) >> 16;
 }
 
 #endif

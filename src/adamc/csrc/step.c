@@ -191,14 +191,12 @@ void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
         adamc_plan_done(&pl, adamc_now() - t0);
 }
 
-void adamc_sr_keys(uint32_t keys[4], uint64_t seed, int64_t index, int64_t step)
+uint32_t adamc_sr_key(uint64_t seed, int64_t index, int64_t step)
 {
     uint32_t k = adamc_hash32((uint32_t)seed ^ 0x243f6a88u);
     k = adamc_hash32(k ^ (uint32_t)(seed >> 32));
     k = adamc_hash32(k ^ (uint32_t)index);
     k = adamc_hash32(k ^ (uint32_t)((uint64_t)index >> 32));
     k = adamc_hash32(k ^ (uint32_t)step);
-    k = adamc_hash32(k ^ (uint32_t)((uint64_t)step >> 32));
-    for (uint32_t s = 0; s < 4; s++)
-        keys[s] = adamc_hash32(k ^ s);
+    return adamc_hash32(k ^ (uint32_t)((uint64_t)step >> 32));
 }
