@@ -63,6 +63,7 @@ cdef extern from "csrc/adamc.h" nogil:
         int stochastic_rounding
         uint64_t seed
         double grad_factor
+        int quant_map
     ctypedef struct adamc_scalars:
         int flags
     ctypedef struct adamc_task:
@@ -82,7 +83,8 @@ cdef extern from "csrc/adamc.h" nogil:
         uint32_t sr_keys[4]
         float *exp_avg_absmax
         float *exp_avg_sq_absmax
-    ctypedef void (*adamc_quantize_fn)(int is_signed, const float *x, uint8_t *c,
+        int quant_map
+    ctypedef void (*adamc_quantize_fn)(int map, int is_signed, const float *x, uint8_t *c,
                                        float *absmax, int64_t n) noexcept nogil
     ctypedef struct adamc_kernel:
         const char *name
@@ -356,6 +358,9 @@ def split(int64_t total, int nthreads, int tid):
 cdef dict _EPS_MODE_CODE = {m: i for i, m in enumerate(_spec.EPS_MODES)}
 
 
+cdef dict _QUANT_MAPS = _spec.QUANT_MAPS
+
+
 cdef int _fill_hyper(adamc_hyper *c, object h) except -1:
     """adamc_hyper from a validated _spec.Hypers (lr a float here)."""
     c.lr = h.lr
@@ -371,6 +376,7 @@ cdef int _fill_hyper(adamc_hyper *c, object h) except -1:
     c.stochastic_rounding = h.stochastic_rounding
     c.seed = h.seed if h.seed is not None else 0
     c.grad_factor = 1.0
+    c.quant_map = _QUANT_MAPS[h.quant_map]
     return 0
 
 
@@ -529,6 +535,7 @@ cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     t.master_param = NULL if master is None else cnp.PyArray_DATA(<cnp.ndarray>master)
     t.exp_avg_absmax = NULL if am is None else <float *>cnp.PyArray_DATA(<cnp.ndarray>am)
     t.exp_avg_sq_absmax = NULL if av is None else <float *>cnp.PyArray_DATA(<cnp.ndarray>av)
+    t.quant_map = h.quant_map
     t.sr = h.stochastic_rounding
     if t.sr:
         adamc_sr_keys(t.sr_keys, h.seed, 0, step)
@@ -538,14 +545,14 @@ cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     return 0
 
 
-def quantize_blockwise(x, bint signed):
+def quantize_blockwise(x, bint signed, int map_version=1):
     """The selected variant's 8-bit codes and scales of a contiguous float32
     array, by the code its step uses (tests: against
     reference.quantize_blockwise)."""
     cdef cnp.ndarray a = np.ascontiguousarray(x, dtype=np.float32).ravel()
     cdef cnp.ndarray c = np.empty(a.size, dtype=np.uint8)
     cdef cnp.ndarray am = np.empty((a.size + 255) // 256, dtype=np.float32)
-    _kernel.quantize(signed, <const float *>cnp.PyArray_DATA(a),
+    _kernel.quantize(map_version, signed, <const float *>cnp.PyArray_DATA(a),
                      <uint8_t *>cnp.PyArray_DATA(c), <float *>cnp.PyArray_DATA(am), a.size)
     return c, am
 
@@ -1141,6 +1148,7 @@ cdef class Engine:
             task.master_param = q.mp
             task.exp_avg_absmax = q.am
             task.exp_avg_sq_absmax = q.av
+            task.quant_map = h.quant_map
             task.sr = h.stochastic_rounding and (q.dtype >= ADAMC_F16 and q.mp == NULL
                                                  or q.sdtype == ADAMC_F16
                                                  or q.sdtype == ADAMC_BF16)

@@ -49,6 +49,7 @@ typedef struct {
     int stochastic_rounding;
     uint64_t seed;
     double grad_factor; /* gradients are multiplied by this (unscale, clip); 1: none */
+    int quant_map;      /* 8-bit state's map version: ADAMC_QMAP_* (quant.h) */
 } adamc_hyper;
 
 /*
@@ -96,6 +97,7 @@ typedef struct {
     uint32_t sr_keys[4];      /* streams: param, exp_avg, exp_avg_sq, max */
     float *exp_avg_absmax;    /* IN/OUT with ADAMC_Q8 state: one scale per */
     float *exp_avg_sq_absmax; /* 256 elements (blocks never split: step.c) */
+    int quant_map;            /* with ADAMC_Q8: ADAMC_QMAP_* (quant.h)      */
 } adamc_task;
 
 /* The stochastic-rounding keys of one parameter's step: a pure function of
@@ -140,10 +142,11 @@ typedef double (*adamc_sumsq_fn)(const adamc_task *t, int64_t lo, int64_t hi);
 typedef void (*adamc_sumsq_ways_fn)(const adamc_task *t, int64_t lo, int64_t len, int ways,
                                     double *out);
 /* Per-ISA 8-bit quantization of n float32 values (blocks of 256 from x[0]):
- * codes c[n], scales absmax[ceil(n / 256)]; signed: exp_avg's map.  The
+ * codes c[n], scales absmax[ceil(n / 256)]; map: the map version
+ * (ADAMC_QMAP_*, quant.h); signed: exp_avg's map.  The
  * code the step uses (blocked.inc), exposed for the tests. */
-typedef void (*adamc_quantize_fn)(int is_signed, const float *x, uint8_t *c, float *absmax,
-                                  int64_t n);
+typedef void (*adamc_quantize_fn)(int map, int is_signed, const float *x, uint8_t *c,
+                                  float *absmax, int64_t n);
 
 typedef struct {
     const char *name;
