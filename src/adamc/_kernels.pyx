@@ -89,7 +89,7 @@ cdef extern from "csrc/adamc.h" nogil:
     ctypedef struct adamc_kernel:
         const char *name
         adamc_quantize_fn quantize
-    int64_t adamc_work(int64_t n, int dtype)
+    int64_t adamc_work(int64_t n, int dtype, int state_dtype)
     void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h)
     void adamc_sr_keys(uint32_t keys[4], uint64_t seed, int64_t index, int64_t step)
     double adamc_grad_sumsq(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
@@ -539,7 +539,7 @@ cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     t.sr = h.stochastic_rounding
     if t.sr:
         adamc_sr_keys(t.sr_keys, h.seed, 0, step)
-    nthreads = _threads_for(adamc_work(t.n, t.dtype))
+    nthreads = _threads_for(adamc_work(t.n, t.dtype, t.state_dtype))
     with nogil:
         adamc_multi_step(_kernel, &t, 1, nthreads)
     return 0
@@ -715,7 +715,7 @@ def probe_buffers(list quads, bint prefetch=True):
             tasks[i].exp_avg_sq_absmax = NULL
             tasks[i].sr = 0
             offset += tasks[i].n
-            work += adamc_work(tasks[i].n, tasks[i].dtype)
+            work += adamc_work(tasks[i].n, tasks[i].dtype, tasks[i].state_dtype)
         nthreads = _threads_for(work)
         with nogil:
             adamc_multi_step(_kernel, tasks, k, nthreads)
@@ -1155,6 +1155,6 @@ cdef class Engine:
             if task.sr:
                 adamc_sr_keys(task.sr_keys, h.seed, i, t)
             offset += q.size
-            work[0] += adamc_work(q.size, q.dtype)
+            work[0] += adamc_work(q.size, q.dtype, q.sdtype)
             ntask += 1
         return ntask

@@ -105,11 +105,14 @@ typedef struct {
 void adamc_sr_keys(uint32_t keys[4], uint64_t seed, int64_t index, int64_t step);
 
 /* The work of n elements, in float32 elements: a float64 element costs
- * about twice as much (bench/thread_cutoff.py).  The serial cutoff is in
- * these units. */
-static inline int64_t adamc_work(int64_t n, int dtype)
+ * about twice as much (bench/thread_cutoff.py), and so does one with 8-bit
+ * state (state_dtype ADAMC_Q8: decoding and requantizing both moments; the
+ * pow2 map's step measured 1.6-1.8 x the float32-state step per element in
+ * cache, the dynamic map's more).  The serial cutoff and the tuner's size
+ * classes are in these units; they never change results. */
+static inline int64_t adamc_work(int64_t n, int dtype, int state_dtype)
 {
-    return dtype == ADAMC_F64 ? 2 * n : n;
+    return dtype == ADAMC_F64 || state_dtype == ADAMC_Q8 ? 2 * n : n;
 }
 
 /* The bytes of one element of a task whose buffers are all float32 or all
