@@ -4,8 +4,10 @@ step on the same parameters, side by side in one run (issue 13's goals).
     python bench/int8_state.py [--n 5e7] [--rounds 7]
 
 Prints the machine and kernel variant, then per case the medians of
-interleaved rounds, the ratio to the float32-state step, the bytes per
-element each moves and the ratio of bytes.  bitsandbytes' Adam8bit:
+interleaved rounds of three steps: float32 state, 8-bit state with the
+dynamic map (quant_map="dynamic", bitsandbytes' format) and with the
+lookup-free map (quant_map="pow2"), each 8-bit step's ratio to the
+float32-state step, and the ratio of the bytes per element they move.  bitsandbytes' Adam8bit:
 bench/int8_vs_bnb.py.
 """
 
@@ -51,15 +53,21 @@ def main(argv=None):
     print(describe_machine())
     print(f"kernel variant: {adamc._kernels.kernel_name()}, median of {args.rounds} "
           "interleaved rounds")
-    print(f"{'case':36s} {'fp32 state':>10s} {'int8 state':>10s} {'ratio':>6s} "
-          f"{'bytes ratio':>11s}")
+    print(f"{'case':36s} {'fp32 state':>10s} {'int8 dynamic':>12s} {'ratio':>6s} "
+          f"{'int8 pow2':>10s} {'ratio':>6s} {'bytes ratio':>11s}")
+    rows = {}
     for name, shapes, dt, kw, b8, b32 in cases(args.n):
         sd = None if dt == np.float32 else "float32"
+        eight = {**kw, "min_8bit_size": 4096}
         contenders = {"fp32": make(shapes, dt, kw, sd),
-                      "int8": make(shapes, dt, {**kw, "min_8bit_size": 4096}, "int8")}
+                      "int8": make(shapes, dt, eight, "int8"),
+                      "pow2": make(shapes, dt, {**eight, "quant_map": "pow2"}, "int8")}
         med = interleaved(contenders, rounds=args.rounds, target=0.05, pause=0.02)
-        print(f"{name:36s} {med['fp32'] * 1e3:8.2f}ms {med['int8'] * 1e3:8.2f}ms "
-              f"{med['int8'] / med['fp32']:6.2f} {b8 / b32:11.2f}")
+        rows[name] = med
+        print(f"{name:36s} {med['fp32'] * 1e3:8.2f}ms {med['int8'] * 1e3:10.2f}ms "
+              f"{med['int8'] / med['fp32']:6.2f} {med['pow2'] * 1e3:8.2f}ms "
+              f"{med['pow2'] / med['fp32']:6.2f} {b8 / b32:11.2f}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ import adamc
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import train_mlp  # noqa: E402  (the sibling example)
 
-STATES = {"float32": {}, "int8": {"state_dtype": "int8"}}
+STATES = {"float32": {}, "int8": {"state_dtype": "int8"},
+          "int8-pow2": {"state_dtype": "int8", "quant_map": "pow2"}}
 
 
 def least_squares(state="float32", *, steps=600, lr=0.05, seed=0, optimizer=adamc.Adam):
@@ -87,7 +88,8 @@ def plot(mlp, lsq, path):
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
-    styles = {"float32": {"linewidth": 3, "alpha": 0.5}, "int8": {"linestyle": "--"}}
+    styles = {"float32": {"linewidth": 3, "alpha": 0.5}, "int8": {"linestyle": "--"},
+              "int8-pow2": {"linestyle": ":"}}
     for state, run in mlp.items():
         epochs = range(1, len(run["losses"]) + 1)
         left.plot(epochs, run["losses"], label=f"{state} state: held-out accuracy "
@@ -122,14 +124,15 @@ def main(argv=None):
     mlp = {s: digits(s, epochs=args.epochs, seed=args.seed) for s in STATES}
     lsq = {s: least_squares(s, steps=args.steps, seed=args.seed) for s in STATES}
     print(f"adamc kernel {adamc.cpu_info()['isa']}, seed {args.seed}")
-    print(f"{'state':8s} {'digits loss':>12s} {'held-out acc':>13s} {'lstsq loss':>11s} "
+    print(f"{'state':9s} {'digits loss':>12s} {'held-out acc':>13s} {'lstsq loss':>11s} "
           f"{'lstsq state bytes':>18s}")
     for s in STATES:
         nbytes = lsq[s]["state_nbytes"]
-        print(f"{s:8s} {mlp[s]['losses'][-1]:12.5f} {100 * mlp[s]['test_accuracy'][-1]:12.1f}% "
+        print(f"{s:9s} {mlp[s]['losses'][-1]:12.5f} {100 * mlp[s]['test_accuracy'][-1]:12.1f}% "
               f"{lsq[s]['losses'][-1]:11.6f} {nbytes if nbytes is not None else '-':>18}")
-    gap = lsq["int8"]["losses"][-1] / lsq["float32"]["losses"][-1] - 1
-    print(f"least squares: 8-bit state's final loss {100 * gap:+.3f}% of float32 state's")
+    for s in ("int8", "int8-pow2"):
+        gap = lsq[s]["losses"][-1] / lsq["float32"]["losses"][-1] - 1
+        print(f"least squares: {s} state's final loss {100 * gap:+.3f}% of float32 state's")
     if args.plot:
         plot(mlp, lsq, args.plot)
         print(f"loss curves written to {args.plot}")

@@ -12,6 +12,7 @@ Run it from the repository root::
     python examples/train_mlp.py --optimizer both      # both, same seed: compare
     python examples/train_mlp.py --optimizer both --plot losses.png
     python examples/train_mlp.py --state int8          # 8-bit optimizer state
+    python examples/train_mlp.py --state int8 --quant-map pow2   # its lookup-free map
 
 ``--optimizer both`` trains twice from the same initial weights on the same
 mini-batches, once with ``adamc.Adam`` and once with ``adamc.reference.Adam``,
@@ -363,6 +364,9 @@ def parse_args(argv):
                         default=None, help="state_dtype of the moments (default: float32 for "
                         "16-bit weights); int8: 8-bit blockwise moments for the two large "
                         "weight matrices, float32 for the rest (min_8bit_size 4096)")
+    parser.add_argument("--quant-map", choices=["dynamic", "pow2"], default="dynamic",
+                        help="with --state int8: the codes' map (pow2: the faster "
+                        "lookup-free map, docs/int8-state.md)")
     parser.add_argument("--stochastic-rounding", action="store_true",
                         help="round 16-bit writes stochastically")
     parser.add_argument("--clip", type=float, metavar="MAX_NORM",
@@ -400,6 +404,8 @@ def main(argv=None):
     data = load_data(np.float32 if dtype.itemsize == 2 else dtype, args.seed)
     options = {"master_weights": args.master_weights, "state_dtype": args.state,
                "stochastic_rounding": args.stochastic_rounding}
+    if args.quant_map != "dynamic":
+        options["quant_map"] = args.quant_map
     print(f"digits: {len(data[0])} training / {len(data[2])} held-out images, "
           f"{args.dtype}, adamc kernel {adamc.cpu_info()['isa']}, "
           f"{adamc.get_num_threads()} thread(s)")

@@ -111,10 +111,10 @@ def test_flipped_byte_in_header(saved, tmp_path):
 def test_wrong_version_and_magic(saved, tmp_path):
     ps, opt, path = saved
 
-    def v4(doc):
-        doc["version"] = 4
-    rewrite(path, tmp_path / "v4.npz", edit_header=v4)
-    assert_refused(opt, tmp_path / "v4.npz", "version 4")
+    def v5(doc):
+        doc["version"] = 5
+    rewrite(path, tmp_path / "v5.npz", edit_header=v5)
+    assert_refused(opt, tmp_path / "v5.npz", "version 5")
 
     def v2_with_codes(doc):  # 8-bit codes came with version 3
         doc["arrays"][0]["dtype"] = "|u1"

@@ -183,10 +183,12 @@ def int8_state():
 # 8-bit state blow up if v rounds to 0 under a nonzero m (docs/int8-state.md,
 # "A hazard of the format"): with plain nearest rounding seed 6 ended at 4.4%;
 # exp_avg_sq's codes never being 0 is what this test holds.
+# The lookup-free map (quant_map="pow2", "int8-pow2") is held to the same goal.
+@pytest.mark.parametrize("state", ["int8", "int8-pow2"])
 @pytest.mark.parametrize("seed", [0, 6])
-def test_mlp_int8_state_reaches_float32_accuracy(int8_state, seed):
+def test_mlp_int8_state_reaches_float32_accuracy(int8_state, seed, state):
     full = int8_state.digits("float32", seed=seed)
-    eight = int8_state.digits("int8", seed=seed)
+    eight = int8_state.digits(state, seed=seed)
     assert full["test_accuracy"][-1] >= 0.97
     assert abs(eight["test_accuracy"][-1] - full["test_accuracy"][-1]) <= 0.005 + 1e-12
     # the two large weight matrices really stepped with 8-bit state
@@ -198,9 +200,10 @@ def test_mlp_int8_state_reaches_float32_accuracy(int8_state, seed):
                      "W3": np.float32, "b3": np.float32}
 
 
-def test_least_squares_int8_state_reaches_float32_loss(int8_state):
+@pytest.mark.parametrize("state", ["int8", "int8-pow2"])
+def test_least_squares_int8_state_reaches_float32_loss(int8_state, state):
     full = int8_state.least_squares("float32")
-    eight = int8_state.least_squares("int8")
+    eight = int8_state.least_squares(state)
     # both at the noise floor, 0.01 * (1 - 64/512), far below the start (~70)
     assert full["losses"][0] > 50
     assert 0.0085 < full["losses"][-1] < 0.009
@@ -213,9 +216,10 @@ def test_int8_state_main_and_plot(int8_state, tmp_path, capsys):
     out = tmp_path / "int8.png"
     r = int8_state.main(["--epochs", "2", "--steps", "50", "--plot", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(r["digits"]) == set(r["least_squares"]) == {"float32", "int8"}
+    assert set(r["digits"]) == set(r["least_squares"]) == {"float32", "int8", "int8-pow2"}
     text = capsys.readouterr().out
-    assert "least squares: 8-bit state's final loss" in text
+    assert "least squares: int8 state's final loss" in text
+    assert "least squares: int8-pow2 state's final loss" in text
 
 
 def test_mlp_command_line_takes_int8_state(train_mlp):

@@ -68,6 +68,7 @@ STORAGE_SETUP = {
     "master_weights": (np.float16, {}),
     "state_dtype": (np.float32, {}),   # (its example, bfloat16, needs ml_dtypes)
     "min_8bit_size": (np.float32, {"state_dtype": "int8"}),  # 300 elements: int8 at 300
+    "quant_map": (np.float32, {"state_dtype": "int8", "min_8bit_size": 256}),
     "stochastic_rounding": (np.float16, {"master_weights": False, "seed": 1}),
     "seed": (np.float16, {"master_weights": False, "stochastic_rounding": True, "seed": 0}),
 }

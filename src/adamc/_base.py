@@ -57,6 +57,7 @@ class _Optimizer:
         V.check_new_params([], None, new)
         self.param_groups = []
         self._params, self._names, self._group_of, self._group_params = [], None, [], []
+        self._maps = []  # per group: the quant_map its 8-bit codes index
         for g in new:
             self._add_group(g)
         self._group_hypers()  # the storage options fit every parameter
@@ -71,6 +72,7 @@ class _Optimizer:
         self.param_groups.append(g)
         self._group_params.append(g["params"])
         self._params.extend(g["params"])
+        self._maps.append(g.get("quant_map", _spec.OPTION["quant_map"].default))
 
     def _label(self, i):
         return V.param_label(self._names, i)
@@ -182,11 +184,14 @@ class _Optimizer:
             hypers = self._group_hypers()
             slots = self._slots(hypers)
             for i, want in enumerate(slots):
-                V.check_state_fits(engine.get_state(i), want, self._label(i))
+                gi = self._group_of[i]
+                V.check_state_fits(engine.get_state(i), want, self._label(i),
+                                   self._maps[gi], hypers[gi].quant_map)
             for g, h in zip(self.param_groups, hypers):  # every check passed
                 if h.seed is not None and g.get("seed") is None:
                     g["seed"] = h.seed  # drawn for stochastic rounding turned on by an edit
             engine.set_groups(self.param_groups, hypers, slots)
+            self._maps = [h.quant_map for h in hypers]
         elif status == _spec.BAD_PARAM:
             i = engine.bad_index
             V.explain_param(self._params[i], self._label(i), engine.get_state(i), changed=True)
@@ -253,14 +258,14 @@ class _Optimizer:
         with self._lock:
             V.check_structure(self.param_groups, self._group_params, self._params)
             steps = self._engine.steps
-            state, quant = {}, False
+            state, versions = {}, set()
             for i in range(len(self._params)):
                 st = self._engine.get_state(i)
                 if st:
                     state[i] = {"step": int(steps[i]),
                                 **{k: a.copy(order="K") for k, a in st.items()}}
                     if "exp_avg_absmax" in st:
-                        quant = True
+                        versions.add(_spec.QUANT_MAPS[self._maps[self._group_of[i]]])
             groups, start = [], 0
             for g in self.param_groups:
                 d = {k: v for k, v in g.items() if k not in ("params", "param_names")}
@@ -271,8 +276,9 @@ class _Optimizer:
                 start += len(g["params"])
                 groups.append(d)
             sd = {"state": state, "param_groups": groups}
-            if quant:  # 8-bit codes index this version of the dynamic maps
-                sd["quant_map_version"] = _spec.QUANT_MAP_VERSION
+            if versions:  # 8-bit codes: the highest map version they index (each
+                # group's quant_map says which of its parameters' codes index)
+                sd["quant_map_version"] = max(versions)
             return sd
 
     def state_nbytes(self) -> int:
@@ -310,7 +316,11 @@ class _Optimizer:
                         from .reference import quantize_blockwise
                         w = np.empty_like(p, dtype=np.float32)
                         w[...] = a.astype(np.float32)   # the parameter's memory order
-                        codes, scales = quantize_blockwise(w, key == "exp_avg")
+                        qmap = updates[self._group_of[i]].get(
+                            "quant_map", self.param_groups[self._group_of[i]].get(
+                                "quant_map", _spec.OPTION["quant_map"].default))
+                        codes, scales = quantize_blockwise(w, key == "exp_avg",
+                                                           _spec.QUANT_MAPS[qmap])
                         b[...] = codes
                         new[i][_spec.SCALE_SLOT[key]] = scales
                     else:  # converted to the slot's dtype by value
@@ -324,6 +334,8 @@ class _Optimizer:
                 for syn in _spec.SYNONYMS:
                     g.pop(syn, None)
                 g.update(h)
+            self._maps = [g.get("quant_map", _spec.OPTION["quant_map"].default)
+                          for g in self.param_groups]
 
     # ------------------------------------------------------------------
     # pickle and copy
@@ -345,6 +357,7 @@ class _Optimizer:
         self.last_step = None
         self.param_groups = []
         self._params, self._names, self._group_of, self._group_params = [], None, [], []
+        self._maps = []  # per group: the quant_map its 8-bit codes index
         for g in d["param_groups"]:
             self._add_group(g)
         self._lock = threading.Lock()

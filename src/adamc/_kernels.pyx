@@ -63,6 +63,7 @@ cdef extern from "csrc/adamc.h" nogil:
         int stochastic_rounding
         uint64_t seed
         double grad_factor
+        int quant_map
     ctypedef struct adamc_scalars:
         int flags
     ctypedef struct adamc_task:
@@ -82,12 +83,13 @@ cdef extern from "csrc/adamc.h" nogil:
         uint32_t sr_key
         float *exp_avg_absmax
         float *exp_avg_sq_absmax
-    ctypedef void (*adamc_quantize_fn)(int is_signed, const float *x, uint8_t *c,
+        int quant_map
+    ctypedef void (*adamc_quantize_fn)(int map, int is_signed, const float *x, uint8_t *c,
                                        float *absmax, int64_t n) noexcept nogil
     ctypedef struct adamc_kernel:
         const char *name
         adamc_quantize_fn quantize
-    int64_t adamc_work(int64_t n, int dtype)
+    int64_t adamc_work(int64_t n, int dtype, int state_dtype)
     void adamc_scalars_init(adamc_scalars *s, int64_t step, const adamc_hyper *h)
     uint32_t adamc_sr_key(uint64_t seed, int64_t index, int64_t step)
     double adamc_grad_sumsq(const adamc_kernel *k, const adamc_task *tasks, int64_t ntasks,
@@ -356,6 +358,9 @@ def split(int64_t total, int nthreads, int tid):
 cdef dict _EPS_MODE_CODE = {m: i for i, m in enumerate(_spec.EPS_MODES)}
 
 
+cdef dict _QUANT_MAPS = _spec.QUANT_MAPS
+
+
 cdef int _fill_hyper(adamc_hyper *c, object h) except -1:
     """adamc_hyper from a validated _spec.Hypers (lr a float here)."""
     c.lr = h.lr
@@ -371,6 +376,7 @@ cdef int _fill_hyper(adamc_hyper *c, object h) except -1:
     c.stochastic_rounding = h.stochastic_rounding
     c.seed = h.seed if h.seed is not None else 0
     c.grad_factor = 1.0
+    c.quant_map = _QUANT_MAPS[h.quant_map]
     return 0
 
 
@@ -529,23 +535,24 @@ cdef int _run_one(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg,
     t.master_param = NULL if master is None else cnp.PyArray_DATA(<cnp.ndarray>master)
     t.exp_avg_absmax = NULL if am is None else <float *>cnp.PyArray_DATA(<cnp.ndarray>am)
     t.exp_avg_sq_absmax = NULL if av is None else <float *>cnp.PyArray_DATA(<cnp.ndarray>av)
+    t.quant_map = h.quant_map
     t.sr = h.stochastic_rounding
     if t.sr:
         t.sr_key = adamc_sr_key(h.seed, 0, step)
-    nthreads = _threads_for(adamc_work(t.n, t.dtype))
+    nthreads = _threads_for(adamc_work(t.n, t.dtype, t.state_dtype))
     with nogil:
         adamc_multi_step(_kernel, &t, 1, nthreads)
     return 0
 
 
-def quantize_blockwise(x, bint signed):
+def quantize_blockwise(x, bint signed, int map_version=1):
     """The selected variant's 8-bit codes and scales of a contiguous float32
     array, by the code its step uses (tests: against
     reference.quantize_blockwise)."""
     cdef cnp.ndarray a = np.ascontiguousarray(x, dtype=np.float32).ravel()
     cdef cnp.ndarray c = np.empty(a.size, dtype=np.uint8)
     cdef cnp.ndarray am = np.empty((a.size + 255) // 256, dtype=np.float32)
-    _kernel.quantize(signed, <const float *>cnp.PyArray_DATA(a),
+    _kernel.quantize(map_version, signed, <const float *>cnp.PyArray_DATA(a),
                      <uint8_t *>cnp.PyArray_DATA(c), <float *>cnp.PyArray_DATA(am), a.size)
     return c, am
 
@@ -708,7 +715,7 @@ def probe_buffers(list quads, bint prefetch=True):
             tasks[i].exp_avg_sq_absmax = NULL
             tasks[i].sr = 0
             offset += tasks[i].n
-            work += adamc_work(tasks[i].n, tasks[i].dtype)
+            work += adamc_work(tasks[i].n, tasks[i].dtype, tasks[i].state_dtype)
         nthreads = _threads_for(work)
         with nogil:
             adamc_multi_step(_kernel, tasks, k, nthreads)
@@ -1141,12 +1148,13 @@ cdef class Engine:
             task.master_param = q.mp
             task.exp_avg_absmax = q.am
             task.exp_avg_sq_absmax = q.av
+            task.quant_map = h.quant_map
             task.sr = h.stochastic_rounding and (q.dtype >= ADAMC_F16 and q.mp == NULL
                                                  or q.sdtype == ADAMC_F16
                                                  or q.sdtype == ADAMC_BF16)
             if task.sr:
                 task.sr_key = adamc_sr_key(h.seed, i, t)
             offset += q.size
-            work[0] += adamc_work(q.size, q.dtype)
+            work[0] += adamc_work(q.size, q.dtype, q.sdtype)
             ntask += 1
         return ntask

@@ -101,6 +101,14 @@ OPTIONS = (
         "With state_dtype=\"int8\": parameters with fewer elements (or fewer "
         "than one block, 256) keep float32 moments, as bitsandbytes' "
         "min_8bit_size.")),
+    Option("quant_map", "choice", "dynamic", choices=("dynamic", "pow2"), example="pow2",
+           storage=True, doc=(
+        "With state_dtype=\"int8\": the map the 8-bit codes index.  "
+        "\"dynamic\": bitsandbytes' dynamic maps (map version 1; its and torchao's "
+        "layout as it is).  \"pow2\": map version 2, a float8-like code read off "
+        "the value's float32 bits (8 exponent bits, 3 mantissa bits), with no "
+        "table: a faster step, the same blocks and scales (docs/int8-state.md); "
+        "adamc.interop converts between the two.  Ignored for other state.")),
     Option("stochastic_rounding", "bool", False, example=True, storage=True, doc=(
         "Round every value written to 16 bits (parameters without master "
         "weights, 16-bit state) stochastically instead of to nearest even: "
@@ -117,6 +125,9 @@ SIXTEEN_BIT = ("float16", "bfloat16")
 #: (reference.dynamic_map; recorded in state_dicts and checkpoints).
 QUANT_BLOCK = 256
 QUANT_MAP_VERSION = 1
+#: The maps of the quant_map option, by name: their versions (2: the
+#: lookup-free "pow2" map; reference.quantize_blockwise's map_version).
+QUANT_MAPS = {"dynamic": QUANT_MAP_VERSION, "pow2": 2}
 STORAGE = ("float16", "bfloat16", "float32", "float64")
 
 OPTION = {o.name: o for o in OPTIONS}

@@ -811,15 +811,14 @@ def check_state_dict(sd, param_groups, params, names, variant):
             "returned by state_dict()"
         )
     groups, state = sd["param_groups"], sd["state"]
-    version = sd.get("quant_map_version", _spec.QUANT_MAP_VERSION)
-    if version != _spec.QUANT_MAP_VERSION or isinstance(version, bool):
-        raise ValueError(
-            f"state_dict['quant_map_version'] is {version!r}: this adamc's 8-bit codes "
-            f"index map version {_spec.QUANT_MAP_VERSION} only")
+    version = check_map_version(sd, "state_dict")
     if not isinstance(groups, (list, tuple)) or not isinstance(state, Mapping):
         raise TypeError(
             "state_dict['param_groups'] must be a list and state_dict['state'] a dict"
         )
+    coded = {sid for sid, e in state.items() if isinstance(e, Mapping) and any(
+        isinstance(a, np.ndarray) and a.dtype == np.uint8 for a in e.values())}
+    maps_used = set()
     if len(groups) != len(param_groups):
         raise ValueError(
             f"state_dict has {len(groups)} param groups but the optimizer has "
@@ -846,6 +845,11 @@ def check_state_dict(sd, param_groups, params, names, variant):
                                  complete=True)
         hyper.update({k: v for k, v in saved.items()
                       if k not in GROUP_KEYS and k not in ("params", "param_names")})
+        if coded.intersection(ids):
+            # codes are read with the map they were written with: a group
+            # saved before quant_map existed holds dynamic-map codes
+            hyper.setdefault("quant_map", _spec.OPTION["quant_map"].default)
+            maps_used.add(_spec.QUANT_MAPS.get(hyper["quant_map"], 0))
         merged = {k: v for k, v in ours.items() if k not in SYNONYMS}
         merged.update(hyper)
         h = group_values(merged, where)
@@ -866,6 +870,12 @@ def check_state_dict(sd, param_groups, params, names, variant):
             index[sid] = flat
             group_of.append(gi)
             flat += 1
+    if maps_used and max(maps_used) != version:
+        raise ValueError(
+            f"state_dict['quant_map_version'] is {version}, but its groups' quant_map "
+            f"options say its 8-bit codes index map version {max(maps_used)}: an "
+            "inconsistent state_dict (edited by hand?); codes are never read with "
+            "another map")
     checked = {}
     for sid, e in state.items():
         if sid not in index:
@@ -982,9 +992,18 @@ def storage_dtype(name):
     return np.dtype(name)
 
 
-def check_state_fits(state, want, label):
+def check_state_fits(state, want, label, old_map=None, new_map=None):
     """A parameter's existing state has the slots' dtypes its options now
-    ask for (state_dtype and master_weights are fixed once state exists)."""
+    ask for (state_dtype and master_weights are fixed once state exists),
+    and its 8-bit codes the map (quant_map) they were written with."""
+    codes = state and any(a.dtype == np.uint8 for a in state.values())
+    if codes and old_map is not None and new_map != old_map:
+        raise ValueError(
+            f"the 8-bit codes of {label} index the {old_map!r} map, but the options now "
+            f"ask for quant_map={new_map!r}: quant_map cannot change after the first "
+            "step; convert through state_dict(), "
+            f"adamc.interop.quantize_state(sd, quant_map={new_map!r}) and "
+            "load_state_dict()")
     for slot, a in (state or {}).items():
         if slot in want and state_name(a.dtype) != want[slot]:
             raise ValueError(
@@ -1076,7 +1095,7 @@ def check_scaler_state(sd, keys):
 # converted.  Arrays come from anything np.asarray reads (NumPy, CPU torch
 # tensors); nothing here imports torch.
 
-#: The top-level state_dict key holding the map version of its 8-bit codes.
+#: The top-level state_dict key holding the (highest) map version of its 8-bit codes.
 MAP_VERSION_KEY = "quant_map_version"
 
 def check_interop_state_dict(sd, what):
@@ -1109,14 +1128,27 @@ def check_interop_state_dict(sd, what):
             raise TypeError(f"{what}['state'][{pid!r}] must be a dict, got {type(e).__name__}")
 
 
-def check_interop_map_version(sd, what):
-    """The map version an adamc state_dict's 8-bit codes index (absent: the
-    current one, as state_dict() writes it only when there are codes)."""
+def check_map_version(sd, what):
+    """The highest map version an adamc state_dict's 8-bit codes index
+    (absent: 1, as state_dict() writes it only when there are codes; each
+    group's quant_map says which map its parameters' codes index)."""
     version = sd.get(MAP_VERSION_KEY, _spec.QUANT_MAP_VERSION)
-    if isinstance(version, (bool, np.bool_)) or version != _spec.QUANT_MAP_VERSION:
+    if isinstance(version, (bool, np.bool_)) or version not in _spec.QUANT_MAPS.values():
+        known = ", ".join(f"{v} ({k!r})" for k, v in _spec.QUANT_MAPS.items())
         raise ValueError(
             f"{what}[{MAP_VERSION_KEY!r}] is {version!r}: this adamc's 8-bit codes index "
-            f"map version {_spec.QUANT_MAP_VERSION} only")
+            f"map versions {known} only")
+    return int(version)
+
+
+def group_quant_map(g, where):
+    """The map a state_dict group's 8-bit codes index: its quant_map (absent:
+    "dynamic", the only map before quant_map existed)."""
+    name = g.get("quant_map", _spec.OPTION["quant_map"].default)
+    if name not in _spec.QUANT_MAPS:
+        raise ValueError(f"{where}['quant_map'] is {name!r}; expected one of "
+                         f"{', '.join(map(repr, _spec.QUANT_MAPS))}")
+    return name
 
 
 def interop_array(value, where):

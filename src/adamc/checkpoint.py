@@ -35,11 +35,14 @@ from . import _spec
 __all__ = ["save_state", "load_state"]
 
 FORMAT_NAME = "adamc-optimizer-state"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: Versions this reader accepts: 1 (float32/float64 state), 2 (adds float16,
 #: bfloat16 and the master_param slot), 3 (adds 8-bit state: uint8 codes of
-#: dynamic-map version 1 and the exp_avg_absmax/exp_avg_sq_absmax scales).
-READ_VERSIONS = (1, 2, 3)
+#: dynamic-map version 1 and the exp_avg_absmax/exp_avg_sq_absmax scales), 4
+#: (adds the header key quant_map_version: codes of map version 2, the
+#: "pow2" quant_map, in the groups that say so).  A file is written in the
+#: lowest version that holds it.
+READ_VERSIONS = (1, 2, 3, 4)
 
 _HEADER = "header.npy"
 _DIGEST = "sha256.npy"
@@ -161,16 +164,21 @@ def _encode(name, sd, scaler_state=None):
         entries.append(ent)
     from . import __version__
 
+    qversion = sd.get("quant_map_version", _spec.QUANT_MAP_VERSION)
+    codes = any(m["dtype"] == "|u1" for m in metas)
     doc = {
         "format": FORMAT_NAME,
-        # files without 8-bit state stay readable by version-2 readers
-        "version": FORMAT_VERSION if any(m["dtype"] == "|u1" for m in metas) else 2,
+        # files without 8-bit state stay readable by version-2 readers, with
+        # dynamic-map codes only by version-3 readers
+        "version": 2 if not codes else 3 if qversion == _spec.QUANT_MAP_VERSION else 4,
         "optimizer": name,
         "adamc_version": __version__,
         "param_groups": groups,
         "state": entries,
         "arrays": metas,
     }
+    if doc["version"] == 4:
+        doc["quant_map_version"] = int(qversion)
     if scaler_state is not None:  # version 2: a LossScaler's state, numbers only
         doc["scaler"] = {k: _encode_value(v, f"scaler[{k!r}]") for k, v in scaler_state.items()}
     header = json.dumps(doc, ensure_ascii=True, allow_nan=False,
@@ -387,9 +395,14 @@ def _parse_header(doc):
             f"unsupported checkpoint format version {version!r}; this adamc reads "
             f"versions {', '.join(map(str, READ_VERSIONS))}"
         )
-    if set(doc) - {"scaler"} != _TOP_KEYS or ("scaler" in doc and version < 2):
-        raise _Bad(f"the header has keys {sorted(doc)}, expected {sorted(_TOP_KEYS)}"
+    top = _TOP_KEYS | ({"quant_map_version"} if version >= 4 else set())
+    if set(doc) - {"scaler"} != top or ("scaler" in doc and version < 2):
+        raise _Bad(f"the header has keys {sorted(doc)}, expected {sorted(top)}"
                    " (and from version 2 optionally 'scaler')")
+    if version >= 4 and (not _is_int(doc["quant_map_version"])
+                         or doc["quant_map_version"] not in _spec.QUANT_MAPS.values()):
+        raise _Bad(f"the header's quant_map_version is {doc['quant_map_version']!r}; this "
+                   f"adamc reads map versions {sorted(_spec.QUANT_MAPS.values())}")
     if "scaler" in doc and not isinstance(doc["scaler"], dict):
         raise _Bad("the header's 'scaler' is not an object")
     metas = doc["arrays"]
@@ -445,7 +458,10 @@ def _build_state_dict(doc, arrays):
         state[i] = out
     if len(used) != len(arrays):
         raise _Bad("the file has arrays that no state entry uses")
-    return {"state": state, "param_groups": groups}
+    sd = {"state": state, "param_groups": groups}
+    if "quant_map_version" in doc:
+        sd["quant_map_version"] = doc["quant_map_version"]
+    return sd
 
 
 def _read(f):

@@ -1,10 +1,13 @@
 """8-bit optimizer state to and from bitsandbytes' and torchao's layouts.
 
-adamc's 8-bit state (``state_dtype="int8"``) uses bitsandbytes' blockwise
-dynamic quantization: the same two maps, blocks of 256 elements, one float32
-absolute maximum per block (docs/int8-state.md).  A state therefore moves
-between the three libraries without requantizing: these functions only
-rename, regroup and check.  NumPy only: they never import torch; arrays
+adamc's 8-bit state (``state_dtype="int8"``) uses by default bitsandbytes'
+blockwise dynamic quantization: the same two maps, blocks of 256 elements,
+one float32 absolute maximum per block (docs/int8-state.md).  Such a state
+moves between the three libraries without requantizing: these functions
+only rename, regroup and check.  adamc's lookup-free map
+(``quant_map="pow2"``, map version 2) has the same blocks and scales but
+other codes: they are decoded and quantized again with the other map (each
+value rounded once more).  NumPy only: they never import torch; arrays
 come in as anything ``np.asarray`` reads (CPU torch tensors included) and go
 out as NumPy arrays, or through ``tensor`` (e.g. ``torch.from_numpy``).
 
@@ -16,7 +19,8 @@ out as NumPy arrays, or through ``tensor`` (e.g. ``torch.from_numpy``).
   ``codes``, ``scale``, ``qmap``, ``signed``, ``block_size``).
 - :func:`quantize_state` / :func:`dequantize_state`: a full-precision adamc
   state_dict to the 8-bit layout and back, for loading into an optimizer
-  built with the other ``state_dtype``.
+  built with the other ``state_dtype``; ``quantize_state(sd,
+  quant_map=...)`` also converts 8-bit state between the two maps.
 
 Hyperparameters travel too, where the other library has them (lr, betas,
 eps, weight_decay); an option it cannot express is a ValueError rather than
@@ -60,26 +64,16 @@ def _convert(tree, tensor):
     return tree
 
 
-def _c_order(codes, absmax, signed):
-    """Codes and scales whose blocks run over C order (torch's layout).
-
-    adamc's blocks follow the parameter's memory order; a Fortran-ordered
-    parameter's 8-bit state is dequantized and quantized again in C order
-    (the only case that is not a plain copy: its values are rounded once
-    more).
-    """
-    if codes.ndim < 2 or codes.flags.c_contiguous:
-        return np.ascontiguousarray(codes), absmax
-    values = np.ascontiguousarray(dequantize_blockwise(codes, absmax, signed))
-    return quantize_blockwise(values, signed)
-
-
 def _adamc_entries(state_dict, what):
     """The checked per-parameter entries of an adamc state_dict:
     {pid: {"step": int, moment: ("int8", codes, absmax) | ("float", array),
-    "extra": {other slot: array}}}."""
+    "extra": {other slot: array}, "map": the map version of its codes}}."""
     V.check_interop_state_dict(state_dict, what)
-    V.check_interop_map_version(state_dict, what)
+    V.check_map_version(state_dict, what)
+    map_of = {}   # pid -> the map version its codes index (its group's quant_map)
+    for gi, g in enumerate(state_dict["param_groups"]):
+        name = V.group_quant_map(g, f"{what}['param_groups'][{gi}]")
+        map_of.update({pid: _spec.QUANT_MAPS[name] for pid in g["params"]})
     out = {}
     for pid, e in state_dict["state"].items():
         where = f"{what}['state'][{pid!r}]"
@@ -89,7 +83,8 @@ def _adamc_entries(state_dict, what):
             if key not in e:
                 raise ValueError(f"{where} has no {key!r}; an adamc state entry has step, "
                                  "exp_avg and exp_avg_sq")
-        entry = {"step": V.check_interop_step(e["step"], f"{where}['step']"), "extra": {}}
+        entry = {"step": V.check_interop_step(e["step"], f"{where}['step']"), "extra": {},
+                 "map": map_of[pid]}
         for m in _MOMENTS:
             a = V.interop_array(e[m], f"{where}['{m}']")
             if a.dtype == np.uint8:
@@ -116,11 +111,29 @@ def _adamc_entries(state_dict, what):
 
 
 def _adamc_dict(state, groups):
-    """An adamc state_dict; with 8-bit codes, the map version they index."""
+    """An adamc state_dict; with 8-bit codes, the highest map version they
+    index (each group's quant_map, "dynamic" where absent)."""
     sd = {"state": state, "param_groups": groups}
-    if any(a.dtype == np.uint8 for e in state.values() for k, a in e.items() if k != "step"):
-        sd[V.MAP_VERSION_KEY] = _spec.QUANT_MAP_VERSION
+    versions = {_spec.QUANT_MAPS[g.get("quant_map", "dynamic")] for g in groups
+                if any(a.dtype == np.uint8 for pid in g["params"]
+                       for k, a in state.get(pid, {}).items() if k != "step")}
+    if versions:
+        sd[V.MAP_VERSION_KEY] = max(versions)
     return sd
+
+
+def _codes_for(codes, scales, signed, version, to_version, c_order=False):
+    """Codes and scales of map version ``to_version`` (in C order with
+    ``c_order``): the same arrays when nothing changes, else the values
+    ``map[code] * scale`` quantized again (rounded once more; the step's
+    own rule, reference.quantize_blockwise)."""
+    if version == to_version and not (c_order and codes.ndim > 1
+                                       and not codes.flags.c_contiguous):
+        return np.ascontiguousarray(codes) if c_order else codes, scales
+    values = dequantize_blockwise(codes, scales, signed, version)
+    if c_order:
+        values = np.ascontiguousarray(values)
+    return quantize_blockwise(values, signed, to_version)
 
 
 def _group_values(groups, what, target, decay_both_ways=False):
@@ -216,7 +229,8 @@ def to_bitsandbytes(state_dict, *, tensor=None):
                              "writes that, and bitsandbytes cannot hold it")
         for n, m in ((1, "exp_avg"), (2, "exp_avg_sq")):
             if e[m][0] == "int8":
-                codes, scales = _c_order(e[m][1], e[m][2], _SIGNED[m])
+                codes, scales = _codes_for(e[m][1], e[m][2], _SIGNED[m], e["map"],
+                                           _spec.QUANT_MAP_VERSION, c_order=True)
                 out[f"state{n}"] = codes.copy()
                 out[f"qmap{n}"] = dynamic_map(_SIGNED[m]).copy()
                 out[f"absmax{n}"] = scales.copy()
@@ -226,7 +240,7 @@ def to_bitsandbytes(state_dict, *, tensor=None):
     return _convert({"state": state, "param_groups": groups}, tensor)
 
 
-def from_bitsandbytes(state_dict):
+def from_bitsandbytes(state_dict, *, quant_map="dynamic"):
     """bitsandbytes' ``Adam8bit``/``AdamW8bit`` state_dict as an adamc one.
 
     Parameters
@@ -242,7 +256,9 @@ def from_bitsandbytes(state_dict):
     -------
     dict
         An adamc state_dict for ``load_state_dict`` of an optimizer with
-        the same parameters and ``state_dtype="int8"``: per parameter
+        the same parameters and ``state_dtype="int8"`` (and ``quant_map``:
+        "dynamic" copies the codes; "pow2" quantizes their values again
+        with map version 2, the groups saying so): per parameter
         ``step``, ``exp_avg``/``exp_avg_sq`` (uint8 codes in C order, or
         float32 for 32-bit state) and ``exp_avg_absmax``/
         ``exp_avg_sq_absmax``; groups with lr, betas, eps, weight_decay (and
@@ -258,6 +274,7 @@ def from_bitsandbytes(state_dict):
         no equivalent for.
     """
     what = "bitsandbytes state_dict"
+    quant_map = V.check_choice(quant_map, "quant_map", _spec.OPTION["quant_map"].choices)
     V.check_interop_state_dict(state_dict, what)
     state = {}
     for pid, raw in state_dict["state"].items():
@@ -304,7 +321,7 @@ def from_bitsandbytes(state_dict):
     for g in groups:
         if g.get("weight_decay", 0.0) > 0.0:
             g["decoupled_weight_decay"] = True
-    return _adamc_dict(state, groups)
+    return _requantized(_adamc_dict(state, groups), quant_map)
 
 
 # -- torchao ----------------------------------------------------------------
@@ -373,13 +390,14 @@ def to_torchao(state_dict, *, tensor=None):
         out = {"step": np.array(e["step"], dtype=np.float32)}
         for m in _MOMENTS:
             if e[m][0] == "int8" and e[m][1].size % _spec.QUANT_BLOCK == 0:
-                codes, scales = _c_order(e[m][1], e[m][2], _SIGNED[m])
+                codes, scales = _codes_for(e[m][1], e[m][2], _SIGNED[m], e["map"],
+                                           _spec.QUANT_MAP_VERSION, c_order=True)
                 out[m] = {"codes": codes.copy(), "scale": scales.copy(),
                           "qmap": dynamic_map(_SIGNED[m]).copy(), "signed": _SIGNED[m],
                           "block_size": _spec.QUANT_BLOCK}
             elif e[m][0] == "int8":
                 out[m] = np.ascontiguousarray(
-                    dequantize_blockwise(e[m][1], e[m][2], _SIGNED[m]))
+                    dequantize_blockwise(e[m][1], e[m][2], _SIGNED[m], e["map"]))
             else:
                 out[m] = np.ascontiguousarray(e[m][1], dtype=np.float32).copy()
         if "max_exp_avg_sq" in e["extra"]:
@@ -389,7 +407,7 @@ def to_torchao(state_dict, *, tensor=None):
     return _convert({"state": state, "param_groups": groups}, tensor)
 
 
-def from_torchao(state_dict):
+def from_torchao(state_dict, *, quant_map="dynamic"):
     """torchao's 8-bit ``Adam8bit``/``AdamW8bit`` state_dict as an adamc one.
 
     Parameters
@@ -403,7 +421,8 @@ def from_torchao(state_dict):
     Returns
     -------
     dict
-        An adamc state_dict (as :func:`from_bitsandbytes` returns it); the
+        An adamc state_dict (as :func:`from_bitsandbytes` returns it, with
+        ``quant_map`` as there); the
         groups carry lr, betas, eps and weight_decay, and the optimizer
         loading it says whether the decay is decoupled (``adamc.AdamW`` for
         an ``AdamW8bit`` state).
@@ -415,6 +434,7 @@ def from_torchao(state_dict):
         scales not finite and >= 0, amsgrad state.
     """
     what = "torchao state_dict"
+    quant_map = V.check_choice(quant_map, "quant_map", _spec.OPTION["quant_map"].choices)
     V.check_interop_state_dict(state_dict, what)
     state = {}
     for pid, e in state_dict["state"].items():
@@ -456,23 +476,48 @@ def from_torchao(state_dict):
             raise ValueError(f"{where} has one 8-bit and one float moment; convert "
                              "entries whose moments are stored alike")
         state[pid] = out
-    return _adamc_dict(state, _foreign_groups(state_dict["param_groups"], what))
+    return _requantized(_adamc_dict(state, _foreign_groups(state_dict["param_groups"], what)),
+                        quant_map)
 
 
 # -- full precision <-> 8 bits ------------------------------------------------
 
-def quantize_state(state_dict, *, min_8bit_size=4096):
+def _requantized(sd, quant_map):
+    """An adamc state_dict with every group on ``quant_map`` (its 8-bit codes
+    quantized again where they index another map)."""
+    if all(g.get("quant_map", "dynamic") == quant_map for g in sd["param_groups"]):
+        return sd
+    entries = _adamc_entries(sd, "state_dict")
+    to = _spec.QUANT_MAPS[quant_map]
+    state = {}
+    for pid, e in entries.items():
+        out = {"step": e["step"], **e["extra"]}
+        for m in _MOMENTS:
+            if e[m][0] == "int8":
+                out[m], out[_SCALE[m]] = _codes_for(e[m][1], e[m][2], _SIGNED[m], e["map"], to)
+            else:
+                out[m] = e[m][1]
+        state[pid] = out
+    return _adamc_dict(state, [{**g, "quant_map": quant_map} for g in sd["param_groups"]])
+
+
+def quantize_state(state_dict, *, min_8bit_size=4096, quant_map="dynamic"):
     """A float-state adamc state_dict in the 8-bit layout.
 
     Each parameter of at least ``min_8bit_size`` elements (and at least one
     block, 256) gets its moments quantized as the optimizer would
     (:func:`adamc.reference.quantize_blockwise`, blocks in the arrays'
-    memory order), smaller ones keep float32; the groups say
-    ``state_dtype="int8"`` and ``min_8bit_size``.  Load the result into an
-    optimizer built with those options.  8-bit entries pass unchanged;
+    memory order) with the map ``quant_map``, smaller ones keep float32;
+    the groups say ``state_dtype="int8"``, ``min_8bit_size`` and
+    ``quant_map``.  Load the result into an optimizer built with those
+    options.  8-bit entries keep their codes if they index ``quant_map``
+    already, else their values are quantized again with it (the converter
+    between map versions 1 and 2: not exact, each value rounds once more);
     amsgrad state (max_exp_avg_sq) is refused, as by the 8-bit optimizer.
     """
     min_8bit_size = V.check_count(min_8bit_size, "min_8bit_size")
+    quant_map = V.check_choice(quant_map, "quant_map", _spec.OPTION["quant_map"].choices)
+    to = _spec.QUANT_MAPS[quant_map]
     entries = _adamc_entries(state_dict, "state_dict")
     threshold = max(min_8bit_size, _spec.QUANT_BLOCK)
     state = {}
@@ -484,15 +529,16 @@ def quantize_state(state_dict, *, min_8bit_size=4096):
         out = {"step": e["step"], **{k: a.copy(order="K") for k, a in e["extra"].items()}}
         for m in _MOMENTS:
             if e[m][0] == "int8":
-                out[m], out[_SCALE[m]] = e[m][1].copy(order="K"), e[m][2].copy()
+                codes, scales = _codes_for(e[m][1], e[m][2], _SIGNED[m], e["map"], to)
+                out[m], out[_SCALE[m]] = codes.copy(order="K"), scales.copy()
             elif e[m][1].size >= threshold:
                 values = e[m][1].astype(np.float32, order="K")
-                out[m], out[_SCALE[m]] = quantize_blockwise(values, _SIGNED[m])
+                out[m], out[_SCALE[m]] = quantize_blockwise(values, _SIGNED[m], to)
             else:
                 out[m] = e[m][1].astype(np.float32, order="K")
         state[pid] = out
-    groups = [{**g, "state_dtype": "int8", "min_8bit_size": min_8bit_size}
-              for g in state_dict["param_groups"]]
+    groups = [{**g, "state_dtype": "int8", "min_8bit_size": min_8bit_size,
+               "quant_map": quant_map} for g in state_dict["param_groups"]]
     return _adamc_dict(state, groups)
 
 
@@ -508,7 +554,7 @@ def dequantize_state(state_dict):
         out = {"step": e["step"], **{k: a.copy(order="K") for k, a in e["extra"].items()}}
         for m in _MOMENTS:
             if e[m][0] == "int8":
-                out[m] = dequantize_blockwise(e[m][1], e[m][2], _SIGNED[m])
+                out[m] = dequantize_blockwise(e[m][1], e[m][2], _SIGNED[m], e["map"])
             else:
                 out[m] = e[m][1].copy(order="K")
         state[pid] = out

@@ -21,7 +21,7 @@ from . import _spec
 from . import _validation as V
 from ._base import _Optimizer
 
-__all__ = ["Adam", "AdamW", "adam_step", "dynamic_map", "quantize_blockwise",
+__all__ = ["Adam", "AdamW", "adam_step", "dynamic_map", "pow2_map", "quantize_blockwise",
            "dequantize_blockwise"]
 
 
@@ -178,7 +178,8 @@ def _step_storage(p, g, st, t, h, index, factor=1.0):
     # 8-bit state: dequantize, step with the fresh float32 moments, requantize
     # (as bitsandbytes' blockwise 8-bit update: the parameter sees the new m
     # and v before they are quantized)
-    work = {s: (dequantize_blockwise(st[s], st[_spec.SCALE_SLOT[s]], s == "exp_avg")
+    version = _spec.QUANT_MAPS[h.quant_map]
+    work = {s: (dequantize_blockwise(st[s], st[_spec.SCALE_SLOT[s]], s == "exp_avg", version)
                 if st[s].dtype == np.uint8 else
                 st[s] if st[s].dtype == c else st[s].astype(c, order="K")) for s in slots}
     _update(pw, g.astype(c) if g.dtype.itemsize == 2 else g, work["exp_avg"],
@@ -187,7 +188,7 @@ def _step_storage(p, g, st, t, h, index, factor=1.0):
         _write(p, round_to(pw, p.dtype, None if master is not None else key))
     for s in slots:
         if st[s].dtype == np.uint8:
-            codes, absmax = quantize_blockwise(work[s], s == "exp_avg")
+            codes, absmax = quantize_blockwise(work[s], s == "exp_avg", version)
             _write(st[s], codes)
             _write(st[_spec.SCALE_SLOT[s]], absmax)
         elif st[s].dtype != c:
@@ -260,6 +261,53 @@ def _midpoints(signed):
     return _MAPS[bool(signed)][1]
 
 
+# Map version 2 ("pow2", csrc/quant.h): a code is the float32 bits of the
+# normalized value rounded to 8 exponent and P2_MBITS mantissa bits (half
+# up), offset so that 1.0 is the top code.  Integer arithmetic only.
+P2_MBITS = 3
+P2_SHIFT = 23 - P2_MBITS
+P2_HALF = 1 << (P2_SHIFT - 1)
+P2_ONE = 0x3F800000                        # 1.0's bits
+P2_MOFF = (P2_ONE >> P2_SHIFT) - 127       # signed: magnitude 127 is 1.0 (889)
+P2_VOFF = (P2_ONE >> P2_SHIFT) - 255       # unsigned: code 255 is 1.0 (761)
+
+
+def _p2_codes(s, signed):
+    """Map version 2's codes of normalized float32 values s (NaN already 0):
+    q = (min(bits(|s|), bits(1.0)) + half) >> shift, minus the offset;
+    signed: sign bit 7, magnitude clamp(q, 0, 127); unsigned clamp(q, 1, 255)
+    (never 0, as the dynamic map's exp_avg_sq)."""
+    u = s.view(np.uint32)
+    a = np.minimum(u & np.uint32(0x7FFFFFFF), np.uint32(P2_ONE)).astype(np.int64)
+    if signed:
+        q = np.maximum((a + P2_HALF - (P2_MOFF << P2_SHIFT)) >> P2_SHIFT, 0)
+        return (q | ((u >> 24) & 0x80)).astype(np.uint8)
+    return np.maximum((a + P2_HALF - (P2_VOFF << P2_SHIFT)) >> P2_SHIFT, 1).astype(np.uint8)
+
+
+def pow2_map(signed):
+    """The 256 float32 values map version 2's codes stand for (times the
+    block's absmax), indexed by code.  Signed (exp_avg): code = sign << 7 |
+    magnitude; magnitude 0 is 0 (code 128: -0.0), magnitude k > 0 the float
+    of bits (k + 889) << 20: 1.25 * 2^-16 (k = 1) to 1.0 (k = 127), 8 values
+    per binade.  Unsigned (exp_avg_sq): code c the float of bits (c + 761)
+    << 20: 1.125 * 2^-32 (c = 0, never written) to 1.0 (c = 255).  Returns a
+    read-only array."""
+    signed = bool(signed)
+    key = ("pow2", signed)
+    if key not in _MAPS:
+        c = np.arange(256, dtype=np.uint32)
+        if signed:
+            mag = c & 127
+            bits = np.where(mag > 0, (mag + P2_MOFF) << P2_SHIFT, 0) | ((c & 128) << 24)
+        else:
+            bits = (c + P2_VOFF) << P2_SHIFT
+        m = bits.astype(np.uint32).view(np.float32)
+        m.flags.writeable = False
+        _MAPS[key] = m
+    return _MAPS[key]
+
+
 def _blocks(flat):
     """flat (1-D) as rows of BLOCK, the last padded with zeros."""
     nb = -(-flat.size // BLOCK)
@@ -268,26 +316,31 @@ def _blocks(flat):
     return pad.reshape(nb, BLOCK)
 
 
-def quantize_blockwise(x, signed):
+def quantize_blockwise(x, signed, map_version=1):
     """8-bit codes and per-block scales of the float32 array ``x``.
 
     The elements, in memory order (C order for a C-contiguous array), go in
     blocks of 256 (the last may be shorter).  A block's scale ``absmax`` is
     the largest |x| (NaN if any element is NaN).  Each element is normalized
-    as ``x * r`` with ``r = float32(1 / absmax)``, or ``1 / 1e-38`` when
+    as ``s = x * r`` with ``r = float32(1 / absmax)``, or ``1 / 1e-38`` when
     absmax is below 1e-38 or NaN (a float32
-    reciprocal, then a float32 product; a NaN product counts as 0), and its
-    code is the number of midpoints of :func:`dynamic_map` strictly below it:
+    reciprocal, then a float32 product; a NaN product counts as 0).
+
+    Map version 1 (``quant_map="dynamic"``): the code is the number of
+    midpoints of :func:`dynamic_map` strictly below ``s``:
     the nearest map value, a value exactly on a midpoint taking the lower
     code (bitsandbytes' ``bucketize`` rule), except that the unsigned map
     (exp_avg_sq) never gives code 0: its values round to the nearest
-    nonzero map value (its first midpoint counts as -inf).  Returns ``(codes, absmax)``:
+    nonzero map value (its first midpoint counts as -inf).  Map version 2
+    (``quant_map="pow2"``): the code is read off ``s``'s float32 bits
+    (:func:`pow2_map`; docs/int8-state.md).  Returns ``(codes, absmax)``:
     uint8 codes of x's shape and memory order, float32 scales of
     ``ceil(x.size / 256)``.
     """
     x = np.asarray(x)
     if x.dtype != np.float32:
         raise TypeError(f"quantize_blockwise takes float32 values, got {x.dtype}")
+    _check_map_version(map_version)
     order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
     flat = x.ravel(order=order)
     rows = _blocks(flat)
@@ -298,26 +351,38 @@ def quantize_blockwise(x, signed):
         r = np.float32(1.0) / np.where(absmax >= tiny, absmax, tiny)
         s = rows * r[:, None]
     s[np.isnan(s)] = 0.0
-    codes = np.searchsorted(_midpoints(signed), s.ravel()[:flat.size], side="left")
+    s = s.ravel()[:flat.size]
+    if map_version == 2:
+        codes = _p2_codes(s, signed)
+    else:
+        codes = np.searchsorted(_midpoints(signed), s, side="left")
     codes = codes.astype(np.uint8).reshape(x.shape, order=order)
     return codes, absmax.astype(np.float32)
 
 
-def dequantize_blockwise(codes, absmax, signed):
+def _check_map_version(version):
+    if isinstance(version, bool) or version not in _spec.QUANT_MAPS.values():
+        raise ValueError(f"map_version must be one of {sorted(_spec.QUANT_MAPS.values())} "
+                         f"(quant_map {_spec.QUANT_MAPS}), got {version!r}")
+
+
+def dequantize_blockwise(codes, absmax, signed, map_version=1):
     """The float32 values of 8-bit codes: ``map[code] * absmax`` of the
     code's block (float32 product), codes in memory order as
-    :func:`quantize_blockwise` gives them."""
+    :func:`quantize_blockwise` gives them; the map is :func:`dynamic_map`
+    (map version 1) or :func:`pow2_map` (version 2)."""
     codes = np.asarray(codes)
     absmax = np.asarray(absmax, dtype=np.float32)
     if codes.dtype != np.uint8:
         raise TypeError(f"dequantize_blockwise takes uint8 codes, got {codes.dtype}")
+    _check_map_version(map_version)
     if absmax.shape != (-(-codes.size // BLOCK),):
         raise ValueError(
             f"absmax has shape {absmax.shape}; {codes.size} codes need "
             f"({-(-codes.size // BLOCK)},), one scale per {BLOCK} elements")
     order = "F" if codes.flags.f_contiguous and not codes.flags.c_contiguous else "C"
     flat = codes.ravel(order=order)
-    vals = dynamic_map(signed)[flat]
+    vals = (pow2_map(signed) if map_version == 2 else dynamic_map(signed))[flat]
     with np.errstate(invalid="ignore", over="ignore"):
         out = vals * np.repeat(absmax, BLOCK)[:flat.size]
     return out.reshape(codes.shape, order=order)

@@ -49,6 +49,7 @@ typedef struct {
     int stochastic_rounding;
     uint64_t seed;
     double grad_factor; /* gradients are multiplied by this (unscale, clip); 1: none */
+    int quant_map;      /* 8-bit state's map version: ADAMC_QMAP_* (quant.h) */
 } adamc_hyper;
 
 /*
@@ -96,6 +97,7 @@ typedef struct {
     uint32_t sr_key;          /* the step's key (convert.h: adamc_sr_hash) */
     float *exp_avg_absmax;    /* IN/OUT with ADAMC_Q8 state: one scale per */
     float *exp_avg_sq_absmax; /* 256 elements (blocks never split: step.c) */
+    int quant_map;            /* with ADAMC_Q8: ADAMC_QMAP_* (quant.h)      */
 } adamc_task;
 
 /* The stochastic-rounding key of one parameter's step: a pure function of
@@ -103,11 +105,14 @@ typedef struct {
 uint32_t adamc_sr_key(uint64_t seed, int64_t index, int64_t step);
 
 /* The work of n elements, in float32 elements: a float64 element costs
- * about twice as much (bench/thread_cutoff.py).  The serial cutoff is in
- * these units. */
-static inline int64_t adamc_work(int64_t n, int dtype)
+ * about twice as much (bench/thread_cutoff.py), and so does one with 8-bit
+ * state (state_dtype ADAMC_Q8: decoding and requantizing both moments; the
+ * pow2 map's step measured 1.6-1.8 x the float32-state step per element in
+ * cache, the dynamic map's more).  The serial cutoff and the tuner's size
+ * classes are in these units; they never change results. */
+static inline int64_t adamc_work(int64_t n, int dtype, int state_dtype)
 {
-    return dtype == ADAMC_F64 ? 2 * n : n;
+    return dtype == ADAMC_F64 || state_dtype == ADAMC_Q8 ? 2 * n : n;
 }
 
 /* The bytes of one element of a task whose buffers are all float32 or all
@@ -140,10 +145,11 @@ typedef double (*adamc_sumsq_fn)(const adamc_task *t, int64_t lo, int64_t hi);
 typedef void (*adamc_sumsq_ways_fn)(const adamc_task *t, int64_t lo, int64_t len, int ways,
                                     double *out);
 /* Per-ISA 8-bit quantization of n float32 values (blocks of 256 from x[0]):
- * codes c[n], scales absmax[ceil(n / 256)]; signed: exp_avg's map.  The
+ * codes c[n], scales absmax[ceil(n / 256)]; map: the map version
+ * (ADAMC_QMAP_*, quant.h); signed: exp_avg's map.  The
  * code the step uses (blocked.inc), exposed for the tests. */
-typedef void (*adamc_quantize_fn)(int is_signed, const float *x, uint8_t *c, float *absmax,
-                                  int64_t n);
+typedef void (*adamc_quantize_fn)(int map, int is_signed, const float *x, uint8_t *c,
+                                  float *absmax, int64_t n);
 
 typedef struct {
     const char *name;

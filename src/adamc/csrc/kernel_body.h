@@ -109,6 +109,7 @@
 
 #include "blocked.inc"
 #include "fused16.inc"
+#include "q8fused.inc"
 #include "norm.inc"
 
 /* Every task goes through here: the direct loops when the buffers are in
@@ -119,6 +120,10 @@ static void ISA(adamc_range)(const adamc_task *t, int64_t lo, int64_t hi)
 {
     const int gd = t->grad_dtype, direct = adamc_direct_bytes(t);
     if (t->state_dtype == ADAMC_Q8) {   /* 8-bit state: per 256-element block */
+#ifdef ADAMC_HAVE_Q8_FUSED
+        if (ISA(adamc_q8_fused)(t, lo, hi))   /* map version 2, one pass */
+            return;
+#endif
         ISA(adamc_blocked_q8)(t, lo, hi);
     } else if (direct == 8) {
         if (gd == ADAMC_F64)

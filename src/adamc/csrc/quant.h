@@ -77,4 +77,60 @@ static inline uint8_t adamc_q_code(const adamc_qmap *q, float x, float r)
     return (uint8_t)((e >> 16) + ((u >> 31) ? a < mid : a > mid));
 }
 
+/* ---- map version 2 ("pow2"): codes from the float's bits ---------------
+ * No table: a normalized value's code is its float32 bits rounded to 8
+ * exponent bits and ADAMC_P2_MBITS mantissa bits (half up: add half a unit
+ * of the kept bits, shift), offset so that 1.0 is the top code, like a
+ * float8 conversion.  |s| is clamped to 1.0 first.  exp_avg (signed): sign
+ * bit 7, magnitude 0..127 (0: zero, 127: 1.0); exp_avg_sq (unsigned): 1..255
+ * (255: 1.0; never 0, docs/int8-state.md).  Integer arithmetic only, so
+ * every variant gives the same codes.  NumPy twins: reference.quantize_blockwise
+ * and dequantize_blockwise with map version 2. */
+#define ADAMC_QMAP_DYNAMIC 1             /* map version 1: bitsandbytes' dynamic maps */
+#define ADAMC_QMAP_POW2 2                /* map version 2: this one                  */
+#define ADAMC_P2_MBITS 3
+#define ADAMC_P2_SHIFT (23 - ADAMC_P2_MBITS)
+#define ADAMC_P2_HALF (1u << (ADAMC_P2_SHIFT - 1))
+#define ADAMC_P2_ONE 0x3f800000u
+/* 1.0's rounded bits minus the top code: the signed magnitude's and the
+ * unsigned code's offsets */
+#define ADAMC_P2_MOFF ((ADAMC_P2_ONE >> ADAMC_P2_SHIFT) - 127)
+#define ADAMC_P2_VOFF ((ADAMC_P2_ONE >> ADAMC_P2_SHIFT) - 255)
+
+/* The rounded bits of |s|, offset: (min(|s| bits, 1.0) + half) >> shift - off,
+ * computed as one add and an arithmetic shift (off << shift is a multiple
+ * of 2^shift, so the shift is exact). */
+static inline int32_t adamc_p2_q(uint32_t u, uint32_t off)
+{
+    uint32_t a = u & 0x7fffffffu;
+    a = a > ADAMC_P2_ONE ? ADAMC_P2_ONE : a;
+    return (int32_t)(a + ADAMC_P2_HALF - (off << ADAMC_P2_SHIFT)) >> ADAMC_P2_SHIFT;
+}
+
+/* One value's code: x times the block's reciprocal r (NaN counts as 0). */
+static inline uint8_t adamc_p2_code(int is_signed, float x, float r)
+{
+    float s = x * r;
+    s = s != s ? 0.0f : s;
+    const uint32_t u = adamc_f2u(s);
+    if (is_signed) {
+        const int32_t mag = adamc_p2_q(u, ADAMC_P2_MOFF);
+        return (uint8_t)((uint32_t)(mag < 0 ? 0 : mag) | ((u >> 24) & 0x80u));
+    }
+    const int32_t c = adamc_p2_q(u, ADAMC_P2_VOFF);
+    return (uint8_t)(c < 1 ? 1 : c);
+}
+
+/* A code's map value (times the block's absmax gives the state's value);
+ * signed code 128 is -0.0. */
+static inline float adamc_p2_value(int is_signed, uint8_t c)
+{
+    if (is_signed) {
+        const uint32_t mag = c & 127u;
+        return adamc_u2f((mag ? (mag + ADAMC_P2_MOFF) << ADAMC_P2_SHIFT : 0u)
+                         | ((uint32_t)(c & 128u) << 24));
+    }
+    return adamc_u2f(((uint32_t)c + ADAMC_P2_VOFF) << ADAMC_P2_SHIFT);
+}
+
 #endif

@@ -159,7 +159,7 @@ void adamc_multi_step(const adamc_kernel *k, const adamc_task *tasks,
     }
     for (int64_t i = 0; i < ntasks; i++) {
         const int direct = adamc_direct_bytes(&tasks[i]);
-        work += adamc_work(tasks[i].n, tasks[i].dtype);
+        work += adamc_work(tasks[i].n, tasks[i].dtype, tasks[i].state_dtype);
         if (direct == 4 && tasks[i].n > big32)
             big32 = tasks[i].n;
         else if (direct == 8 && tasks[i].n > big64)
