@@ -128,6 +128,7 @@ def test_cpu_info_reports_choices_and_reasons(rng, clean_tuning):
     (row,) = adamc.cpu_info()["tuning"]["classes"]
     assert row["work"] == (1 << 20, 1 << 21)
     assert "while the trial runs" in row["why"] and "chosen" in row
+    assert row["trial_running"] is True
     # one thread is the configuration to beat (config 0); prefetch is trialed
     # only where a range reaches 1 MiB a stream: the serial step's 4 MiB
     # buffer, not a parallel step's chunks (2^16 elements)
@@ -138,7 +139,7 @@ def test_cpu_info_reports_choices_and_reasons(rng, clean_tuning):
         opt.step([g])
     (row,) = adamc.cpu_info()["tuning"]["classes"]
     assert row["steps_seen"] == 3 + 2 + rounds * len(row["configs"])
-    assert row["chosen"] in row["configs"]
+    assert row["chosen"] in row["configs"] and row["trial_running"] is False
     assert set(row["median_seconds"]) == set(row["configs"])
     assert set(row["mean_seconds"]) == set(row["configs"])
     if "stopped early" in row["why"]:   # (a busy host: two stalled steps)

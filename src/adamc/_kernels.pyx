@@ -301,7 +301,7 @@ def tuning_info():
         row = {"work": (1 << r.cls, 1 << (r.cls + 1)),
                "configs": names,
                "steps_seen": r.steps_seen, "retrials": r.retrials,
-               "fallbacks": r.fallbacks}
+               "fallbacks": r.fallbacks, "trial_running": r.state != 2}
         if r.state == 2 and r.ncfg > 1:
             row["chosen"] = names[r.chosen]
             row["median_seconds"] = {names[k]: r.median[k] for k in range(r.ncfg)}

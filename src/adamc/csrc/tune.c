@@ -37,11 +37,16 @@
  *
  * A busy host, quickly: a step run on all threads that takes more than
  * STALL x the one-thread median is a stall.  Two stalls in a trial end it
- * at once with one thread; two within STALL_WINDOW steps after a class chose
- * all threads switch it to one thread at once.  A thread-count choice is
+ * at once with one thread; three within STALL_WINDOW steps after a class
+ * chose all threads switch it to one thread at once (three, not two: on a
+ * quiet virtual machine about 1% of two-thread steps take over 2x one
+ * thread's time, a vCPU descheduled for a moment, and two such within 64
+ * steps came often enough to leave a class on one thread, 1.7x slower,
+ * for a thousand steps; a busy host stalls step after step).  A thread-count choice is
  * tried again every RETRIAL steps of its class (other processes or BLAS's
  * threads may have come or gone), the interval doubling (up to
- * RETRIAL_MAX) each time one thread is confirmed or fallen back to.
+ * RETRIAL_MAX) each time the same choice is confirmed (one thread, or all
+ * threads again) or one thread is fallen back to.
  *
  * Environment variables fix each choice (read at every step):
  *   ADAMC_TUNE=0            no trials: every choice at its fixed default
@@ -99,7 +104,7 @@ double adamc_now(void)
 #define MARGIN 0.02
 #define MARGIN_THREADS 0.05 /* all threads against one: a clear win only */
 #define STALL 2.0           /* x the one-thread median: a stalled step */
-#define STALL_WINDOW 64     /* two stalls this close: fall back to one thread */
+#define STALL_WINDOW 64     /* three stalls this close: fall back to one thread */
 #define MONITOR_SLOT (MAX_ROUNDS * ADAMC_TUNE_MAX_CFG)  /* a timed step outside a trial */
 
 typedef struct {
@@ -110,6 +115,7 @@ typedef struct {
     int64_t retrial_at;   /* steps_seen at which a decided thread choice is retried */
     int64_t interval;     /* steps from a thread decision to its retrial */
     int64_t last_stall;   /* steps_seen at the last stall after the decision */
+    int64_t prev_stall;   /* and at the one before it */
     double serial_median; /* the one-thread configuration's median: the yardstick */
     int n[ADAMC_TUNE_MAX_CFG];             /* timed steps of each configuration */
     double t[ADAMC_TUNE_MAX_CFG][MAX_ROUNDS];
@@ -231,6 +237,9 @@ static void choose_serial(cls_t *c, int best1)
 static void decide(cls_t *c)
 {
     int best1 = 0, bestn = -1;
+    /* a retrial of a class that had chosen all threads (interval 0: the
+     * first trial) */
+    const int was_all = c->r.multi && c->interval > 0 && c->r.threads[c->r.chosen] != 0;
     for (int k = 0; k < c->r.ncfg; k++) {
         double tmp[MAX_ROUNDS], sum = 0.0;
         memcpy(tmp, c->t[k], sizeof tmp);
@@ -258,10 +267,16 @@ static void decide(cls_t *c)
     if (!c->stalls && bestn >= 0
         && c->r.median[bestn] < (1.0 - MARGIN_THREADS) * c->r.median[best1]
         && c->r.mean[bestn] < c->r.mean[best1]) {
+        /* all threads confirmed: the next retrial twice as far (up to
+         * RETRIAL_MAX; each one runs the slower one-thread configurations
+         * for a few dozen steps, about 2% of 1024 steps): should the host
+         * become busy meanwhile, the stalls switch the class at once */
         c->r.chosen = bestn;
-        c->interval = RETRIAL;
-        c->retrial_at = c->r.steps_seen + RETRIAL;
-        c->last_stall = -STALL_WINDOW - 1;
+        c->interval = was_all ? 2 * c->interval : RETRIAL;
+        if (c->interval > RETRIAL_MAX)
+            c->interval = RETRIAL_MAX;
+        c->retrial_at = c->r.steps_seen + c->interval;
+        c->last_stall = c->prev_stall = -STALL_WINDOW - 1;
         serial_choice[c->r.cls] = 0;
     } else {
         choose_serial(c, best1);
@@ -441,15 +456,17 @@ void adamc_plan_done(const adamc_plan *pl, double seconds)
     if (c->busy && c->r.state == 2 && pl->slot == MONITOR_SLOT) {
         /* a step on all threads after the class chose them */
         if (seconds > STALL * c->serial_median) {
-            if (c->r.steps_seen - c->last_stall <= STALL_WINDOW) {
+            if (c->r.steps_seen - c->prev_stall <= STALL_WINDOW) {
                 c->r.fallbacks++;
                 /* the best one-thread configuration of the trial */
                 int best1 = 0;
                 for (int k = 1; k < c->r.ncfg; k++)
                     if (!c->r.threads[k] && c->r.median[k] < c->r.median[best1])
                         best1 = k;
+                c->interval = RETRIAL;   /* (doubled: retried after 2048 steps) */
                 choose_serial(c, best1);
             }
+            c->prev_stall = c->last_stall;
             c->last_stall = c->r.steps_seen;
         }
     } else if (c->busy && c->r.state == 1 && pl->slot == c->r.samples) {
