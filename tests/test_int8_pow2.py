@@ -10,6 +10,7 @@ import pytest
 import adamc
 from adamc import _kernels, _spec, checkpoint, interop
 from adamc import reference as R
+from _toolkit import step_on_threads
 
 BLOCK = _spec.QUANT_BLOCK
 POW2 = {"state_dtype": "int8", "quant_map": "pow2"}
@@ -150,13 +151,7 @@ def _inputs(pdt, gdt, n, steps, seed=0):
 def _run(module, pdt, gdt, options, n, threads=1, steps=4):
     p, grads = _inputs(pdt, gdt, n, steps)
     opt = module.Adam([p], **EXACT, **POW2, **options)
-    if module is adamc:
-        adamc.set_num_threads(threads)
-    try:
-        for g in grads:
-            opt.step([g])
-    finally:
-        adamc.set_num_threads(None)
+    step_on_threads(opt, grads, threads if module is adamc else None)
     return p, opt.state_dict()["state"][0]
 
 
@@ -217,12 +212,7 @@ def test_many_blocks_two_threads_same_bits(variant):
     for threads in (1, 2):
         p = start.copy()
         opt = adamc.AdamW([p], lr=1e-3, **POW2)
-        adamc.set_num_threads(threads)
-        try:
-            for g in grads:
-                opt.step([g])
-        finally:
-            adamc.set_num_threads(None)
+        step_on_threads(opt, grads, threads)
         out.append((p, opt.state_dict()["state"][0]))
     np.testing.assert_array_equal(out[0][0].view(np.uint32), out[1][0].view(np.uint32))
     for k in ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax"):
