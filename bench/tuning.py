@@ -36,9 +36,11 @@ HUGE = str(1 << 62)
 # case -> (shapes, dtype, {configuration: (ADAMC_PREFETCH, ADAMC_SERIAL_CUTOFF)})
 CASES = {
     "float32 5e7": ([(50_000_000,)], "float32",
-                    {"prefetch 4096": ("4096", "0"), "no prefetch": ("0", "0")}),
+                    {"prefetch 4096": ("4096", "0"), "prefetch 16384": ("16384", "0"),
+                     "no prefetch": ("0", "0")}),
     "float64 2e7": ([(20_000_000,)], "float64",
-                    {"prefetch 4096": ("4096", "0"), "no prefetch": ("0", "0")}),
+                    {"prefetch 4096": ("4096", "0"), "prefetch 16384": ("16384", "0"),
+                     "no prefetch": ("0", "0")}),
     "float32 1e6": ([(1_000_000,)], "float32",
                     {"1 thread, prefetch": ("4096", HUGE), "1 thread, none": ("0", HUGE),
                      "all threads, prefetch": ("4096", "0"), "all threads, none": ("0", "0")}),
@@ -71,7 +73,8 @@ print(total, extra)
 
 def first_steps(n, rounds):
     envs = {"tuned": {}, "ADAMC_TUNE=0": {"ADAMC_TUNE": "0"},
-            "prefetch 4096": {"ADAMC_PREFETCH": "4096"}, "no prefetch": {"ADAMC_PREFETCH": "0"}}
+            "prefetch 4096": {"ADAMC_PREFETCH": "4096"},
+            "prefetch 16384": {"ADAMC_PREFETCH": "16384"}, "no prefetch": {"ADAMC_PREFETCH": "0"}}
     base = {k: v for k, v in os.environ.items()
             if k not in ("ADAMC_TUNE", "ADAMC_PREFETCH", "ADAMC_SERIAL_CUTOFF", "ADAMC_CHUNK")}
     times = {k: [] for k in envs}

@@ -167,7 +167,7 @@ def test_prefetch_is_not_trialed_where_no_range_reaches_its_threshold(rng, clean
     for _ in range(3):
         opt.step([like(rng, big)])
     (row,) = adamc.cpu_info()["tuning"]["classes"]
-    assert row["configs"] == ["prefetch 4096 B ahead", "no prefetch"]
+    assert row["configs"] == ["prefetch 4096 B ahead", "no prefetch", "prefetch 16384 B ahead"]
 
 
 @pytest.mark.skipif(not POOL, reason="no worker pool in this build")

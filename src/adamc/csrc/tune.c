@@ -14,6 +14,11 @@
  *     reach the kernels' threshold (ADAMC_PF_MIN bytes a stream: a task that
  *     long, and in a parallel step a chunk that long); elsewhere the
  *     prefetch setting cannot change the code that runs;
+ *   - the prefetch distance: where no thread count is trialed (2^22 work
+ *     and up, or one thread), DEFAULT_PF bytes ahead (the fixed default:
+ *     4 KiB beat 1 KiB and matched 8 KiB on the first development host)
+ *     against FAR_PF x that (memory farther away, a host whose hardware
+ *     prefetcher lags more), as a third configuration;
  *   - the chunk size of a parallel step (fixed by a formula of the step's
  *     size, or ADAMC_CHUNK; not trialed).
  * Each choice only decides which thread runs an element, or whether a
@@ -91,6 +96,7 @@ double adamc_now(void)
 
 #define DEFAULT_CUTOFF ((int64_t)1 << 17)   /* the fixed default (threads.c) */
 #define DEFAULT_PF 4096                      /* bytes ahead                    */
+#define FAR_PF 4          /* x DEFAULT_PF: the farther distance trialed        */
 #define THREADS_LO 15                        /* thread trials: [2^15, 2^22)   */
 #define THREADS_HI 22
 #define PF_LO 18                             /* prefetch trials: 2^18 and up   */
@@ -387,6 +393,10 @@ void adamc_plan_step(adamc_plan *pl, int64_t work, int64_t total, int nthreads, 
             if (reach && try_pf) {
                 c->r.threads[n] = thr[a];
                 c->r.pf[n++] = 0;
+                if (!try_threads) {   /* and a farther distance */
+                    c->r.threads[n] = thr[a];
+                    c->r.pf[n++] = FAR_PF * pf;
+                }
             }
         }
         c->r.cls = ilog2(work) < NCLASS ? ilog2(work) : NCLASS - 1;
