@@ -37,8 +37,9 @@
  * in mean (the mean counts the stalls that a busy host adds to some steps;
  * the median alone would not see them).  So a class never settles on
  * something that measured slower than the default, and its trial costs at
- * most (rounds x alternatives) steps run in the slower configuration: 4 of
- * the first 100 steps of a large model.
+ * most (rounds x alternatives) steps run in the slower configuration: 8 of
+ * the first 100 steps of a large model (prefetch off and 16 KiB ahead
+ * against the 4 KiB default; bench/tuning.py --first 100 measures it).
  *
  * A busy host, quickly: a step run on all threads that takes more than
  * STALL x the one-thread median is a stall.  Two stalls in a trial end it
@@ -47,9 +48,10 @@
  * quiet virtual machine about 1% of two-thread steps take over 2x one
  * thread's time, a vCPU descheduled for a moment, and two such within 64
  * steps came often enough to leave a class on one thread, 1.7x slower,
- * for a thousand steps; a busy host stalls step after step).  A thread-count choice is
- * tried again every RETRIAL steps of its class (other processes or BLAS's
- * threads may have come or gone), the interval doubling (up to
+ * for a thousand steps; a busy host stalls step after step).  A
+ * thread-count choice is tried again every RETRIAL steps of its class
+ * (other processes or BLAS's threads may have come or gone), the
+ * interval doubling (up to
  * RETRIAL_MAX) each time the same choice is confirmed (one thread, or all
  * threads again) or one thread is fallen back to.
  *
