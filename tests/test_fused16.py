@@ -107,3 +107,51 @@ def test_fused_loops_do_not_depend_on_the_thread_split(variant, pdt, gdt, option
     assert_same_bits(pa, sa, pc, sc)
     pb, sb = run(reference, pdt, gdt, options, 70_001)
     assert_same_bits(pa, sa, pb, sb)
+
+
+def float16_edges(n, seed):
+    """float32 values at float16's edges: around the largest finite value
+    (65504; 65520 and up round to infinity), the normal/subnormal boundary
+    2^-14, subnormal results and values below half the smallest subnormal,
+    exact boundaries and signed zeros; first mixed at random (every vector
+    with a few of each), then in runs of one kind (vectors with no overflow
+    candidate take the conversion's fast path)."""
+    rng = np.random.default_rng(seed)
+    kinds = [rng.uniform(65000.0, 66000.0, n), 2.0 ** -14 * rng.uniform(0.9, 1.1, n),
+             rng.uniform(0.0, 2.0 ** -14, n), 2.0 ** -24 * rng.uniform(0.0, 2.0, n),
+             2.0 ** rng.uniform(-45.0, -24.0, n),
+             # one float32 unit below a subnormal grid point: a rounding
+             # to nearest of x + r 2^-40 would cross the point for a few r
+             rng.integers(513, 1024, 64 * n) * 2.0 ** -24 - 2.0 ** -38]
+    exact = np.array([0.0, 65504.0, 65519.996, 65520.0, 65535.996, 65536.0,
+                      2.0 ** -14, 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -26, 2.0 ** -14 - 2.0 ** -37])
+    runs = np.concatenate(kinds).astype(np.float32)
+    mixed = rng.permutation(runs)
+    g = np.concatenate([exact, mixed, runs]).astype(np.float32)
+    return g * rng.choice(np.float32([-1.0, 1.0]), g.size)
+
+
+@pytest.mark.parametrize("pdt, options", [
+    (F32, {"state_dtype": "float16"}),
+    (F16, {"master_weights": False, "state_dtype": "float16"}),
+], ids=["fp32-params", "all-fp16"])
+def test_float16_stochastic_rounding_at_the_range_edges(variant, pdt, options):
+    """The vectorised float16 stochastic rounding (a truncating conversion,
+    with a branch for vectors that may overflow) gives the reference's bits
+    over float16's edges: parameters start at the edge values and move by
+    2^-20 of an update; the gradients are 4x the edge values, so that the
+    first step's exp_avg, a quarter of the gradient, is.  Several steps: several random
+    draws per value."""
+    options = {**options, "stochastic_rounding": True, "seed": 3, "betas": (0.75, 0.0),
+               "lr": 2.0 ** -20, "bias_correction": False}
+    with np.errstate(over="ignore"):
+        p0 = float16_edges(200, 10).astype(pdt)
+        grads = [(4 * float16_edges(200, s)).astype(pdt) for s in range(4)]
+    out = []
+    for module in (adamc, reference):
+        p = p0.copy()
+        opt = module.Adam([p], **options)
+        for g in grads:
+            opt.step([g])
+        out.append((p, state_of(opt, 0)))
+    assert_same_bits(*out[0], *out[1])
