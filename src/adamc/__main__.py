@@ -6,7 +6,7 @@ disagrees), then times one optimizer step of adamc side by side with the
 NumPy Adams, torch when installed, and a memory-speed probe, at a few sizes.
 Progress goes to stderr as each case finishes; the results, then a one-line
 verdict, to stdout, within 100 columns (``--wide`` adds the full tables of
-bench/compare.py).  About 10 s and 400 MB by default; ``--full`` adds the
+bench/compare.py).  About 6 s and 300 MB by default; ``--full`` adds the
 large cases (minutes, several GB).
 """
 

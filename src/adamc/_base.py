@@ -115,8 +115,9 @@ class _Optimizer:
             One gradient per parameter, in the optimizer's parameter order
             (groups flattened in order), or a mapping with the parameters'
             names when the optimizer was built from a mapping.  Each matches
-            its parameter's shape and memory order; its dtype is float32 or
-            float64 (converted to the parameter's in the kernel, no copy).
+            its parameter's shape and memory order; its dtype is float16,
+            bfloat16, float32 or float64 (converted to the parameter's in the
+            kernel, no copy).
             ``None`` skips that parameter: its state and step count stay as
             they are.
         grad_scale : float, optional

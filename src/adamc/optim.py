@@ -29,8 +29,9 @@ class Adam(_Optimizer):
     Parameters
     ----------
     params : sequence of ndarray, sequence of dict, or mapping str -> ndarray
-        The arrays to optimize, updated in place: float32 or float64, native
-        byte order, writeable, C- or F-contiguous, no two sharing memory.
+        The arrays to optimize, updated in place: float16, bfloat16
+        (ml_dtypes), float32 or float64, native byte order, writeable, C- or
+        F-contiguous, no two sharing memory.
         Param-group dicts ``{{"params": [...], "lr": ...}}`` override the
         defaults per group, as in ``torch.optim``.  With a mapping, ``step``
         takes a mapping of gradients with the same keys.
