@@ -236,6 +236,14 @@ int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntask
     pthread_cond_broadcast(&job_cv);
 
     adamc_set_prefetch(pf_ahead);
+    if (__atomic_load_n(&stall_us, __ATOMIC_ACQUIRE) > 0) {
+        /* tests (adamc_pool_stall): wait until a worker has claimed a chunk,
+         * so that the stall happens however late the worker wakes */
+        const double limit = adamc_now() + 1.0;
+        while ((__atomic_load_n(&claim_word, __ATOMIC_ACQUIRE) & 0xffffu) == (uint64_t)nchunks
+               && adamc_now() < limit)
+            cpu_relax();
+    }
     while (claim(gen, 0, &i)) {
         run_chunk(&job, i);   /* job cannot change: this thread owns the pool */
         mine++;
@@ -269,7 +277,8 @@ void adamc_pool_hold(int on) { __atomic_store_n(&hold_workers, on, __ATOMIC_RELE
 
 /* Tests: a worker sleeps `us` microseconds after claiming its first chunk
  * of each job, as a worker preempted in the middle of a chunk; the caller
- * must wait for it (a stalled step, which the tuner must notice). */
+ * must wait for it (a stalled step, which the tuner must notice).  While it
+ * is set, the caller lets a worker claim first (adamc_pool_run). */
 void adamc_pool_stall(int us) { __atomic_store_n(&stall_us, us > 0 ? us : 0, __ATOMIC_RELEASE); }
 
 #else
