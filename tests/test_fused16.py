@@ -140,8 +140,8 @@ def test_float16_stochastic_rounding_at_the_range_edges(variant, pdt, options):
     with a branch for vectors that may overflow) gives the reference's bits
     over float16's edges: parameters start at the edge values and move by
     2^-20 of an update; the gradients are 4x the edge values, so that the
-    first step's exp_avg, a quarter of the gradient, is.  Several steps: several random
-    draws per value."""
+    first step's exp_avg, a quarter of the gradient, is.  Several steps:
+    several random draws per value."""
     options = {**options, "stochastic_rounding": True, "seed": 3, "betas": (0.75, 0.0),
                "lr": 2.0 ** -20, "bias_correction": False}
     with np.errstate(over="ignore"):
