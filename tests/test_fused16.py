@@ -151,7 +151,6 @@ def test_float16_stochastic_rounding_at_the_range_edges(variant, pdt, options):
     for module in (adamc, reference):
         p = p0.copy()
         opt = module.Adam([p], **options)
-        for g in grads:
-            opt.step([g])
+        step_on_threads(opt, grads, None)
         out.append((p, state_of(opt, 0)))
     assert_same_bits(*out[0], *out[1])
