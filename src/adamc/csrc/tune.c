@@ -51,9 +51,9 @@
  * for a thousand steps; a busy host stalls step after step).  A
  * thread-count choice is tried again every RETRIAL steps of its class
  * (other processes or BLAS's threads may have come or gone), the
- * interval doubling (up to
- * RETRIAL_MAX) each time the same choice is confirmed (one thread, or all
- * threads again) or one thread is fallen back to.
+ * interval doubling (up to RETRIAL_MAX) each time the same choice is
+ * confirmed (one thread, or all threads again) or one thread is fallen
+ * back to.
  *
  * Environment variables fix each choice (read at every step):
  *   ADAMC_TUNE=0            no trials: every choice at its fixed default
