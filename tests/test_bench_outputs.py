@@ -144,3 +144,38 @@ def test_thread_cutoff_refuses_a_smaller_step_slower_than_a_larger(monkeypatch):
     out = cutoff.render(busy, 2, why)
     assert out.startswith("bench/thread_cutoff.py: the host looks busy, so no table")
     assert "ratio" not in out
+
+
+def test_floors_columns_and_verdicts(monkeypatch):
+    pytest.importorskip("ml_dtypes")
+    floors = load("floors", monkeypatch)
+    chosen = [r for r in floors.rows() if r[1].startswith("fp32 params, int8")
+              or r[0] == "fused"]
+    names = [r[1] for r in chosen]
+    # 1 ns an element for the large float32 step (28 GB/s); the int8 row's
+    # arithmetic 0.60 ns an element (within its 0.66 goal), the fused row's
+    # 1.5 ns (above its 1.20)
+    n, hot_n = 1000, 100
+    t_large = {"fp32": 1e-6, names[0]: 0.7e-6, names[1]: 1.3e-6, "global_norm": 0.25e-6}
+    t_hot = {"fp32": 0.3e-7, names[0]: 0.6e-7, names[1]: 1.5e-7}
+    out = floors.render(chosen, n, hot_n, 2, t_large, t_hot).splitlines()
+    assert "float32 step 1.000 ns an element (28.0 GB/s" in out[1]
+    int8, fused = out[3].split(), out[4].split()
+    assert int8[int8.index("0.66"):][:5] == ["0.66", "0.70", "0.57", "0.60", "fp32"]
+    assert "0.909 ns (<= 31 GB/s): reachable here" in out[3]
+    assert fused[fused.index("1.20"):][:4] == ["1.20", "1.30", "1.14", "1.50"]
+    assert "1.250 ns (<= 22 GB/s): not with this arithmetic here" in out[4]
+    assert out[4].endswith("read floor 1.25 (the step, then global_norm alone)")
+    busy = floors.render(chosen, n, hot_n, 2, t_large, t_hot, why=["load average 3"])
+    assert busy.startswith("HOST BUSY") and "load average 3" in busy
+
+
+def test_floors_runs_every_row(monkeypatch, capsys):
+    pytest.importorskip("ml_dtypes")
+    floors = load("floors", monkeypatch)
+    out = floors.main(["--n", "3e4", "--rounds", "1"])
+    rows = [line for line in out.splitlines() if "fp32 step >=" in line]
+    assert len(rows) == len(floors.rows()) == 15
+    with pytest.raises(SystemExit):
+        floors.main(["--rows", "int4"])
+    assert "unknown group(s) ['int4']" in capsys.readouterr().err
