@@ -157,7 +157,8 @@ def test_floors_columns_and_verdicts(monkeypatch):
     # 1.5 ns (above its 1.20)
     n, hot_n = 1000, 100
     t_large = {"fp32": 1e-6, names[0]: 0.7e-6, names[1]: 1.3e-6, "global_norm": 0.25e-6}
-    t_hot = {"fp32": 0.3e-7, names[0]: 0.6e-7, names[1]: 1.5e-7}
+    t_hot = {names[0]: 0.6e-7 + 5e-6, f"{names[0]} x2": 1.2e-7 + 5e-6,  # 5 us a call
+             names[1]: 1.5e-7 + 5e-6, f"{names[1]} x2": 3.0e-7 + 5e-6}
     out = floors.render(chosen, n, hot_n, 2, t_large, t_hot).splitlines()
     assert "float32 step 1.000 ns an element (28.0 GB/s" in out[1]
     int8, fused = out[3].split(), out[4].split()
@@ -165,7 +166,11 @@ def test_floors_columns_and_verdicts(monkeypatch):
     assert "0.909 ns (<= 31 GB/s): reachable here" in out[3]
     assert fused[fused.index("1.20"):][:4] == ["1.20", "1.30", "1.14", "1.50"]
     assert "1.250 ns (<= 22 GB/s): not with this arithmetic here" in out[4]
-    assert out[4].endswith("read floor 1.25 (the step, then global_norm alone)")
+    assert out[4].endswith("read floor 1.25 (the step, then global_norm alone): above the "
+                           "goal, so not on this host's memory")
+    t_large["global_norm"] = 0.15e-6
+    out = floors.render(chosen, n, hot_n, 2, t_large, t_hot).splitlines()
+    assert out[4].endswith("read floor 1.15 (the step, then global_norm alone)")
     busy = floors.render(chosen, n, hot_n, 2, t_large, t_hot, why=["load average 3"])
     assert busy.startswith("HOST BUSY") and "load average 3" in busy
 
