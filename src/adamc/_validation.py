@@ -278,7 +278,8 @@ def check_storage(param_dtype, h, label, where="", size=None):
         raise ValueError(
             f"state_dtype='float64'{_where(where)} is for float64 parameters; "
             f"{label} is {param_dtype}: use 'float32' (or None)")
-    if state == "bfloat16" and "ml_dtypes" not in __import__("sys").modules:
+    # (sys.modules["ml_dtypes"] is None where an import of it was blocked)
+    if state == "bfloat16" and __import__("sys").modules.get("ml_dtypes") is None:
         try:
             import ml_dtypes  # noqa: F401
         except ImportError:
