@@ -125,6 +125,31 @@ def test_a_nonfinite_gradient_skips_the_whole_step(module, bad):
 
 
 @pytest.mark.parametrize("module", [adamc, reference])
+@pytest.mark.parametrize("swap", ["edit", "load_state_dict", "none"])
+def test_a_skipped_step_keeps_no_scheduled_lr(module, swap):
+    """The schedules are called before the norm; after a skip the next step
+    calls them again (a schedule swapped in meanwhile, or one that reads
+    outside state, is not answered by the skipped step's value)."""
+    calls = []
+    def sched(name, lr):
+        return lambda t: (calls.append((name, t)), lr)[1]
+    w = np.zeros(3, np.float32)
+    opt = module.Adam([w], lr=sched("first", 0.5))
+    sd = opt.state_dict()
+    opt.step([np.array([np.inf, 1, 1], np.float32)], skip_nonfinite=True)
+    assert opt.last_step.skipped and calls == [("first", 1)]
+    if swap == "edit":
+        opt.param_groups[0]["lr"] = sched("second", 1e-3)
+    elif swap == "load_state_dict":
+        sd["param_groups"][0]["lr"] = sched("second", 1e-3)
+        opt.load_state_dict(sd)
+    opt.step([np.ones(3, np.float32)])
+    want = [("first", 1), ("first" if swap == "none" else "second", 1)]
+    assert calls == want
+    np.testing.assert_allclose(w, -0.5 if swap == "none" else -1e-3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("module", [adamc, reference])
 def test_an_all_zero_gradient_steps_as_the_plain_step(module):
     p, q = np.ones(9), np.ones(9)
     a, b = module.Adam([p]), module.Adam([q])

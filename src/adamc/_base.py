@@ -151,7 +151,9 @@ class _Optimizer:
                 self._resolve(status, grads)
                 status = engine.step(grads, self.param_groups, 1.0, True)
             info = fused_factor(engine.sumsq, scale, max_norm, skip)
-            if not info.skipped:
+            if info.skipped:
+                engine.forget_lrs()   # the next step asks the schedules again
+            else:
                 self._step_factor(grads, info.factor)
             self.last_step = info
 

@@ -901,6 +901,7 @@ cdef class Engine:
         for i in range(self.n):
             self.plan[i].need_x = "max_exp_avg_sq" in slots[i]
             self.plan[i].need_mp = "master_param" in slots[i]
+        self.lrs = {}   # a group's lr may be another schedule now
         self.any_schedule = False
         for gi in range(self.ngroups):
             h = hypers[gi]
@@ -920,6 +921,10 @@ cdef class Engine:
     def set_lrs(self, dict lrs):
         """Validated scheduled learning rates: (group, timestep) -> float."""
         self.lrs.update(lrs)
+
+    def forget_lrs(self):
+        """After a skipped fused step: the next step calls the schedules again."""
+        self.lrs = {}
 
     def stateless(self):
         """The parameters about to step without all the state they need."""

@@ -501,6 +501,7 @@ class Engine:
             self._state[i] = dict(st) if st else None
 
     def set_groups(self, groups, hypers, slots):
+        self._lrs = {}   # a group's lr may be another schedule now
         self._hypers = list(hypers)
         self._slots = list(slots)
         self._groups = list(groups)
@@ -513,6 +514,9 @@ class Engine:
 
     def set_lrs(self, lrs):
         self._lrs.update(lrs)
+
+    def forget_lrs(self):
+        self._lrs = {}
 
     def stateless(self):
         return [i for i in self._active if self._needs_state(i)]
