@@ -164,9 +164,11 @@ def test_an_all_zero_gradient_steps_as_the_plain_step(module):
 @pytest.mark.parametrize("module", [adamc, reference])
 @pytest.mark.parametrize("kw, exc, msg", [
     ({"grad_scale": 0.0}, ValueError, "grad_scale must be > 0"),
-    ({"grad_scale": -2.0}, ValueError, "grad_scale must be >= 0"),
+    ({"grad_scale": -2.0}, ValueError, "grad_scale must be > 0"),
+    ({"max_grad_norm": -1.0}, ValueError, "max_grad_norm must be > 0"),
     ({"grad_scale": np.nan}, ValueError, "grad_scale must be finite"),
     ({"grad_scale": np.inf}, ValueError, "grad_scale must be finite"),
+    ({"grad_scale": 2.0**129}, ValueError, "grad_scale must be at most 3.40282e"),
     ({"max_grad_norm": 0}, ValueError, "max_grad_norm must be > 0"),
     ({"max_grad_norm": float("nan")}, ValueError, "max_grad_norm must be finite"),
     ({"max_grad_norm": "1"}, TypeError, "max_grad_norm must be a real number"),
@@ -217,6 +219,63 @@ def test_loss_scaler_follows_grad_scalers_rules():
         with pytest.raises(ValueError):
             other.load_state_dict(bad)
         assert other.state_dict() == sd
+
+
+def test_loss_scaler_keeps_its_scale_in_float32_as_torch():
+    """Each new scale is the product rounded to float32 (torch's
+    _amp_update_scale_), and a growth to float32's infinity is not taken;
+    the scale never leaves float32's range, so its state_dict always loads."""
+    scaler = adamc.LossScaler(init_scale=3.7, growth_factor=1.37, backoff_factor=0.71,
+                              growth_interval=1)
+    want = np.float32(3.7)
+    for t in range(300):
+        skipped = t % 7 == 3
+        scaler.update(skipped)
+        new = np.float32(float(want) * (0.71 if skipped else 1.37))
+        want = new if np.isfinite(new) else want
+        assert scaler.scale == float(want), t
+    assert scaler.scale > 1e29   # it grew through non-powers of two
+    top = adamc.LossScaler(init_scale=2.0**127, growth_interval=1)
+    top.update(False)
+    assert (top.scale, top.growth_tracker) == (2.0**127, 0)   # 2**128 is inf in float32
+    adamc.LossScaler().load_state_dict(top.state_dict())
+    with pytest.raises(ValueError, match="init_scale must be at most 3.40282e"):
+        adamc.LossScaler(init_scale=2.0**128)
+    with pytest.raises(ValueError, match="growth_tracker'] .5. must be below growth_interval"):
+        adamc.LossScaler().load_state_dict({**top.state_dict(), "growth_interval": 3,
+                                            "growth_tracker": 5})
+
+
+@pytest.mark.parametrize("module", [adamc, reference])
+def test_an_overflowing_sum_of_squares_of_finite_gradients_is_no_skip(module):
+    """float64 gradients beyond 1e154 overflow the double sum of squares:
+    they are finite, so the step is taken (GradScaler skips only for an Inf
+    or NaN element), with the norm taken again rescaled."""
+    g = np.array([1e200, -1e200, 1.0, 1.0])
+    w = np.zeros(4)
+    opt = module.Adam([w], lr=0.1)
+    opt.step([g], grad_scale=1e30, max_grad_norm=1.0, skip_nonfinite=True)
+    norm = math.hypot(1e200, 1e200) / 1e30
+    assert opt.last_step.norm == pytest.approx(norm, rel=1e-15)
+    assert not opt.last_step.skipped and opt.state_dict()["state"][0]["step"] == 1
+    assert opt.last_step.factor == pytest.approx(1.0 / (norm + 1e-6) / 1e30, rel=1e-15)
+    np.testing.assert_allclose(w[:2], [-0.1, 0.1], rtol=1e-6)   # Adam's first step: lr
+    assert (w[2:] < 0).all()   # clipped to about 1e-200, far below eps: tiny steps
+    assert adamc.global_norm([g]) == pytest.approx(math.hypot(1e200, 1e200), rel=1e-15)
+    g[2] = np.inf   # a non-finite element still skips
+    opt.step([g], skip_nonfinite=True)
+    assert opt.last_step.skipped and opt.last_step.norm == math.inf
+
+
+def test_clip_grad_norm_multiplies_in_float32_and_rounds_once():
+    """As the fused step (and torch's clip_grad_norm_): the factor stays a
+    float32 (float64 for float64 gradients), not rounded to float16 first."""
+    g16, g32 = np.full(4, 1000.0, np.float16), np.full(4, 1000.0, np.float32)
+    norm = adamc.clip_grad_norm([g16, g32], 1e-5)
+    coef = np.float32(1e-5 / (norm + 1e-6))
+    np.testing.assert_array_equal(g16, (np.float32(1000.0) * coef).astype(np.float16))
+    np.testing.assert_array_equal(g32, np.float32(1000.0) * coef)
+    assert g16[0] != 0   # a factor rounded to float16 first gave 0
 
 
 def test_defaults_are_torchs():

@@ -150,7 +150,7 @@ class _Optimizer:
             while status != _spec.MEASURED:  # every check passes before the norm
                 self._resolve(status, grads)
                 status = engine.step(grads, self.param_groups, 1.0, True)
-            info = fused_factor(engine.sumsq, scale, max_norm, skip)
+            info = fused_factor(engine.sumsq, scale, max_norm, skip, grads)
             if info.skipped:
                 engine.forget_lrs()   # the next step asks the schedules again
             else:

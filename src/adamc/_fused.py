@@ -25,11 +25,15 @@ class StepInfo(NamedTuple):
     skipped: bool
 
 
-def fused_factor(sumsq, scale, max_norm, skip):
+def fused_factor(sumsq, scale, max_norm, skip, grads=()):
     """The fused step's decision from the gradients' sum of squares, in double,
     with torch's rules: clip_grad_norm_'s ``max_norm / (norm + 1e-6)``
-    clamped to 1, GradScaler's skip when any gradient is not finite."""
-    norm = math.sqrt(sumsq) / (scale or 1.0)
+    clamped to 1, GradScaler's skip when any gradient is not finite.
+
+    An infinite sum of squares of finite gradients (float64 ones beyond
+    about 1e154 overflow it) is no skip: with ``grads`` given (arrays or
+    None) the norm is then taken again, rescaled (``root_of``)."""
+    norm = root_of(sumsq, grads) / (scale or 1.0)
     if skip and not math.isfinite(norm):
         return StepInfo(norm, 0.0, True)
     clip = 1.0
@@ -37,3 +41,25 @@ def fused_factor(sumsq, scale, max_norm, skip):
         coef = max_norm / (norm + 1e-6)
         clip = 1.0 if coef >= 1.0 else coef  # (a NaN norm gives a NaN factor, as torch)
     return StepInfo(norm, clip / (scale or 1.0), False)
+
+
+def root_of(sumsq, grads=()):
+    """The L2 norm from the sum of squares: its square root, or where that
+    overflowed and ``grads`` are given, the norm taken again rescaled."""
+    root = math.sqrt(sumsq)
+    return _rescaled_norm(grads) if root == math.inf and grads else root
+
+
+def _rescaled_norm(grads):
+    """The L2 norm of finite gradients whose sum of squares overflowed, as
+    m * sqrt(sum((g / m)**2)) with m the largest |element| (NumPy, one
+    thread: the same for any thread count); inf if any element is not
+    finite, or if the norm itself exceeds double's range."""
+    import numpy as np
+
+    gs = [np.asarray(g, dtype=np.float64) for g in grads if g is not None]
+    if not all(np.isfinite(g).all() for g in gs):
+        return math.inf
+    m = max(float(np.max(np.abs(g))) for g in gs if g.size)
+    with np.errstate(over="ignore"):
+        return m * math.sqrt(sum(float(np.sum(np.square(g / m))) for g in gs))

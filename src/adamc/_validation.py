@@ -31,10 +31,11 @@ def _where(where):
     return f" in {where}" if where else ""
 
 
-def check_real(value, name, where="", *, beta=False):
+def check_real(value, name, where="", *, beta=False, positive=False):
     """Return ``value`` as a float after checking it is a finite real >= 0.
 
-    With ``beta=True`` the range is [0, 1) instead.
+    With ``beta=True`` the range is [0, 1) instead; with ``positive=True``
+    it is > 0.
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(
@@ -53,6 +54,8 @@ def check_real(value, name, where="", *, beta=False):
                 f"{name} must be in [0, 1), got {x!r}{_where(where)}; "
                 "typical values are 0.9 and 0.999"
             )
+    elif positive and not x > 0.0:
+        raise ValueError(f"{name} must be > 0, got {x!r}{_where(where)}")
     elif x < 0.0:
         raise ValueError(f"{name} must be >= 0, got {x!r}{_where(where)}")
     return x
@@ -1048,15 +1051,28 @@ def check_shardable(hypers, deterministic, where):
 
 def check_positive(value, name, where=""):
     """A finite real > 0 (a loss scale, a maximum norm)."""
-    x = check_real(value, name, where)
-    if not x > 0.0:
-        raise ValueError(f"{name} must be > 0, got {x!r}{_where(where)}")
+    return check_real(value, name, where, positive=True)
+
+
+#: The largest loss scale: float32's largest finite value (torch's GradScaler
+#: keeps its scale in float32; the kernels unscale float32 gradients by its
+#: reciprocal in float32).
+MAX_LOSS_SCALE = float(np.finfo(np.float32).max)
+
+
+def check_loss_scale(value, name):
+    """A loss scale: > 0 and at most float32's largest value."""
+    x = check_positive(value, name)
+    if x > MAX_LOSS_SCALE:
+        raise ValueError(
+            f"{name} must be at most {MAX_LOSS_SCALE:.6g} (float32's largest value: the "
+            f"scale is kept, and gradients unscaled, in float32), got {x!r}")
     return x
 
 
 def check_fused(grad_scale, max_grad_norm, skip_nonfinite):
     """step()'s fused options: (scale or None, max norm or None, skip)."""
-    scale = None if grad_scale is None else check_positive(grad_scale, "grad_scale")
+    scale = None if grad_scale is None else check_loss_scale(grad_scale, "grad_scale")
     max_norm = None if max_grad_norm is None else check_positive(max_grad_norm,
                                                                  "max_grad_norm")
     return scale, max_norm, check_bool(skip_nonfinite, "skip_nonfinite")
@@ -1082,11 +1098,16 @@ def check_scaler_state(sd, keys):
         raise ValueError(
             f"a LossScaler state_dict has exactly the keys {sorted(keys)}, got "
             f"{sorted(map(str, sd)) if isinstance(sd, Mapping) else type(sd).__name__}")
-    scale = check_positive(sd["scale"], "state_dict['scale']")
-    tracker = sd["growth_tracker"]
+    scale = check_loss_scale(sd["scale"], "state_dict['scale']")
+    tracker, interval = sd["growth_tracker"], sd["growth_interval"]
     if isinstance(tracker, (bool, np.bool_)) or not isinstance(tracker, numbers.Integral) \
             or tracker < 0:
         raise ValueError(f"state_dict['growth_tracker'] must be an int >= 0, got {tracker!r}")
+    if isinstance(interval, numbers.Integral) and not isinstance(interval, (bool, np.bool_)) \
+            and tracker >= interval:
+        raise ValueError(
+            f"state_dict['growth_tracker'] ({tracker}) must be below growth_interval "
+            f"({interval}): it counts the clean steps since the scale last changed")
     return scale, int(tracker)
 
 

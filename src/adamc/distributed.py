@@ -547,7 +547,11 @@ class Adam:
                     box = np.array([sumsq])
                     comm.Allreduce(MPI.IN_PLACE, box, op=MPI.SUM)
                     sumsq = float(box[0])
-            info = fused_factor(sumsq, scale, max_norm, skip)
+            # (the whole gradient only in deterministic mode: elsewhere an
+            # overflowed sum of squares counts as a non-finite gradient)
+            info = fused_factor(sumsq, scale, max_norm, skip,
+                                whole if N > 1 and self.deterministic else shard_grads if N == 1
+                                else ())
             self.last_step = info
             if info.skipped:
                 timing["step"] = time.perf_counter() - t

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _kernels
 from . import _validation as V
-from ._fused import fused_factor
+from ._fused import fused_factor, root_of
 
 __all__ = ["LossScaler", "global_norm", "clip_grad_norm"]
 
@@ -30,21 +30,25 @@ def global_norm(grads) -> float:
     >>> adamc.global_norm([np.array([3.0]), np.array([4.0], dtype=np.float32)])
     5.0
     """
-    return math.sqrt(_kernels.grad_sumsq(V.check_grad_arrays(grads)))
+    grads = V.check_grad_arrays(grads)
+    return root_of(_kernels.grad_sumsq(grads), grads)
 
 
 def clip_grad_norm(grads, max_norm) -> float:
     """Scale ``grads`` in place so that their global norm is at most
     ``max_norm``, as ``torch.nn.utils.clip_grad_norm_`` (factor
-    ``max_norm / (norm + 1e-6)`` when below 1); returns the norm before."""
+    ``max_norm / (norm + 1e-6)`` when below 1); returns the norm before.
+    Each element is multiplied as the fused step does: in float32 (float64
+    for float64 gradients), rounded once to the gradient's dtype."""
     grads = V.check_grad_arrays(grads)
     max_norm = V.check_positive(max_norm, "max_norm")
     for i, g in enumerate(grads):
         V.check_writeable(g, f"grads[{i}]")
-    info = fused_factor(_kernels.grad_sumsq(grads), None, max_norm, False)
+    info = fused_factor(_kernels.grad_sumsq(grads), None, max_norm, False, grads)
     if info.factor != 1.0:
         for g in grads:
-            np.multiply(g, g.dtype.type(info.factor), out=g)
+            wide = np.float64 if g.dtype == np.float64 else np.float32
+            np.multiply(g, wide(info.factor), out=g, casting="same_kind")
     return info.norm
 
 
@@ -72,7 +76,8 @@ class LossScaler:
 
     def __init__(self, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5,
                  growth_interval=2000):
-        self.scale = V.check_positive(init_scale, "init_scale")
+        # in float32, as torch's
+        self.scale = float(np.float32(V.check_loss_scale(init_scale, "init_scale")))
         self.growth_factor = V.check_positive(growth_factor, "growth_factor")
         self.backoff_factor = V.check_positive(backoff_factor, "backoff_factor")
         if not self.growth_factor > 1.0 or not self.backoff_factor < 1.0:
@@ -94,14 +99,19 @@ class LossScaler:
 
     def update(self, skipped):
         """GradScaler.update: back off after a skipped step, grow after
-        ``growth_interval`` steps in a row without one."""
+        ``growth_interval`` steps in a row without one.  As torch keeps the
+        scale in float32: each new scale is the product rounded to float32,
+        and a growth that would reach float32's infinity is not taken."""
         if V.check_bool(skipped, "skipped"):
-            self.scale *= self.backoff_factor
+            self.scale = float(np.float32(self.scale * self.backoff_factor))
             self.growth_tracker = 0
         else:
             self.growth_tracker += 1
             if self.growth_tracker == self.growth_interval:
-                self.scale *= self.growth_factor
+                with np.errstate(over="ignore"):
+                    grown = np.float32(self.scale * self.growth_factor)
+                if np.isfinite(grown):
+                    self.scale = float(grown)
                 self.growth_tracker = 0
 
     def state_dict(self):
