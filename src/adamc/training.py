@@ -9,7 +9,6 @@ of the gradients before the step instead of separate passes.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
