@@ -9,7 +9,6 @@ of the gradients before the step instead of separate passes.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from . import _kernels
