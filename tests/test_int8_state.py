@@ -421,3 +421,37 @@ def test_fortran_order_blocks_follow_memory(variant):
     sd["state"][0]["exp_avg"] = np.ascontiguousarray(sd["state"][0]["exp_avg"])
     with pytest.raises(ValueError, match="in C order but params"):
         adamc.Adam([p.copy(order="K")], state_dtype="int8").load_state_dict(sd)
+
+
+@pytest.mark.parametrize("module", [adamc, R])
+def test_an_edited_quant_map_never_relabels_existing_codes(module):
+    """After codes exist, quant_map in param_groups cannot change (step()
+    refuses); state_dict(), checkpoints, deepcopy and pickle keep the map
+    the codes index, so nothing ever decodes them with the other map."""
+    import copy
+    import pickle
+    rng = np.random.default_rng(3)
+    ps = [rng.standard_normal(2048).astype(np.float32) for _ in range(2)]
+    gs = [[rng.standard_normal(2048).astype(np.float32) for _ in range(2)] for _ in range(3)]
+    groups = [{"params": [ps[0]], "quant_map": "dynamic"}, {"params": [ps[1]], "quant_map": "pow2"}]
+    opt = module.Adam(groups, lr=1e-2, state_dtype="int8", min_8bit_size=256)
+    twin = module.Adam([{"params": [p.copy()], "quant_map": q} for p, q in
+                        zip(ps, ("dynamic", "pow2"))], lr=1e-2, state_dtype="int8", min_8bit_size=256)
+    opt.step(gs[0])
+    twin.step(gs[0])
+    opt.param_groups[0]["quant_map"] = "pow2"           # refused at the next step
+    with pytest.raises(ValueError, match="index the 'dynamic' map"):
+        opt.step(gs[1])
+    sd = opt.state_dict()
+    assert [g["quant_map"] for g in sd["param_groups"]] == ["dynamic", "pow2"]
+    fresh = module.Adam([{"params": [p.copy()]} for p in ps], lr=1e-2, state_dtype="int8", min_8bit_size=256)
+    fresh.load_state_dict(sd)                           # decodes as written
+    for c in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        with pytest.raises(ValueError, match="index the 'dynamic' map"):
+            c.step(gs[1])
+    qs = fresh.param_groups[0]["params"] + fresh.param_groups[1]["params"]
+    for g in gs[1:]:
+        fresh.step(g)
+        twin.step(g)
+    for q, t in zip(qs, twin.param_groups[0]["params"] + twin.param_groups[1]["params"]):
+        np.testing.assert_array_equal(q, t)

@@ -261,17 +261,20 @@ class _Optimizer:
         with self._lock:
             V.check_structure(self.param_groups, self._group_params, self._params)
             steps = self._engine.steps
-            state, versions = {}, set()
+            state, versions, coded = {}, set(), set()
             for i in range(len(self._params)):
                 st = self._engine.get_state(i)
                 if st:
                     state[i] = {"step": int(steps[i]),
                                 **{k: a.copy(order="K") for k, a in st.items()}}
                     if "exp_avg_absmax" in st:
+                        coded.add(self._group_of[i])
                         versions.add(_spec.QUANT_MAPS[self._maps[self._group_of[i]]])
             groups, start = [], 0
-            for g in self.param_groups:
+            for gi, g in enumerate(self.param_groups):
                 d = {k: v for k, v in g.items() if k not in ("params", "param_names")}
+                if gi in coded:  # the map its codes index (an edit of it after
+                    d["quant_map"] = self._maps[gi]   # them is refused by step())
                 d["betas"] = tuple(d["betas"])
                 if "param_names" in g:
                     d["param_names"] = list(g["param_names"])
@@ -346,7 +349,7 @@ class _Optimizer:
     def _snapshot(self):
         engine = self._engine
         return {"defaults": self.defaults, "param_groups": self.param_groups,
-                "steps": engine.steps.copy(),
+                "maps": list(self._maps), "steps": engine.steps.copy(),
                 "state": [engine.get_state(i) for i in range(len(self._params))]}
 
     def __getstate__(self):
@@ -363,6 +366,8 @@ class _Optimizer:
         self._maps = []  # per group: the quant_map its 8-bit codes index
         for g in d["param_groups"]:
             self._add_group(g)
+        if "maps" in d:  # the maps the codes index (older pickles: the groups')
+            self._maps = list(d["maps"])
         self._lock = threading.Lock()
         self._engine = self._Engine(self._params, self._group_of)
         self._engine.set_states(dict(enumerate(d["state"])))
