@@ -7,6 +7,7 @@ and the refusals.  Against the real libraries: test_int8_interop_libs.py.
 import numpy as np
 import pytest
 
+import adamc
 from adamc import interop
 from adamc import reference as R
 from _int8_cases import BLOCK, assert_entries_equal, bnb_values, random_params, trained_int8
@@ -246,6 +247,34 @@ def test_quantize_state_threshold_and_amsgrad():
         interop.quantize_state(ams.state_dict())
     with pytest.raises(TypeError, match="min_8bit_size"):
         interop.quantize_state(full.state_dict(), min_8bit_size=1.5)
+
+
+@pytest.mark.parametrize("module", [adamc, R])
+def test_quantize_state_keeps_an_8bit_layout_loadable(module):
+    """Converting an 8-bit state to the other map keeps each group's
+    min_8bit_size (None), so it loads into an optimizer built as the
+    original; an explicit larger min_8bit_size turns the smaller 8-bit
+    entries into their float32 values."""
+    rng = np.random.default_rng(8)
+    ps = [rng.standard_normal(1024).astype(np.float32), rng.standard_normal(8192).astype(np.float32)]
+    opt = module.Adam(ps, lr=1e-3, state_dtype="int8", min_8bit_size=512)
+    opt.step([rng.standard_normal(p.shape).astype(np.float32) for p in ps])
+    sd = opt.state_dict()
+    q = interop.quantize_state(sd, quant_map="pow2")
+    assert q["param_groups"][0]["min_8bit_size"] == 512
+    assert [q["state"][i]["exp_avg"].dtype for i in range(2)] == [np.uint8] * 2
+    new = module.Adam([p.copy() for p in ps], lr=1e-3, state_dtype="int8", min_8bit_size=512,
+                      quant_map="pow2")
+    new.load_state_dict(q)
+    assert_entries_equal(new.state_dict()["state"], q["state"])
+    q = interop.quantize_state(sd, min_8bit_size=2048)
+    assert q["param_groups"][0]["min_8bit_size"] == 2048
+    for m, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+        assert np.array_equal(q["state"][0][m], R.dequantize_blockwise(
+            sd["state"][0][m], sd["state"][0][m + "_absmax"], signed, 1))
+        assert q["state"][1][m].dtype == np.uint8
+    module.Adam([p.copy() for p in ps], lr=1e-3, state_dtype="int8",
+                min_8bit_size=2048).load_state_dict(q)
 
 
 # ---------------------------------------------------------------------------

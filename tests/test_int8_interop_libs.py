@@ -154,6 +154,15 @@ def test_torchao_state_into_adamc_and_back(bnb):
     t2.load_state_dict(back)
     again = interop.from_torchao(t2.state_dict())
     assert_entries_equal(again["state"], sd["state"])
+    # the loaded torchao optimizer steps (its lr must come back a tensor),
+    # as adamc does from the same state
+    grads = [rng.standard_normal(p.shape).astype(np.float32) for p in ours]
+    for t, g in zip(t2.param_groups[0]["params"], grads):
+        t.grad = torch.from_numpy(g.copy())
+    t2.step()
+    opt.step(grads)
+    for t, p in zip(t2.param_groups[0]["params"], ours):
+        np.testing.assert_allclose(t.detach().numpy(), p, rtol=0, atol=1e-6)
 
 
 def test_map_version_travels():

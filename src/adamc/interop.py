@@ -358,8 +358,9 @@ def to_torchao(state_dict, *, tensor=None):
         ``{"state": {i: {"step": float32 0-d array, "exp_avg": {"codes":
         uint8 (the parameter's shape, C order), "scale": float32[blocks],
         "qmap": float32[256], "signed": True, "block_size": 256},
-        "exp_avg_sq": {... "signed": False ...}}}, "param_groups": [{"lr",
-        "betas", "eps", "weight_decay", "amsgrad", "params"}]}``.  Build
+        "exp_avg_sq": {... "signed": False ...}}}, "param_groups": [{"lr"
+        (a float64 0-d array: torchao's optimizers keep a tensor), "betas",
+        "eps", "weight_decay", "amsgrad", "params"}]}``.  Build
         each ``OptimState8bit(codes, scale, qmap, signed)`` from its dict
         for ``load_state_dict``.  torchao quantizes only tensors whose size
         is a multiple of the block: the 8-bit state of any other tensor
@@ -379,6 +380,7 @@ def to_torchao(state_dict, *, tensor=None):
                            decay_both_ways=True)
     for g, src in zip(groups, state_dict["param_groups"]):
         g["amsgrad"] = False
+        g["lr"] = np.array(g["lr"], dtype=np.float64)   # a tensor in torchao's groups
         g.pop("params")
         g["params"] = list(src["params"])
     state = {}
@@ -501,25 +503,34 @@ def _requantized(sd, quant_map):
     return _adamc_dict(state, [{**g, "quant_map": quant_map} for g in sd["param_groups"]])
 
 
-def quantize_state(state_dict, *, min_8bit_size=4096, quant_map="dynamic"):
+def quantize_state(state_dict, *, min_8bit_size=None, quant_map="dynamic"):
     """A float-state adamc state_dict in the 8-bit layout.
 
     Each parameter of at least ``min_8bit_size`` elements (and at least one
     block, 256) gets its moments quantized as the optimizer would
     (:func:`adamc.reference.quantize_blockwise`, blocks in the arrays'
-    memory order) with the map ``quant_map``, smaller ones keep float32;
-    the groups say ``state_dtype="int8"``, ``min_8bit_size`` and
-    ``quant_map``.  Load the result into an optimizer built with those
-    options.  8-bit entries keep their codes if they index ``quant_map``
-    already, else their values are quantized again with it (the converter
-    between map versions 1 and 2: not exact, each value rounds once more);
-    amsgrad state (max_exp_avg_sq) is refused, as by the 8-bit optimizer.
+    memory order) with the map ``quant_map``, smaller ones keep float32
+    (8-bit entries among them: their values, ``map[code] * scale``); the
+    groups say ``state_dtype="int8"``, ``min_8bit_size`` and ``quant_map``.
+    ``min_8bit_size=None``: each group's own (4096 where it has none), so a
+    converted 8-bit state keeps its layout.  Load the result into an
+    optimizer built with those options.  8-bit entries keep their codes if
+    they index ``quant_map`` already, else their values are quantized again
+    with it (the converter between map versions 1 and 2: not exact, each
+    value rounds once more); amsgrad state (max_exp_avg_sq) is refused, as
+    by the 8-bit optimizer.
     """
-    min_8bit_size = V.check_count(min_8bit_size, "min_8bit_size")
+    if min_8bit_size is not None:
+        min_8bit_size = V.check_count(min_8bit_size, "min_8bit_size")
     quant_map = V.check_choice(quant_map, "quant_map", _spec.OPTION["quant_map"].choices)
     to = _spec.QUANT_MAPS[quant_map]
     entries = _adamc_entries(state_dict, "state_dict")
-    threshold = max(min_8bit_size, _spec.QUANT_BLOCK)
+    sizes, group_of = [], {}   # each group's min_8bit_size; each parameter's group
+    for gi, g in enumerate(state_dict["param_groups"]):
+        own = g.get("min_8bit_size", _spec.OPTION["min_8bit_size"].default)
+        sizes.append(min_8bit_size if min_8bit_size is not None else V.check_count(
+            own, "min_8bit_size", f"state_dict['param_groups'][{gi}]"))
+        group_of.update({pid: gi for pid in g["params"]})
     state = {}
     for pid, e in entries.items():
         where = f"state_dict['state'][{pid!r}]"
@@ -527,18 +538,21 @@ def quantize_state(state_dict, *, min_8bit_size=4096, quant_map="dynamic"):
             raise ValueError(f"{where} has 'max_exp_avg_sq': 8-bit state has no amsgrad; "
                              "quantize a state trained without it")
         out = {"step": e["step"], **{k: a.copy(order="K") for k, a in e["extra"].items()}}
+        eight = e["exp_avg"][1].size >= max(sizes[group_of[pid]], _spec.QUANT_BLOCK)
         for m in _MOMENTS:
-            if e[m][0] == "int8":
+            if e[m][0] == "int8" and eight:
                 codes, scales = _codes_for(e[m][1], e[m][2], _SIGNED[m], e["map"], to)
                 out[m], out[_SCALE[m]] = codes.copy(order="K"), scales.copy()
-            elif e[m][1].size >= threshold:
+            elif e[m][0] == "int8":
+                out[m] = dequantize_blockwise(e[m][1], e[m][2], _SIGNED[m], e["map"])
+            elif eight:
                 values = e[m][1].astype(np.float32, order="K")
                 out[m], out[_SCALE[m]] = quantize_blockwise(values, _SIGNED[m], to)
             else:
                 out[m] = e[m][1].astype(np.float32, order="K")
         state[pid] = out
-    groups = [{**g, "state_dtype": "int8", "min_8bit_size": min_8bit_size,
-               "quant_map": quant_map} for g in state_dict["param_groups"]]
+    groups = [{**g, "state_dtype": "int8", "min_8bit_size": size, "quant_map": quant_map}
+              for g, size in zip(state_dict["param_groups"], sizes)]
     return _adamc_dict(state, groups)
 
 
