@@ -303,8 +303,8 @@ def _bad(mutate):
 
 
 @pytest.mark.parametrize("mutate,match", [
-    (lambda e: e["exp_avg_absmax"].__setitem__(3, np.nan), "non-finite or negative"),
-    (lambda e: e["exp_avg_sq_absmax"].__setitem__(0, -1.0), "non-finite or negative"),
+    (lambda e: e["exp_avg_absmax"].__setitem__(3, np.nan), "has a non-finite scale"),
+    (lambda e: e["exp_avg_sq_absmax"].__setitem__(0, -1.0), "has a negative scale"),
     (lambda e: e.__setitem__("exp_avg_absmax", e["exp_avg_absmax"][:-1]), r"shape \(20,\)"),
     (lambda e: e.__setitem__("exp_avg", e["exp_avg"][:-1]), "shape"),
     (lambda e: e.pop("exp_avg_sq_absmax"), "no 'exp_avg_sq_absmax'"),

@@ -975,10 +975,16 @@ def check_int8_entry(e, want, p, where, plab):
                 raise ValueError(
                     f"{where}[{scale!r}] must be float32 of shape ({nb},) (one scale per "
                     f"{_spec.QUANT_BLOCK} elements of {plab}), got {sc.dtype} {sc.shape}")
-            if not np.all(np.isfinite(sc)) or np.any(sc < 0):
+            if np.any(sc < 0):
                 raise ValueError(
-                    f"{where}[{scale!r}] has a non-finite or negative scale: a block's "
-                    "scale is its largest |value|, finite and >= 0 (a corrupted state?)")
+                    f"{where}[{scale!r}] has a negative scale: a block's scale is its "
+                    "largest |value|, finite and >= 0 (a corrupted state?)")
+            if not np.all(np.isfinite(sc)):
+                raise ValueError(
+                    f"{where}[{scale!r}] has a non-finite scale: a block's scale is its "
+                    "largest |value|, finite and >= 0.  A step with Inf or NaN gradients "
+                    "leaves such scales (the run had diverged: step with "
+                    "skip_nonfinite=True to keep them finite), else the state is corrupted")
         elif sc is not None:
             raise ValueError(
                 f"{where}[{scale!r}] goes with uint8 {key} codes, but {key} is "
