@@ -241,6 +241,13 @@ def test_loss_scaler_keeps_its_scale_in_float32_as_torch():
     adamc.LossScaler().load_state_dict(top.state_dict())
     with pytest.raises(ValueError, match="init_scale must be at most 3.40282e"):
         adamc.LossScaler(init_scale=2.0**128)
+    # torch GradScaler's state_dict (its tracker is '_growth_tracker'); numpy ints
+    torchs = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+              "growth_interval": np.int64(3), "_growth_tracker": 2}
+    loaded = adamc.LossScaler()
+    loaded.load_state_dict(torchs)
+    assert (loaded.scale, loaded.growth_interval, loaded.growth_tracker) == (1024.0, 3, 2)
+    assert type(loaded.growth_interval) is int
     with pytest.raises(ValueError, match="growth_tracker'] .5. must be below growth_interval"):
         adamc.LossScaler().load_state_dict({**top.state_dict(), "growth_interval": 3,
                                             "growth_tracker": 5})

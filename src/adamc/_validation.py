@@ -1018,8 +1018,8 @@ def check_state_fits(state, want, label, old_map=None, new_map=None):
         if slot in want and state_name(a.dtype) != want[slot]:
             raise ValueError(
                 f"the {slot} of {label} is {state_name(a.dtype)}, but the options now "
-                f"ask for {want[slot]}: state_dtype and master_weights cannot change "
-                "after the first step; build the optimizer with them, or convert "
+                f"ask for {want[slot]}: state_dtype, min_8bit_size and master_weights "
+                "cannot change after the first step; build the optimizer with them, or convert "
                 "through state_dict()/load_state_dict() on a new optimizer")
         if slot == "master_param" and slot not in want:
             raise ValueError(
@@ -1100,6 +1100,10 @@ def check_grad_arrays(grads, what="grads"):
 
 
 def check_scaler_state(sd, keys):
+    """A LossScaler state_dict (or torch GradScaler's, whose tracker key is
+    '_growth_tracker'): (scale, growth tracker)."""
+    if isinstance(sd, Mapping) and "_growth_tracker" in sd and "growth_tracker" not in sd:
+        sd = {("growth_tracker" if k == "_growth_tracker" else k): v for k, v in sd.items()}
     if not isinstance(sd, Mapping) or set(sd) != set(keys):
         raise ValueError(
             f"a LossScaler state_dict has exactly the keys {sorted(keys)}, got "

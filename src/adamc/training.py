@@ -9,6 +9,8 @@ of the gradients before the step instead of separate passes.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import _kernels
@@ -81,10 +83,10 @@ class LossScaler:
         if not self.growth_factor > 1.0 or not self.backoff_factor < 1.0:
             raise ValueError("growth_factor must be > 1 and backoff_factor < 1 (torch's "
                              "defaults: 2.0 and 0.5)")
-        if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) \
-                or growth_interval < 1:
+        if isinstance(growth_interval, (bool, np.bool_)) \
+                or not isinstance(growth_interval, numbers.Integral) or growth_interval < 1:
             raise ValueError(f"growth_interval must be an int >= 1, got {growth_interval!r}")
-        self.growth_interval = growth_interval
+        self.growth_interval = int(growth_interval)
         self.growth_tracker = 0
 
     def step(self, opt, grads, *, max_grad_norm=None):
@@ -116,7 +118,8 @@ class LossScaler:
         return {k: getattr(self, k) for k in self._KEYS}
 
     def load_state_dict(self, sd):
-        """Checked whole before anything changes."""
+        """Checked whole before anything changes.  torch GradScaler's
+        state_dict (its tracker under '_growth_tracker') loads too."""
         scale, tracker = V.check_scaler_state(sd, self._KEYS)
         fresh = LossScaler(scale, sd["growth_factor"], sd["backoff_factor"],
                            sd["growth_interval"])  # checks the rest
