@@ -122,7 +122,10 @@ class _Optimizer:
             they are.
         grad_scale : float, optional
             The loss scale the gradients carry: they are divided by it (in
-            the kernel, no pass of their own).
+            the kernel, no pass of their own), after the conversion to the
+            parameter's compute type (float32 for float32 and 16-bit
+            parameters): a float64 gradient beyond float32's range overflows
+            there, before the division.
         max_grad_norm : float, optional
             Clip by the global L2 norm over all gradients of the step (after
             unscaling), as ``torch.nn.utils.clip_grad_norm_``.  One setting
