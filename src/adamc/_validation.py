@@ -965,11 +965,17 @@ def check_int8_entry(e, want, p, where, plab):
             if a.shape != p.shape:
                 raise ValueError(
                     f"{where}[{key!r}] has shape {a.shape} but {plab} has {p.shape}")
+            if p.ndim > 1 and not (a.flags.c_contiguous or a.flags.f_contiguous):
+                raise ValueError(
+                    f"{where}[{key!r}] is not contiguous: 8-bit blocks follow memory "
+                    f"order; pass the codes as state_dict() gave them")
             if p.ndim > 1 and order_of(a) != order_of(p):
                 raise ValueError(
                     f"{where}[{key!r}] is in {order_of(a)} order but {plab} in "
                     f"{order_of(p)} order: 8-bit blocks follow memory order; pass the "
-                    "codes as state_dict() gave them")
+                    "codes as state_dict() gave them, or their values "
+                    "(adamc.interop.dequantize_state), which loading quantizes in the "
+                    "parameter's order")
             nb = _spec.nblocks(p.size)
             if sc.dtype != np.float32 or sc.shape != (nb,):
                 raise ValueError(
