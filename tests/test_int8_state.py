@@ -417,9 +417,26 @@ def test_fortran_order_blocks_follow_memory(variant):
     codes, scales = R.quantize_blockwise(
         R.dequantize_blockwise(a["exp_avg"], a["exp_avg_absmax"], True), True)
     assert codes.flags.f_contiguous and scales.shape == a["exp_avg_absmax"].shape
+    # codes in the other memory order (bitsandbytes' and torchao's are C order)
+    # load by value: dequantized in their order, quantized in the parameter's
     sd = o.state_dict()
-    sd["state"][0]["exp_avg"] = np.ascontiguousarray(sd["state"][0]["exp_avg"])
-    with pytest.raises(ValueError, match="in C order but params"):
+    e = sd["state"][0]
+    c_codes = [R.quantize_blockwise(np.ascontiguousarray(R.dequantize_blockwise(
+        e[k], e[k + "_absmax"], k == "exp_avg")), k == "exp_avg") for k in ("exp_avg", "exp_avg_sq")]
+    (e["exp_avg"], e["exp_avg_absmax"]), (e["exp_avg_sq"], e["exp_avg_sq_absmax"]) = c_codes
+    assert e["exp_avg"].flags.c_contiguous and not e["exp_avg"].flags.f_contiguous
+    loaded = adamc.Adam([p.copy(order="K")], state_dtype="int8")
+    loaded.load_state_dict(sd)
+    got = loaded.state_dict()["state"][0]
+    for k, (codes, scales) in zip(("exp_avg", "exp_avg_sq"), c_codes):
+        values = np.asfortranarray(R.dequantize_blockwise(codes, scales, k == "exp_avg"))
+        want = R.quantize_blockwise(values, k == "exp_avg")
+        assert got[k].flags.f_contiguous and _same(got[k], want[0])
+        assert _same(got[k + "_absmax"], want[1])
+    strided = np.zeros((300, 140), np.uint8)[:, ::2]
+    strided[...] = sd["state"][0]["exp_avg"]
+    sd["state"][0]["exp_avg"] = strided
+    with pytest.raises(ValueError, match="is not contiguous"):
         adamc.Adam([p.copy(order="K")], state_dtype="int8").load_state_dict(sd)
 
 

@@ -318,16 +318,21 @@ class _Optimizer:
                     a, dt = val
                     p = self._params[i]
                     b = np.empty_like(p, dtype=V.storage_dtype(dt))
-                    if dt == "int8" and a.dtype == np.uint8:  # codes and scales as given
+                    same = a.ndim < 2 or V.order_of(a) == V.order_of(p)
+                    if dt == "int8" and a.dtype == np.uint8 and same:  # codes and scales
                         b[...] = a
                         new[i][_spec.SCALE_SLOT[key]] = e[_spec.SCALE_SLOT[key]][0].copy()
-                    elif dt == "int8":  # full precision into 8-bit state: by value
-                        from .reference import quantize_blockwise
-                        w = np.empty_like(p, dtype=np.float32)
-                        w[...] = a.astype(np.float32)   # the parameter's memory order
+                    elif dt == "int8":  # full precision into 8-bit state, or codes in
+                        # the other memory order (blocks follow it): by value
+                        from .reference import dequantize_blockwise, quantize_blockwise
                         qmap = updates[self._group_of[i]].get(
                             "quant_map", self.param_groups[self._group_of[i]].get(
                                 "quant_map", _spec.OPTION["quant_map"].default))
+                        if a.dtype == np.uint8:
+                            a = dequantize_blockwise(a, e[_spec.SCALE_SLOT[key]][0],
+                                                     key == "exp_avg", _spec.QUANT_MAPS[qmap])
+                        w = np.empty_like(p, dtype=np.float32)
+                        w[...] = a.astype(np.float32)   # the parameter's memory order
                         codes, scales = quantize_blockwise(w, key == "exp_avg",
                                                            _spec.QUANT_MAPS[qmap])
                         b[...] = codes

@@ -947,7 +947,8 @@ def check_state_dict(sd, param_groups, params, names, variant):
 def check_int8_entry(e, want, p, where, plab):
     """The 8-bit parts of one state_dict entry: uint8 codes come with their
     scales (finite, >= 0, one per 256 elements), only into a parameter whose
-    options ask for 8-bit state and in its memory order; full-precision
+    options ask for 8-bit state, contiguous (codes in the other memory order
+    than the parameter's are requantized by value on load); full-precision
     moments for an 8-bit parameter are quantized by value (no scales)."""
     for key, scale in _spec.SCALE_SLOT.items():
         a, sc = e.get(key), e.get(scale)
@@ -969,13 +970,6 @@ def check_int8_entry(e, want, p, where, plab):
                 raise ValueError(
                     f"{where}[{key!r}] is not contiguous: 8-bit blocks follow memory "
                     f"order; pass the codes as state_dict() gave them")
-            if p.ndim > 1 and order_of(a) != order_of(p):
-                raise ValueError(
-                    f"{where}[{key!r}] is in {order_of(a)} order but {plab} in "
-                    f"{order_of(p)} order: 8-bit blocks follow memory order; pass the "
-                    "codes as state_dict() gave them, or their values "
-                    "(adamc.interop.dequantize_state), which loading quantizes in the "
-                    "parameter's order")
             nb = _spec.nblocks(p.size)
             if sc.dtype != np.float32 or sc.shape != (nb,):
                 raise ValueError(
