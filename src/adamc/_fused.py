@@ -9,7 +9,8 @@ from typing import NamedTuple
 
 
 class StepInfo(NamedTuple):
-    """What a fused step did (``opt.last_step``).
+    """What a fused step did (``opt.last_step``: the last fused step's; a
+    plain step, without the fused options, leaves it as it was).
 
     norm : float
         The global L2 norm of the gradients, after unscaling, before clipping.
