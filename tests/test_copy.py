@@ -113,6 +113,27 @@ def test_shallow_copy_is_a_second_handle(module):
     assert alias.state_dict()["state"][0]["step"] == 2
 
 
+@pytest.mark.parametrize("module", [adamc, reference])
+def test_a_shallow_copy_sees_what_the_other_handle_rebinds(module):
+    """add_param_group through one handle replaces the engine: the other
+    handle steps, saves and loads the new one (it kept the old engine, one
+    parameter short, and crashed); the maps and last_step are shared too."""
+    p = np.ones(3)
+    opt = module.Adam([p], lr=0.1)
+    opt.step([np.ones(3)])
+    alias = copy.copy(opt)
+    q = np.ones(2)
+    opt.add_param_group({"params": [q]})
+    assert alias._engine is opt._engine
+    alias.step([np.ones(3), np.ones(2)])
+    sd = alias.state_dict()
+    assert [sd["state"][i]["step"] for i in (0, 1)] == [2, 1]
+    alias.load_state_dict(opt.state_dict())
+    opt.step([np.ones(3), np.ones(2)], max_grad_norm=1.0)
+    assert alias.last_step is opt.last_step and alias._maps is opt._maps
+    assert q[0] < 1
+
+
 def test_shallow_copies_never_step_one_state_unguarded():
     """Two handles stepping from two threads: every step lands (the shared
     lock serialises them), exactly as one optimizer stepped twice as often."""

@@ -384,10 +384,12 @@ class _Optimizer:
     def __copy__(self):
         """A second handle on the same optimizer: the same groups, state,
         engine and lock, so the two never step one state unguarded (as a
-        shallow copy of a torch optimizer shares its state).  Use
+        shallow copy of a torch optimizer shares its state).  The handles
+        share one attribute dict, so what one rebinds (the engine after
+        add_param_group, the maps, last_step) the other sees.  Use
         ``copy.deepcopy`` for an independent optimizer."""
         new = type(self).__new__(type(self))
-        new.__dict__.update(self.__dict__)
+        new.__dict__ = self.__dict__
         return new
 
     def __deepcopy__(self, memo):
