@@ -4,6 +4,7 @@ files of another optimizer, pickles; with a clear ValueError, changing
 nothing and never unpickling."""
 
 import io
+import json
 import pickle
 import zipfile
 
@@ -160,6 +161,48 @@ def test_consistent_but_malformed_content(saved, tmp_path):
     with zipfile.ZipFile(tmp_path / "c.npz", "a") as zf:
         zf.writestr("evil.npy", npy(np.zeros(2)))
     assert_refused(opt, tmp_path / "c.npz", "evil.npy")
+
+
+def test_a_damaged_zip_directory_or_header_is_still_a_valueerror(saved, tmp_path):
+    """zipfile raises NotImplementedError for some flipped bits of the
+    central directory; a valid-checksum header with a tag object under
+    another key than lr, or nested past the recursion limit, raised
+    ValueError without the path or RecursionError.  Each is a ValueError
+    naming the file, the optimizer unchanged."""
+    ps, opt, path = saved
+    data = path.read_bytes()
+    cd = data.find(b"PK\x01\x02")   # the first central-directory entry
+    for off, bit in ((cd + 6, 7), (cd + 8, 5), (cd + 8, 6)):   # version needed; flags
+        bad = bytearray(data)
+        bad[off] ^= 1 << bit
+        (tmp_path / "dir.npz").write_bytes(bytes(bad))
+        assert_refused(opt, tmp_path / "dir.npz")
+
+    def tag(doc):
+        doc["param_groups"][0]["eps"] = {"schedule": "f"}
+    rewrite(path, tmp_path / "tag.npz", edit_header=tag)
+    assert_refused(opt, tmp_path / "tag.npz", "invalid value")
+
+    # a header nested 100000 deep, written with a valid checksum
+    from adamc import checkpoint as C
+    header, arrays, orders = C._encode("Adam", opt.state_dict())
+    doc = json.loads(header)
+    doc["param_groups"][0]["extra"] = "@@"
+    header = json.dumps(doc, separators=(",", ":")).encode().replace(
+        b'"@@"', b"[" * 100_000 + b"]" * 100_000)
+    with open(tmp_path / "deep.npz", "wb") as fh:
+        C._write_file(fh, header, arrays, orders, C._digest(header, [C._raw(x) for x in arrays]))
+    assert_refused(opt, tmp_path / "deep.npz", "RecursionError")
+
+
+def test_save_state_takes_bytes_paths_and_long_names(rng, tmp_path):
+    ps, opt = stepped(rng)
+    for path in (bytes(tmp_path / "b.npz"), tmp_path / ("n" * 250 + ".npz")):
+        adamc.save_state(opt, path)
+        again = build(adamc.Adam, copies(ps))
+        adamc.load_state(again, path)
+        assert_state_dicts_identical(again.state_dict(), opt.state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.npz", "n" * 250 + ".npz"]
 
 
 @pytest.mark.parametrize("case", ["shape", "count", "groups", "names", "adamw"])

@@ -263,7 +263,9 @@ def _open_temp(directory, base):
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) \
         | getattr(os, "O_CLOEXEC", 0)
     while True:
-        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        # (the name's first 64 characters: a name near the file system's
+        # limit leaves room for the 19 added)
+        tmp = os.path.join(directory, f".{base[:64]}.{secrets.token_hex(6)}.tmp")
         try:
             return tmp, os.open(tmp, flags, 0o666)
         except FileExistsError:  # pragma: no cover - 48 random bits
@@ -301,7 +303,7 @@ def save_state(opt, path, *, scaler=None):
 def _write_state_dict(name, sd, path, scaler_state=None):
     """save_state's work for a state_dict ``sd`` of an optimizer class ``name``
     (adamc.distributed gathers a sharded state_dict and writes it here)."""
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))   # str, bytes or a path object
     header, arrays, orders = _encode(name, sd, scaler_state)
     raws = [_raw(a) for a in arrays]
     digest = _digest(header, raws)
@@ -540,7 +542,7 @@ def load_state(opt, path, *, scaler=None):
     With ``scaler``, the file must hold a LossScaler's state (save_state's
     ``scaler``), which is restored too, all or nothing.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))   # str, bytes or a path object
     sd, scaler_state = _read_state_dict(path, opt.param_groups, scaler)
     try:
         opt.load_state_dict(sd)
@@ -560,6 +562,10 @@ def _read_state_dict(path, param_groups, scaler=None):
             sd = _read(f)
         except _Bad as e:
             raise ValueError(f"{path}: {e}") from None
+        except (ValueError, RuntimeError) as e:   # zipfile's NotImplementedError for a
+            # damaged directory, a header nested past the recursion limit, a bad value
+            raise ValueError(f"{path}: not a valid adamc checkpoint, corrupted or "
+                             f"modified ({type(e).__name__}: {e})") from None
     for gi, g in enumerate(sd["param_groups"]):
         lr = g.get("lr")
         if not isinstance(lr, _Schedule) or gi >= len(param_groups):
