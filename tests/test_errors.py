@@ -311,7 +311,7 @@ def test_bad_state_dicts_change_nothing(rng, stepped):
         ("not array", edit(lambda s: s["state"][0].__setitem__("exp_avg_sq", [0.0] * 5)), TypeError),
         ("missing key", edit(lambda s: s["state"][0].pop("exp_avg_sq")), ValueError),
         ("extra key", edit(lambda s: s["state"][0].__setitem__("momentum", 1)), ValueError),
-        ("step type", edit(lambda s: s["state"][0].__setitem__("step", 1.5)), TypeError),
+        ("step type", edit(lambda s: s["state"][0].__setitem__("step", 1.5)), ValueError),
         ("step<0", edit(lambda s: s["state"][0].__setitem__("step", -1)), ValueError),
         ("lr", edit(lambda s: s["param_groups"][0].__setitem__("lr", -1.0)), ValueError),
         ("betas", edit(lambda s: s["param_groups"][0].__setitem__("betas", (0.9,))), ValueError),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import adamc
+from adamc import reference
 
 from _toolkit import STATE_ENTRY_KEYS, random_array, random_like
 
@@ -155,3 +156,21 @@ def test_state_dict_with_none_grads_resumes(rng):
     opt2.step(g)
     for a, b in zip(ps, ps2):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("module", [adamc, reference])
+def test_steps_as_torch_keeps_them_load(module):
+    """torch's state_dict holds each step as a float tensor (a 0-d float32
+    array after .numpy()): whole numbers load as the int count."""
+    p = np.ones(4, dtype=np.float32)
+    opt = module.Adam([p], lr=0.1)
+    opt.step([np.ones(4, dtype=np.float32)])
+    sd = opt.state_dict()
+    for step in (np.array(1.0, dtype=np.float32), 1.0, np.float64(1.0)):
+        sd["state"][0]["step"] = step
+        twin = module.Adam([np.ones(4, dtype=np.float32)], lr=0.1)
+        twin.load_state_dict(sd)
+        assert twin.state_dict()["state"][0]["step"] == 1
+    sd["state"][0]["step"] = np.array(1.5, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"\['step'\] must be a whole number of steps"):
+        module.Adam([np.ones(4, dtype=np.float32)]).load_state_dict(sd)

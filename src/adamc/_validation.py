@@ -899,12 +899,9 @@ def check_state_dict(sd, param_groups, params, names, variant):
                 f"{where} must have keys step, {', '.join(required)} (and optionally "
                 f"{', '.join(optional)}); got {sorted(map(str, e))}"
             )
-        step = e["step"]
-        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
-            raise TypeError(f"{where}['step'] must be an int, got {type(step).__name__}")
-        if not 0 <= step < MAX_STEP:
-            raise ValueError(
-                f"{where}['step'] must be between 0 and 2**62 - 1, got {step}")
+        # an int, or a whole number as torch keeps it (a float tensor, a
+        # 0-d array after .numpy())
+        step = check_interop_step(e["step"], f"{where}['step']")
         p = params[i]
         h = group_hypers[group_of[i]]
         # amsgrad's maximum is kept while amsgrad is off (it resumes from it);
