@@ -479,3 +479,15 @@ def test_functional_fast_checks_agree_with_full_checks(rng, monkeypatch):
                 impl_.adam_step(*args, step=1)
             for a, b in zip(args, before):
                 np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_named_parameter_pairs_point_to_a_dict():
+    pairs = [("w", np.ones(3)), ("b", np.ones(2))]
+    with pytest.raises(TypeError, match=r"params\[0\] is a \(name, array\) pair.*adamc.Adam\(dict"):
+        adamc.Adam(pairs)
+    opt = adamc.Adam(dict(pairs))
+    opt.step({"w": np.ones(3), "b": np.ones(2)})
+    opt.param_groups[0]["betas"] = 0.9   # an invalid edit: state_dict shows it, step says
+    assert opt.state_dict()["param_groups"][0]["betas"] == 0.9
+    with pytest.raises((TypeError, ValueError), match="betas"):
+        opt.step({"w": np.ones(3), "b": np.ones(2)})

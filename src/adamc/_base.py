@@ -278,7 +278,8 @@ class _Optimizer:
                 d = {k: v for k, v in g.items() if k not in ("params", "param_names")}
                 if gi in coded:  # the map its codes index (an edit of it after
                     d["quant_map"] = self._maps[gi]   # them is refused by step())
-                d["betas"] = tuple(d["betas"])
+                if isinstance(d["betas"], (list, tuple)):   # (else as edited: step() says
+                    d["betas"] = tuple(d["betas"])          # what is wrong with it)
                 if "param_names" in g:
                     d["param_names"] = list(g["param_names"])
                 d["params"] = list(range(start, start + len(g["params"])))

@@ -343,6 +343,10 @@ def check_array(a, label, role="param"):
                 hasattr(a, "__array__") or hasattr(a, "__dlpack__")
                 or hasattr(a, "__array_interface__")):
             raise TypeError(_foreign_array_hint(a, label, updated))
+        if updated and isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], str):
+            raise TypeError(
+                f"{label} is a (name, array) pair, as torch's named_parameters() yields; "
+                f"pass the named parameters as a dict instead: adamc.Adam(dict(pairs))")
         raise TypeError(
             f"{label} must be a numpy.ndarray, got {type(a).__name__}; "
             f"convert it with np.asarray(x, dtype=np.float32){keep}"
