@@ -271,3 +271,34 @@ def test_threads_under_load_random_operations():
     assert out.returncode == 0, out.stderr
     ok, total = out.stdout.split()
     assert ok == "True" and int(total) > 50
+
+
+def test_a_gradient_dropped_by_another_thread_during_a_step_stays_alive():
+    """Thread A steps with a gradient only the list it passes holds; thread
+    B replaces the list's item meanwhile.  The step (GIL released) keeps its
+    own references: the old 40 MB array (mmapped: freed means unmapped) was
+    freed under it, a segfault."""
+    code = textwrap.dedent("""
+        import threading, time
+        import numpy as np, adamc
+        n = 10_000_000
+        p = np.zeros(n, np.float32)
+        grads = [np.ones(n, np.float32)]
+        opt = adamc.Adam([p])
+        stop = False
+        def swap():
+            while not stop:
+                grads[0] = np.full(n, 1.0, np.float32)
+        t = threading.Thread(target=swap)
+        t.start()
+        end = time.time() + 2.0
+        while time.time() < end:
+            opt.step(grads)
+        stop = True
+        t.join()
+        print("ok", np.isfinite(p).all())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.split() == ["ok", "True"]

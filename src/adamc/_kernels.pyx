@@ -1040,6 +1040,12 @@ cdef class Engine:
             return NEED_GROUPS
         # the fused step's second call, right after measuring the same list
         # under the optimizer's lock, need not check each array again
+        if grads is not self.measured and not measure:
+            # our own references: the caller's list may be edited by another
+            # thread while the step runs without the GIL, and an array it
+            # drops must stay alive until the step is done (the fused step's
+            # list is the optimizer's own already)
+            grads = list(<list>grads)
         status = self._check_inputs(grads, grads is self.measured and not measure)
         self.measured = None
         if measure and (status == OK or status == NEED_STATE):
