@@ -491,3 +491,22 @@ def test_named_parameter_pairs_point_to_a_dict():
     assert opt.state_dict()["param_groups"][0]["betas"] == 0.9
     with pytest.raises((TypeError, ValueError), match="betas"):
         opt.step({"w": np.ones(3), "b": np.ones(2)})
+
+
+@pytest.mark.parametrize("module", [adamc, reference])
+def test_a_schedule_using_its_optimizer_is_an_error_not_a_hang(module):
+    """Schedules run under the optimizer's lock during a step: a schedule
+    calling state_dict() (or step) waited for itself forever."""
+    p = np.ones(3)
+    holder = {}
+    def lr(t):
+        holder["sd"] = holder["opt"].state_dict()
+        return 0.1
+    opt = module.Adam([p], lr=lr)
+    holder["opt"] = opt
+    with pytest.raises(RuntimeError, match="from inside one of its learning-rate schedules"):
+        opt.step([np.ones(3)])
+    assert (p == 1).all() and opt.state_dict()["state"] == {}
+    opt.param_groups[0]["lr"] = lambda t: 0.1
+    opt.step([np.ones(3)])   # the lock was released: it steps
+    assert (p < 1).all()

@@ -145,3 +145,42 @@ def test_ctrl_c_never_half_applies_a_step():
 
 def test_forked_child_flag_false_in_parent():
     assert adamc.cpu_info()["forked_child_serial"] is False
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fork on Windows")
+def test_a_fork_during_a_step_gives_the_child_whole_steps():
+    """A thread trains; the main thread forks (as fork-based checkpointing
+    does) and the child reads the optimizer.  The fork waits for the step
+    in flight (the optimizer's lock is taken before a fork): the child's
+    lock is free (it hung in state_dict, the lock copied while held) and
+    its arrays are whole steps, bitwise a replay of that many."""
+    out = run("""
+        import os, threading
+        M = 1_000_000
+        adamc.set_num_threads(2)
+        p = np.linspace(-1, 1, M, dtype=np.float32)
+        g = np.cos(np.arange(M, dtype=np.float32))
+        opt = adamc.Adam([p], lr=1e-2)
+        stop = False
+        def train():
+            while not stop:
+                opt.step([g])
+        t = threading.Thread(target=train)
+        t.start()
+        bad = 0
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                k = opt.state_dict()["state"].get(0, {}).get("step", 0)
+                q = np.linspace(-1, 1, M, dtype=np.float32)
+                r = adamc.Adam([q], lr=1e-2)
+                for _ in range(k):
+                    r.step([g])
+                os._exit(0 if np.array_equal(p, q) else 4)
+            _, status = os.waitpid(pid, 0)
+            bad += os.waitstatus_to_exitcode(status) != 0
+        stop = True
+        t.join()
+        print("bad", bad)
+    """, timeout=300)
+    assert out.split() == ["bad", "0"]

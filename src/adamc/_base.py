@@ -12,8 +12,10 @@ schedules, allocation).  Nothing here runs per element.
 from __future__ import annotations
 
 import copy
+import os
 import secrets
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +24,72 @@ import numpy as np
 from . import _spec
 from . import _validation as V
 from ._fused import StepInfo, fused_factor  # noqa: F401  (StepInfo: opt.last_step)
+
+
+class _Locked:
+    """``with opt._locked():`` the optimizer's lock, except for a call from
+    inside one of its own schedules during a step (the lock is held then):
+    a RuntimeError, where waiting would never end."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self, opt):
+        self.lock = opt._lock
+        if not self.lock.acquire(False):
+            _wait(opt, self.lock)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+def _wait(opt, lock):
+    """Block on ``lock`` (held by a step), or raise if this thread holds it,
+    running one of opt's schedules."""
+    if opt.__dict__.get("_scheduling") == threading.get_ident():
+        raise RuntimeError(
+            "the optimizer was called from inside one of its learning-rate schedules, "
+            "while it steps (the schedule runs under the optimizer's lock): a schedule "
+            "must not use its optimizer; read what it needs before the step")
+    lock.acquire()
+
+
+# Every optimizer alive, for os.fork: its lock is taken before a fork (so
+# a step running in another thread finishes first, and the child gets whole
+# steps) and released after, in parent and child (a lock copied while held
+# would never be released in the child).
+_LIVE = weakref.WeakSet()
+_HELD = []
+
+
+def _before_fork():
+    me = threading.get_ident()
+    while True:
+        try:
+            opts = list(_LIVE)
+            break
+        except RuntimeError:  # pragma: no cover - the set changed while copied
+            continue
+    locks = {}
+    for o in opts:
+        d = o.__dict__
+        if "_lock" in d and d.get("_scheduling") != me:  # (forking inside its step)
+            locks[id(d["_lock"])] = d["_lock"]   # handles of one optimizer share one
+    for lock in locks.values():
+        lock.acquire()
+        _HELD.append(lock)
+
+
+def _after_fork():
+    while _HELD:
+        _HELD.pop().release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork,
+                        after_in_child=_after_fork)
 
 
 def _new_slot(p, slot, dtype):
@@ -63,7 +131,9 @@ class _Optimizer:
         self._group_hypers()  # the storage options fit every parameter
         self.last_step = None  # a StepInfo after a fused step
         self._lock = threading.Lock()
+        self._scheduling = None  # the thread calling a schedule of a step
         self._engine = self._Engine(self._params, self._group_of)
+        _LIVE.add(self)
 
     def _add_group(self, g):
         if "param_names" in g:
@@ -86,7 +156,7 @@ class _Optimizer:
         Its arrays must be new to this optimizer; unspecified hyperparameters
         take the optimizer's defaults.
         """
-        with self._lock:
+        with _Locked(self):
             named = self._names is not None
             V.check_param_group_arg(param_group, named)
             g = V.make_group(param_group, len(self.param_groups), named, self._variant,
@@ -139,14 +209,19 @@ class _Optimizer:
         """
         if grad_scale is not None or max_grad_norm is not None or skip_nonfinite is not False:
             return self._fused_step(grads, grad_scale, max_grad_norm, skip_nonfinite)
-        with self._lock:
+        lock = self._lock
+        if not lock.acquire(False):
+            _wait(self, lock)
+        try:
             if self._names is None and not self._engine.step(grads, self.param_groups):
                 return
             self._step_slowly(grads)
+        finally:
+            lock.release()
 
     def _fused_step(self, grads, grad_scale, max_grad_norm, skip_nonfinite):
         scale, max_norm, skip = V.check_fused(grad_scale, max_grad_norm, skip_nonfinite)
-        with self._lock:
+        with _Locked(self):
             grads = V.grads_list(grads, len(self._params), self._names)
             engine = self._engine
             status = engine.step(grads, self.param_groups, 1.0, True)
@@ -209,9 +284,14 @@ class _Optimizer:
                            V.grad_label(self._names, i), spans)
             raise RuntimeError(f"adamc: gradient {i} failed a check (please report)")
         elif status == _spec.NEED_LR:
-            engine.set_lrs({
-                (gi, t): V.scheduled_lr(self.param_groups[gi]["lr"], t, f"param_groups[{gi}]")
-                for gi, t in engine.wanted_lrs()})
+            self._scheduling = threading.get_ident()
+            try:
+                engine.set_lrs({
+                    (gi, t): V.scheduled_lr(self.param_groups[gi]["lr"], t,
+                                            f"param_groups[{gi}]")
+                    for gi, t in engine.wanted_lrs()})
+            finally:
+                self._scheduling = None
         elif status == _spec.NEED_STATE:
             slots = self._slots(self._group_hypers())
             self._allocate([(i, slots[i]) for i in engine.stateless()])
@@ -261,7 +341,7 @@ class _Optimizer:
         "param_groups": [{hyperparameters..., "params": [indices]}]}``.  Only
         parameters that have stepped have an entry in ``state``.
         """
-        with self._lock:
+        with _Locked(self):
             V.check_structure(self.param_groups, self._group_params, self._params)
             steps = self._engine.steps
             state, versions, coded = {}, set(), set()
@@ -295,7 +375,7 @@ class _Optimizer:
         """Bytes of all optimizer state buffers (moments, 8-bit codes and
         their scales, amsgrad's maximum, master copies) allocated so far;
         parameters and gradients not included."""
-        with self._lock:
+        with _Locked(self):
             return sum(a.nbytes for i in range(len(self._params))
                        for a in (self._engine.get_state(i) or {}).values())
 
@@ -305,7 +385,7 @@ class _Optimizer:
         Arrays are copied in (the dict stays the caller's).  Resuming from
         ``state_dict()`` gives a bit-identical trajectory.
         """
-        with self._lock:
+        with _Locked(self):
             updates, state = V.check_state_dict(state_dict, self.param_groups, self._params,
                                                 self._names, self._variant)
             n = len(self._params)
@@ -364,7 +444,7 @@ class _Optimizer:
     def __getstate__(self):
         """Parameters, groups, steps and state (live arrays, which pickle
         writes out); never the lock or the engine."""
-        with self._lock:
+        with _Locked(self):
             return self._snapshot()
 
     def __setstate__(self, d):
@@ -378,7 +458,9 @@ class _Optimizer:
         if "maps" in d:  # the maps the codes index (older pickles: the groups')
             self._maps = list(d["maps"])
         self._lock = threading.Lock()
+        self._scheduling = None
         self._engine = self._Engine(self._params, self._group_of)
+        _LIVE.add(self)
         self._engine.set_states(dict(enumerate(d["state"])))
         self._engine.set_steps(np.asarray(d["steps"], dtype=np.int64))
 
@@ -396,7 +478,7 @@ class _Optimizer:
     def __deepcopy__(self, memo):
         new = type(self).__new__(type(self))
         memo[id(self)] = new
-        with self._lock:  # no step may run while the arrays are copied
+        with _Locked(self):  # no step may run while the arrays are copied
             d = copy.deepcopy(self._snapshot(), memo)
         new.__setstate__(d)
         return new
