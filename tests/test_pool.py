@@ -396,3 +396,25 @@ def test_thread_choice_is_retried(rng, clean_tuning):
     for _ in range(1100):
         ref.step([g])
     np.testing.assert_array_equal(p, q)
+
+
+def test_tuning_variables_report_what_is_in_force(clean_tuning):
+    """cpu_info()["tuning"] reports the values the kernels read (tune.c's
+    rule), and lists the ones set but not taken, where it reported e.g.
+    ADAMC_TUNE=00 as fixed while trials ran."""
+    for name, raw in (("ADAMC_TUNE", "00"), ("ADAMC_CHUNK", "10"),
+                      ("ADAMC_PREFETCH", "99999999"), ("ADAMC_SERIAL_CUTOFF", "1e5"),
+                      ("ADAMC_POOL_SPIN_US", "abc")):
+        clean_tuning.setenv(name, raw)
+        info = adamc.cpu_info()["tuning"]
+        assert name not in info["fixed_by_environment"]
+        assert info["ignored_by_environment"][name].startswith(f"{raw!r} is not ")
+        clean_tuning.delenv(name)
+    for name, raw, value in (("ADAMC_TUNE", "0", 0), ("ADAMC_CHUNK", "64", 64),
+                             ("ADAMC_PREFETCH", "16777216", 1 << 24),
+                             ("ADAMC_SERIAL_CUTOFF", "0", 0), ("ADAMC_POOL_SPIN_US", "5", 5)):
+        clean_tuning.setenv(name, raw)
+        info = adamc.cpu_info()["tuning"]
+        assert info["fixed_by_environment"][name] == value
+        assert info["ignored_by_environment"] == {}
+        clean_tuning.delenv(name)

@@ -41,6 +41,8 @@ from libc.math cimport INFINITY
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 
+import os
+
 import numpy as np
 
 from . import _spec
@@ -118,6 +120,10 @@ cdef extern from "csrc/adamc.h" nogil:
     int adamc_pool_workers()
     int adamc_tune_serial(int64_t work)
     int adamc_env_int(const char *name, int64_t lo, int64_t hi, int64_t *out)
+    ctypedef struct adamc_envs:
+        int has_cutoff, has_pf, has_chunk, tune
+        int64_t cutoff, pf, chunk
+    void adamc_env_read(adamc_envs *v)
     void adamc_pool_hold(int on)
     void adamc_pool_stall(int us)
     int64_t adamc_default_chunk(int64_t total)
@@ -315,11 +321,33 @@ def tuning_info():
             row["why"] = (f"the fixed default while the trial runs "
                           f"({r.samples} of {r.rounds * r.ncfg} timed steps)")
         out.append(row)
+    # what the kernels read (tune.c's adamc_env_read, the one rule), and
+    # what is set but not taken (a typo, a value out of range)
+    cdef adamc_envs e
+    adamc_env_read(&e)
     fixed = {}
-    for name in (b"ADAMC_TUNE", b"ADAMC_SERIAL_CUTOFF", b"ADAMC_PREFETCH", b"ADAMC_CHUNK"):
-        if adamc_env_int(name, 0, 1 << 62, &v):
-            fixed[name.decode()] = int(v)
-    return {"classes": out, "fixed_by_environment": fixed}
+    if not e.tune:
+        fixed["ADAMC_TUNE"] = 0
+    if e.has_cutoff:
+        fixed["ADAMC_SERIAL_CUTOFF"] = int(e.cutoff)
+    if e.has_pf:
+        fixed["ADAMC_PREFETCH"] = int(e.pf)
+    if e.has_chunk:
+        fixed["ADAMC_CHUNK"] = int(e.chunk)
+    rules = {"ADAMC_TUNE": "0 (no trials) or 1",
+             "ADAMC_SERIAL_CUTOFF": "an integer >= 0",
+             "ADAMC_PREFETCH": "an integer from 0 to 16777216 (bytes)",
+             "ADAMC_CHUNK": "an integer >= 64"}
+    if adamc_env_int(b"ADAMC_POOL_SPIN_US", 0, 1000000, &v):
+        fixed["ADAMC_POOL_SPIN_US"] = int(v)
+    rules["ADAMC_POOL_SPIN_US"] = "an integer from 0 to 1000000 (microseconds)"
+    ignored = {}
+    for name, rule in rules.items():
+        raw = os.environ.get(name)
+        if raw is not None and name not in fixed and not (name == "ADAMC_TUNE" and raw == "1"):
+            ignored[name] = f"{raw!r} is not {rule}: ignored"
+    return {"classes": out, "fixed_by_environment": fixed,
+            "ignored_by_environment": ignored}
 
 
 def tuning_reset():

@@ -55,7 +55,10 @@ typedef struct {
 
 static pthread_mutex_t owner_mu = PTHREAD_MUTEX_INITIALIZER; /* the step using the pool */
 static pthread_mutex_t job_mu = PTHREAD_MUTEX_INITIALIZER;   /* gen, want, job        */
-static pthread_cond_t job_cv = PTHREAD_COND_INITIALIZER;
+/* one per worker, so that a job wakes only the workers taking part: after a
+ * step on many threads, every later step would otherwise wake them all
+ * (1023 workers made a 2-thread step 76x slower) */
+static pthread_cond_t job_cv[MAX_WORKERS];
 static unsigned job_gen = 0;   /* written under job_mu (atomically: spinners read it) */
 static int job_want = 0;       /* workers 0..job_want-1 take part in job job_gen */
 static job_t job;              /* under job_mu; copied by each worker */
@@ -132,7 +135,7 @@ static void *worker_main(void *arg)
                 if (me < job_want)
                     break;
             }
-            pthread_cond_wait(&job_cv, &job_mu);
+            pthread_cond_wait(&job_cv[me], &job_mu);
         }
         j = job;
         gen = seen;
@@ -179,13 +182,17 @@ static void grow(int want)
         pthread_mutex_lock(&job_mu);
         gen = job_gen;
         pthread_mutex_unlock(&job_mu);
+        if (pthread_cond_init(&job_cv[nworkers], NULL) != 0)
+            break;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         ok = pthread_create(&t, &attr, worker_main,
                             (void *)(((uintptr_t)gen << 16) | (uintptr_t)nworkers)) == 0;
         pthread_attr_destroy(&attr);
-        if (!ok)
+        if (!ok) {
+            pthread_cond_destroy(&job_cv[nworkers]);
             break;
+        }
         nworkers++;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -233,7 +240,8 @@ int adamc_pool_run(const adamc_kernel *k, const adamc_task *tasks, int64_t ntask
     job_want = nthreads - 1;
     __atomic_store_n(&claim_word, (uint64_t)gen << 32 | (uint64_t)nchunks, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&job_mu);
-    pthread_cond_broadcast(&job_cv);
+    for (int w = 0; w < nthreads - 1 && w < nworkers; w++)
+        pthread_cond_signal(&job_cv[w]);
 
     adamc_set_prefetch(pf_ahead);
     if (__atomic_load_n(&stall_us, __ATOMIC_ACQUIRE) > 0) {
