@@ -8,7 +8,8 @@
  *
  * Here the step is cut into fixed chunks (their boundaries depend on the
  * step's size only, never on the thread count).  The calling thread
- * publishes the job, wakes the workers and starts claiming chunks at once;
+ * publishes the job, wakes the workers taking part (each sleeps on its own
+ * condition variable) and starts claiming chunks at once;
  * a worker claims chunks when it arrives (an atomic compare-and-swap on one
  * word: the job's generation and the range of unclaimed chunks; the caller
  * takes them from the front, workers from the back).  The call returns
