@@ -166,9 +166,18 @@ def test_thread_resolution_order():
     "import adamc; adamc.get_num_threads()",
 ])
 def test_bad_thread_env_is_a_clear_error(code):
-    out = run_py(code, ADAMC_NUM_THREADS="many")
-    assert out.returncode != 0
-    assert "ADAMC_NUM_THREADS must be a positive integer" in out.stderr
+    for bad in ("many", "4,2", "99999"):   # (a list is OMP_NUM_THREADS's syntax only)
+        out = run_py(code, ADAMC_NUM_THREADS=bad)
+        assert out.returncode != 0
+        assert f"ADAMC_NUM_THREADS must be a positive integer (1 to 65536), got {bad!r}" \
+            in out.stderr
+
+
+def test_numpy_integers_set_the_thread_count(restore_threads):
+    adamc.set_num_threads(np.int64(3))
+    assert adamc.get_num_threads() == 3
+    with pytest.raises(TypeError, match="n must be an int"):
+        adamc.set_num_threads(np.bool_(True))
 
 
 @pytest.mark.skipif(not adamc.cpu_info()["openmp"], reason="built without OpenMP")

@@ -41,6 +41,7 @@ from libc.math cimport INFINITY
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 
+import numbers
 import os
 
 import numpy as np
@@ -207,8 +208,9 @@ def set_num_threads(n):
     if n is None:
         adamc_set_num_threads(0)
         return
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n must be an int >= 1 or None, got {type(n).__name__}")
+    n = int(n)
     if not 1 <= n <= 65536:
         raise ValueError(f"n must be between 1 and 65536, got {n}; use None for the default")
     adamc_set_num_threads(n)
@@ -218,7 +220,8 @@ cdef int _resolve_threads() except -1:
     cdef int n = adamc_resolve_num_threads()
     if n < 1:
         raise ValueError(
-            "the environment variable ADAMC_NUM_THREADS must be a positive integer; "
+            "the environment variable ADAMC_NUM_THREADS must be a positive integer "
+            f"(1 to 65536), got {os.environ.get('ADAMC_NUM_THREADS')!r}; "
             "unset it or set it to, for example, 2"
         )
     return n

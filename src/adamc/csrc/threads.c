@@ -144,8 +144,11 @@ int adamc_available_cpus(void)
 
 /* A positive integer, or the first item of a list such as OMP_NUM_THREADS="4,2".
  * Returns 0 when unset or empty, -1 when malformed. */
+/* OMP_NUM_THREADS may be a list (nested levels: its first entry counts);
+ * ADAMC_NUM_THREADS is one number. */
 static int parse_threads(const char *name)
 {
+    const int list = name[0] == 'O';
     const char *e = getenv(name);
     char *end;
     long v;
@@ -154,7 +157,7 @@ static int parse_threads(const char *name)
     v = strtol(e, &end, 10);
     while (*end == ' ')
         end++;
-    if (end == e || v < 1 || v > 1 << 16 || (*end != '\0' && *end != ','))
+    if (end == e || v < 1 || v > 1 << 16 || (*end != '\0' && !(list && *end == ',')))
         return -1;
     return (int)v;
 }
