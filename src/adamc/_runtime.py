@@ -26,13 +26,17 @@ import os
 _USER_POLICY = os.environ.get("OMP_WAIT_POLICY") or (
     "GOMP_SPINCOUNT=" + os.environ["GOMP_SPINCOUNT"] if "GOMP_SPINCOUNT" in os.environ else None
 )
+_SET_BEFORE = os.environ.get("OMP_WAIT_POLICY")   # (set but empty: restored as it was)
 if _USER_POLICY is None:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 try:
     from . import _kernels
 finally:
     if _USER_POLICY is None:
-        del os.environ["OMP_WAIT_POLICY"]
+        if _SET_BEFORE is None:
+            del os.environ["OMP_WAIT_POLICY"]
+        else:
+            os.environ["OMP_WAIT_POLICY"] = _SET_BEFORE
 
 
 def cpu_info() -> dict:
