@@ -124,7 +124,7 @@ def render(chosen, n, hot_n, threads, t_large, t_hot, why=()):
         extra = ""
         if group == "fused" and "global_norm" in t_large:
             floor = (t_large["fp32"] + t_large["global_norm"]) / t_large["fp32"]
-            extra = f"; read floor {floor:.2f} (the step, then global_norm alone)"
+            extra = f"; read floor {floor:.3f} (the step, then global_norm alone)"
             if floor > goal:
                 extra += ": above the goal, so not on this host's memory"
         lines.append(f"{name:44s} {goal:5.2f} {t_large[name] / t_large['fp32']:8.2f} "

@@ -166,11 +166,11 @@ def test_floors_columns_and_verdicts(monkeypatch):
     assert "0.909 ns (<= 31 GB/s): reachable here" in out[3]
     assert fused[fused.index("1.20"):][:4] == ["1.20", "1.30", "1.14", "1.50"]
     assert "1.250 ns (<= 22 GB/s): not with this arithmetic here" in out[4]
-    assert out[4].endswith("read floor 1.25 (the step, then global_norm alone): above the "
+    assert out[4].endswith("read floor 1.250 (the step, then global_norm alone): above the "
                            "goal, so not on this host's memory")
     t_large["global_norm"] = 0.15e-6
     out = floors.render(chosen, n, hot_n, 2, t_large, t_hot).splitlines()
-    assert out[4].endswith("read floor 1.15 (the step, then global_norm alone)")
+    assert out[4].endswith("read floor 1.150 (the step, then global_norm alone)")
     busy = floors.render(chosen, n, hot_n, 2, t_large, t_hot, why=["load average 3"])
     assert busy.startswith("HOST BUSY") and "load average 3" in busy
 
