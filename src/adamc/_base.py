@@ -27,9 +27,10 @@ from ._fused import StepInfo, fused_factor  # noqa: F401  (StepInfo: opt.last_st
 
 
 class _Locked:
-    """``with opt._locked():`` the optimizer's lock, except for a call from
+    """``with _Locked(opt):`` the optimizer's lock, except for a call from
     inside one of its own schedules during a step (the lock is held then):
-    a RuntimeError, where waiting would never end."""
+    a RuntimeError, where waiting would never end.  (step() does the same
+    inline: its per-call cost counts.)"""
 
     __slots__ = ("lock",)
 
