@@ -337,13 +337,13 @@ def tuning_info():
         fixed["ADAMC_PREFETCH"] = int(e.pf)
     if e.has_chunk:
         fixed["ADAMC_CHUNK"] = int(e.chunk)
+    if adamc_env_int(b"ADAMC_POOL_SPIN_US", 0, 1000000, &v):   # (pool.c's rule)
+        fixed["ADAMC_POOL_SPIN_US"] = int(v)
     rules = {"ADAMC_TUNE": "0 (no trials) or 1",
              "ADAMC_SERIAL_CUTOFF": "an integer >= 0",
              "ADAMC_PREFETCH": "an integer from 0 to 16777216 (bytes)",
-             "ADAMC_CHUNK": "an integer >= 64"}
-    if adamc_env_int(b"ADAMC_POOL_SPIN_US", 0, 1000000, &v):
-        fixed["ADAMC_POOL_SPIN_US"] = int(v)
-    rules["ADAMC_POOL_SPIN_US"] = "an integer from 0 to 1000000 (microseconds)"
+             "ADAMC_CHUNK": "an integer >= 64",
+             "ADAMC_POOL_SPIN_US": "an integer from 0 to 1000000 (microseconds)"}
     ignored = {}
     for name, rule in rules.items():
         raw = os.environ.get(name)
