@@ -150,6 +150,25 @@ def test_a_skipped_step_keeps_no_scheduled_lr(module, swap):
 
 
 @pytest.mark.parametrize("module", [adamc, reference])
+@pytest.mark.parametrize("fused", [{}, {"max_grad_norm": 1.0}])
+def test_a_schedule_editing_its_group_is_called_once_a_step(module, fused):
+    """OneCycle-style: the lr schedule also sets betas (a new tuple each
+    call).  The edit makes the engine take the groups again; the lr it
+    already has stays (it was asked again, forever)."""
+    calls = []
+    w = np.zeros(4, np.float32)
+    def lr(t):
+        calls.append(t)
+        assert len(calls) < 50
+        opt.param_groups[0]["betas"] = (0.85 + 0.001 * t, 0.999)
+        return 1e-3
+    opt = module.Adam([w], lr=lr)
+    for _ in range(3):
+        opt.step([np.ones(4, np.float32)], **fused)
+    assert calls == [1, 2, 3]
+
+
+@pytest.mark.parametrize("module", [adamc, reference])
 def test_an_all_zero_gradient_steps_as_the_plain_step(module):
     p, q = np.ones(9), np.ones(9)
     a, b = module.Adam([p]), module.Adam([q])
@@ -272,6 +291,23 @@ def test_an_overflowing_sum_of_squares_of_finite_gradients_is_no_skip(module):
     g[2] = np.inf   # a non-finite element still skips
     opt.step([g], skip_nonfinite=True)
     assert opt.last_step.skipped and opt.last_step.norm == math.inf
+
+
+def test_an_inf_in_a_float32_gradient_copies_nothing():
+    """Only float64 squares can overflow the double sum: an infinite sum
+    over float32 gradients is an Inf element, decided without the rescaled
+    second look (which copied every gradient to float64)."""
+    import tracemalloc
+    g = np.ones(2_000_000, np.float32)
+    g[5] = np.inf
+    opt = adamc.Adam([np.zeros_like(g)])
+    tracemalloc.start()
+    try:
+        opt.step([g], skip_nonfinite=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert opt.last_step.skipped and peak < 1_000_000   # the gradient is 8 MB
 
 
 def test_clip_grad_norm_multiplies_in_float32_and_rounds_once():

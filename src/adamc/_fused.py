@@ -46,21 +46,27 @@ def fused_factor(sumsq, scale, max_norm, skip, grads=()):
 
 def root_of(sumsq, grads=()):
     """The L2 norm from the sum of squares: its square root, or where that
-    overflowed and ``grads`` are given, the norm taken again rescaled."""
+    overflowed and ``grads`` hold float64 arrays (only their squares can
+    overflow a double sum: the squares of float32 and 16-bit values stay
+    below 2^256), the norm taken again rescaled.  An infinite sum without
+    float64 gradients is an Inf or NaN element: nothing more to look at."""
     root = math.sqrt(sumsq)
-    return _rescaled_norm(grads) if root == math.inf and grads else root
+    if root != math.inf or not any(g is not None and g.dtype.itemsize == 8 for g in grads):
+        return root
+    return _rescaled_norm([g for g in grads if g is not None])
 
 
-def _rescaled_norm(grads):
-    """The L2 norm of finite gradients whose sum of squares overflowed, as
+def _rescaled_norm(gs):
+    """The L2 norm of gradients whose sum of squares overflowed, as
     m * sqrt(sum((g / m)**2)) with m the largest |element| (NumPy, one
-    thread: the same for any thread count); inf if any element is not
-    finite, or if the norm itself exceeds double's range."""
+    thread: the same for any thread count; one gradient's float64 copy at
+    a time); inf if any element is not finite, or if the norm itself
+    exceeds double's range."""
     import numpy as np
 
-    gs = [np.asarray(g, dtype=np.float64) for g in grads if g is not None]
     if not all(np.isfinite(g).all() for g in gs):
         return math.inf
     m = max(float(np.max(np.abs(g))) for g in gs if g.size)
     with np.errstate(over="ignore"):
-        return m * math.sqrt(sum(float(np.sum(np.square(g / m))) for g in gs))
+        return m * math.sqrt(sum(float(np.sum(np.square(np.asarray(g, dtype=np.float64) / m)))
+                                 for g in gs))

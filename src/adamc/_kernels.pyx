@@ -932,7 +932,11 @@ cdef class Engine:
         for i in range(self.n):
             self.plan[i].need_x = "max_exp_avg_sq" in slots[i]
             self.plan[i].need_mp = "master_param" in slots[i]
-        self.lrs = {}   # a group's lr may be another schedule now
+        # a group's lr may be another schedule now: its values go (the other
+        # groups' stay, or a schedule editing its group would be asked forever)
+        self.lrs = {(gi, t): v for (gi, t), v in self.lrs.items()
+                    if gi < self.ngroups and gi < len(hypers)
+                    and self.group_lr[gi] is hypers[gi].lr}
         self.any_schedule = False
         for gi in range(self.ngroups):
             h = hypers[gi]

@@ -501,7 +501,11 @@ class Engine:
             self._state[i] = dict(st) if st else None
 
     def set_groups(self, groups, hypers, slots):
-        self._lrs = {}   # a group's lr may be another schedule now
+        old = getattr(self, "_hypers", None) or []
+        # a group's lr may be another schedule now: its values go (the other
+        # groups' stay, or a schedule editing its group would be asked forever)
+        self._lrs = {(gi, t): v for (gi, t), v in self._lrs.items()
+                     if gi < len(old) and gi < len(hypers) and old[gi].lr is hypers[gi].lr}
         self._hypers = list(hypers)
         self._slots = list(slots)
         self._groups = list(groups)
