@@ -184,3 +184,37 @@ def test_a_fork_during_a_step_gives_the_child_whole_steps():
         print("bad", bad)
     """, timeout=300)
     assert out.split() == ["bad", "0"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fork on Windows")
+def test_a_fork_never_waits_on_a_step_that_cannot_finish():
+    """The fork handler waits a bounded time for each optimizer's lock: a
+    fork from a signal handler inside the stepping thread (which holds the
+    lock) went on waiting forever; the child gets a fresh lock.  An
+    unhashable subclass and a copy.copy handle are covered too."""
+    out = run("""
+        import copy, os, signal
+        class Eq(adamc.Adam):
+            def __eq__(self, other):
+                return self is other
+        p = np.zeros(N, np.float32)
+        opt = Eq([p], lr=1e-2)
+        handle = copy.copy(opt)
+        g = np.ones(N, np.float32)
+        forks = []
+        def on_alarm(*_):
+            pid = os.fork()
+            if pid == 0:
+                handle.state_dict()   # a fresh lock here: returns
+                os._exit(0)
+            forks.append(pid)
+            if len(forks) < 2:
+                signal.setitimer(signal.ITIMER_REAL, 0.05)   # one shot at a time
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        while len(forks) < 2:
+            opt.step([g], max_grad_norm=1.0)
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in forks]
+        print("codes", *codes)
+    """, timeout=120)
+    assert out.split() == ["codes", "0", "0"]

@@ -57,40 +57,59 @@ def _wait(opt, lock):
     lock.acquire()
 
 
-# Every optimizer alive, for os.fork: its lock is taken before a fork (so
-# a step running in another thread finishes first, and the child gets whole
-# steps) and released after, in parent and child (a lock copied while held
-# would never be released in the child).
-_LIVE = weakref.WeakSet()
-_HELD = []
+# Every optimizer handle alive (by id: a subclass may be unhashable), for
+# os.fork: each lock is taken before a fork, so that a step running in
+# another thread finishes first and the child gets whole steps, and released
+# after, in parent and child.  The wait is bounded (FORK_WAIT seconds): a
+# step that cannot finish (its schedule waits for a lock the forking thread
+# holds, such as logging's; a fork from a signal handler in the stepping
+# thread) is not waited for, and the child gets a fresh lock for that
+# optimizer instead (a lock copied while held would never be released
+# there), with the arrays as the fork found them.
+_LIVE = weakref.WeakValueDictionary()
+_FORK = threading.local()   # the locks this thread took before its fork
+FORK_WAIT = 1.0
+
+
+def _live_dicts():
+    """The attribute dicts of the live optimizers (handles share one)."""
+    while True:
+        try:
+            opts = list(_LIVE.values())
+            break
+        except RuntimeError:  # pragma: no cover - changed while copied
+            continue
+    return list({id(o.__dict__): o.__dict__ for o in opts}.values())
 
 
 def _before_fork():
-    me = threading.get_ident()
-    while True:
-        try:
-            opts = list(_LIVE)
-            break
-        except RuntimeError:  # pragma: no cover - the set changed while copied
-            continue
-    locks = {}
-    for o in opts:
-        d = o.__dict__
-        if "_lock" in d and d.get("_scheduling") != me:  # (forking inside its step)
-            locks[id(d["_lock"])] = d["_lock"]   # handles of one optimizer share one
-    for lock in locks.values():
-        lock.acquire()
-        _HELD.append(lock)
+    held, missed = [], []
+    for d in _live_dicts():
+        lock = d.get("_lock")
+        if lock is not None:
+            (held if lock.acquire(timeout=FORK_WAIT) else missed).append(d)
+    _FORK.held, _FORK.missed = held, missed
 
 
-def _after_fork():
-    while _HELD:
-        _HELD.pop().release()
+def _after_fork_in_parent():
+    for d in getattr(_FORK, "held", ()):
+        d["_lock"].release()
+    _FORK.held = _FORK.missed = ()
+
+
+def _after_fork_in_child():
+    for d in getattr(_FORK, "held", ()):
+        d["_lock"].release()
+    for d in getattr(_FORK, "missed", ()):
+        d["_lock"] = threading.Lock()
+    for d in _live_dicts():
+        d["_scheduling"] = None   # no thread of the parent runs here
+    _FORK.held = _FORK.missed = ()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork,
-                        after_in_child=_after_fork)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 def _new_slot(p, slot, dtype):
@@ -134,7 +153,7 @@ class _Optimizer:
         self._lock = threading.Lock()
         self._scheduling = None  # the thread calling a schedule of a step
         self._engine = self._Engine(self._params, self._group_of)
-        _LIVE.add(self)
+        _LIVE[id(self)] = self
 
     def _add_group(self, g):
         if "param_names" in g:
@@ -461,7 +480,7 @@ class _Optimizer:
         self._lock = threading.Lock()
         self._scheduling = None
         self._engine = self._Engine(self._params, self._group_of)
-        _LIVE.add(self)
+        _LIVE[id(self)] = self
         self._engine.set_states(dict(enumerate(d["state"])))
         self._engine.set_steps(np.asarray(d["steps"], dtype=np.int64))
 
@@ -474,6 +493,7 @@ class _Optimizer:
         ``copy.deepcopy`` for an independent optimizer."""
         new = type(self).__new__(type(self))
         new.__dict__ = self.__dict__
+        _LIVE[id(new)] = new   # (it may outlive self)
         return new
 
     def __deepcopy__(self, memo):
