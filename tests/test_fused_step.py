@@ -187,7 +187,8 @@ def test_an_all_zero_gradient_steps_as_the_plain_step(module):
     ({"max_grad_norm": -1.0}, ValueError, "max_grad_norm must be > 0"),
     ({"grad_scale": np.nan}, ValueError, "grad_scale must be finite"),
     ({"grad_scale": np.inf}, ValueError, "grad_scale must be finite"),
-    ({"grad_scale": 2.0**129}, ValueError, "grad_scale must be at most 3.40282e"),
+    ({"grad_scale": 2.0**129}, ValueError, "grad_scale must be between 2.93874e-39 and 3.40282e"),
+    ({"grad_scale": 1e-40}, ValueError, "grad_scale must be between 2.93874e-39 and"),
     ({"max_grad_norm": 0}, ValueError, "max_grad_norm must be > 0"),
     ({"max_grad_norm": float("nan")}, ValueError, "max_grad_norm must be finite"),
     ({"max_grad_norm": "1"}, TypeError, "max_grad_norm must be a real number"),
@@ -258,8 +259,12 @@ def test_loss_scaler_keeps_its_scale_in_float32_as_torch():
     top.update(False)
     assert (top.scale, top.growth_tracker) == (2.0**127, 0)   # 2**128 is inf in float32
     adamc.LossScaler().load_state_dict(top.state_dict())
-    with pytest.raises(ValueError, match="init_scale must be at most 3.40282e"):
+    with pytest.raises(ValueError, match="init_scale must be between 2.93874e-39 and 3.40282e"):
         adamc.LossScaler(init_scale=2.0**128)
+    low = adamc.LossScaler(init_scale=1e-38)
+    for _ in range(5):
+        low.update(True)   # backs off to the smallest loss scale, never to 0
+    assert low.scale == pytest.approx(2.93874e-39, rel=1e-5)
     # torch GradScaler's state_dict (its tracker is '_growth_tracker'); numpy ints
     torchs = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5,
               "growth_interval": np.int64(3), "_growth_tracker": 2}

@@ -241,7 +241,10 @@ class _Optimizer:
 
     def _fused_step(self, grads, grad_scale, max_grad_norm, skip_nonfinite):
         scale, max_norm, skip = V.check_fused(grad_scale, max_grad_norm, skip_nonfinite)
-        with _Locked(self):
+        lock = self._lock   # (as in step: inline, its per-call cost counts)
+        if not lock.acquire(False):
+            _wait(self, lock)
+        try:
             grads = V.grads_list(grads, len(self._params), self._names)
             engine = self._engine
             status = engine.step(grads, self.param_groups, 1.0, True)
@@ -254,6 +257,8 @@ class _Optimizer:
             else:
                 self._step_factor(grads, info.factor)
             self.last_step = info
+        finally:
+            lock.release()
 
     def _step_factor(self, grads, factor):
         """Step with every gradient multiplied by ``factor`` (a fused step's,

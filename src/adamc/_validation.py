@@ -1061,19 +1061,21 @@ def check_positive(value, name, where=""):
     return check_real(value, name, where, positive=True)
 
 
-#: The largest loss scale: float32's largest finite value (torch's GradScaler
-#: keeps its scale in float32; the kernels unscale float32 gradients by its
-#: reciprocal in float32).
+#: The loss scales: float32 values whose reciprocal is a finite float32
+#: too (torch's GradScaler keeps its scale in float32; the kernels unscale
+#: float32 gradients by its reciprocal in float32).
 MAX_LOSS_SCALE = float(np.finfo(np.float32).max)
+MIN_LOSS_SCALE = 1.0 / MAX_LOSS_SCALE
 
 
 def check_loss_scale(value, name):
-    """A loss scale: > 0 and at most float32's largest value."""
+    """A loss scale: from MIN_LOSS_SCALE to MAX_LOSS_SCALE."""
     x = check_positive(value, name)
-    if x > MAX_LOSS_SCALE:
+    if not MIN_LOSS_SCALE <= x <= MAX_LOSS_SCALE:
         raise ValueError(
-            f"{name} must be at most {MAX_LOSS_SCALE:.6g} (float32's largest value: the "
-            f"scale is kept, and gradients unscaled, in float32), got {x!r}")
+            f"{name} must be between {MIN_LOSS_SCALE:.6g} and {MAX_LOSS_SCALE:.6g} (the "
+            f"scale is kept, and gradients unscaled by its reciprocal, in float32), "
+            f"got {x!r}")
     return x
 
 

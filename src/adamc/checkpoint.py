@@ -263,9 +263,9 @@ def _open_temp(directory, base):
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) \
         | getattr(os, "O_CLOEXEC", 0)
     while True:
-        # (the name's first 64 characters: a name near the file system's
-        # limit leaves room for the 19 added)
-        tmp = os.path.join(directory, f".{base[:64]}.{secrets.token_hex(6)}.tmp")
+        # (the name's first 16 characters, at most 64 bytes: a name near the
+        # file system's limit leaves room for the 19 added)
+        tmp = os.path.join(directory, f".{base[:16]}.{secrets.token_hex(6)}.tmp")
         try:
             return tmp, os.open(tmp, flags, 0o666)
         except FileExistsError:  # pragma: no cover - 48 random bits

@@ -709,7 +709,7 @@ class Adam:
 
             def write():
                 sd = {"state": self._assemble(parts), "param_groups": groups}
-                checkpoint._write_state_dict(type(self).__name__, sd, os.fspath(path),
+                checkpoint._write_state_dict(type(self).__name__, sd, os.fsdecode(os.fspath(path)),
                                              scaler_state)
                 return None, []
 
@@ -722,7 +722,7 @@ class Adam:
         :func:`adamc.load_state` does; any problem is raised on every
         process and changes nothing; then each process receives its shard."""
         with self._lock:
-            path = os.fspath(path)
+            path = os.fsdecode(os.fspath(path))
 
             def read():
                 sd, scaler_state = checkpoint._read_state_dict(path, self.param_groups, scaler)

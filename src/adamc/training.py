@@ -48,7 +48,7 @@ def clip_grad_norm(grads, max_norm) -> float:
     if info.factor != 1.0:
         for g in grads:
             wide = np.float64 if g.dtype == np.float64 else np.float32
-            np.multiply(g, wide(info.factor), out=g, casting="same_kind")
+            np.multiply(g, wide(info.factor), out=g, dtype=wide, casting="same_kind")
     return info.norm
 
 
@@ -102,8 +102,9 @@ class LossScaler:
         ``growth_interval`` steps in a row without one.  As torch keeps the
         scale in float32: each new scale is the product rounded to float32,
         and a growth that would reach float32's infinity is not taken."""
-        if V.check_bool(skipped, "skipped"):
-            self.scale = float(np.float32(self.scale * self.backoff_factor))
+        if V.check_bool(skipped, "skipped"):   # (not below the smallest loss scale)
+            self.scale = max(float(np.float32(self.scale * self.backoff_factor)),
+                             V.MIN_LOSS_SCALE)
             self.growth_tracker = 0
         else:
             self.growth_tracker += 1
