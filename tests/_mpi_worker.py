@@ -356,6 +356,59 @@ def check_errors():
                  "does not exist")
 
 
+def check_agreement():
+    """Found by a review: what the processes must agree on, or they hung
+    (or stepped halves of one parameter with different factors)."""
+    ps = make_params([((10,), np.float32, "C"), ((12,), np.float32, "C")])
+    opt = D.Adam(ps, lr=0.01)
+    opt.step(grads_for(ps, 0, RANK))
+    before = [p.copy() for p in ps]
+    if N > 1:
+        # the fused options differ on one process
+        expect_error(lambda: opt.step(grads_for(ps, 1, RANK),
+                                      max_grad_norm=1.0 if RANK == 0 else 0.01),
+                     ValueError, "grad_scale, max_grad_norm or skip_nonfinite")
+        expect_error(lambda: opt.step(grads_for(ps, 1, RANK), skip_nonfinite=RANK == 0),
+                     ValueError, "grad_scale, max_grad_norm or skip_nonfinite")
+        # gradients as views of one flat array on one process, apart elsewhere
+        gs = grads_for(ps, 1, RANK)
+        if RANK == 0:
+            flat = np.concatenate(gs)
+            gs = [flat[:10], flat[10:]]
+        expect_error(lambda: opt.step(gs), ValueError, "lie end to end in one buffer")
+    assert all(np.array_equal(a, b) for a, b in zip(ps, before))
+
+    # an exception class that cannot be pickled, raised on the last process
+    def schedule(t):
+        class ScheduleError(Exception):
+            pass
+        if RANK == N - 1:
+            raise ScheduleError("bad schedule")
+        return 0.01
+    sopt = D.Adam(make_params([((10,), np.float32, "C")]), lr=schedule)
+    cls = RuntimeError if N > 1 else Exception
+    expect_error(lambda: sopt.step([np.ones(10, np.float32)]), cls, "bad schedule")
+
+    # zero-size parameters the only ones of their dtype, deterministic and fused
+    zs = [np.ones(10, np.float32), np.zeros(0, np.float64)]
+    zopt = D.Adam(zs, lr=0.1, deterministic=True)
+    zopt.step([np.ones(10, np.float32), np.zeros(0, np.float64)], max_grad_norm=1.0)
+    assert zopt.last_step.norm == np.sqrt(10.0 * N * N) / (N if zopt.average else 1)
+    same_everywhere(zs)
+
+    # an 8-bit state_dict: refused whole on every process, nothing changed
+    one = adamc.Adam([np.ones(600, np.float32)], state_dtype="int8", min_8bit_size=256)
+    one.step([np.ones(600, np.float32)])
+    eopt = D.Adam([np.ones(600, np.float32)], lr=0.1)
+    eopt.step([np.ones(600, np.float32)])
+    sd = eopt.state_dict()
+    expect_error(lambda: eopt.load_state_dict(one.state_dict()), ValueError,
+                 "state_dtype='int8'", "sharded")
+    assert eopt.param_groups[0]["state_dtype"] is None
+    eopt.step([np.ones(600, np.float32)])
+    assert eopt.state_dict()["state"][0]["step"] == sd["state"][0]["step"] + 1
+
+
 def check_memory():
     ps = make_params([((1000,), np.float32, "C"), ((37, 11), np.float32, "C"),
                       ((101,), np.float64, "C")])
@@ -519,7 +572,7 @@ SCENARIOS = {
     "main": lambda d: (check_equivalence(), check_named_and_tiny(), check_flat(),
                        check_mixed_precision(),
                        check_fused(),
-                       check_errors(), check_memory()),
+                       check_errors(), check_agreement(), check_memory()),
     "save": check_save,
     "load": check_load,
     "kill": check_kill,

@@ -32,6 +32,7 @@ mpi4py is imported when an optimizer is built, never by ``import adamc``.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import threading
 import time
@@ -317,11 +318,16 @@ class Adam:
         self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
         if buf[0]:
             first = self.size - int(buf[0])
-            payload = (type(err), str(err)) if self.rank == first else None
+            payload = None
+            if self.rank == first:
+                try:   # (a class defined in a function cannot be sent)
+                    payload = (pickle.loads(pickle.dumps(type(err))), str(err))
+                except Exception:  # noqa: BLE001 - sent by name instead
+                    payload = (None, f"{type(err).__qualname__}: {err}")
             cls, msg = self.comm.bcast(payload, root=first)
             msg = f"{msg} (raised on process {first} of {self.size})"
             try:
-                e = cls(msg)
+                e = cls(msg) if cls is not None else RuntimeError(msg)
             except Exception:  # noqa: BLE001 - a class that takes other arguments
                 e = RuntimeError(f"{cls.__name__}: {msg}")
             raise e
@@ -428,13 +434,31 @@ class Adam:
             if g is not None and callable(lr) and (gi, t) not in table:
                 table[(gi, t)] = V.scheduled_lr(lr, t, f"param_groups[{gi}]")
         sig = zlib.crc32(repr(sorted(table.items())).encode(), sig)
+        # where a bucket's gradients lie end to end, it is reduce-scattered from
+        # there, else packed: the same MPI call on every process, or they hang
+        runs = [None if self.size == 1 or self.deterministic or b.n == 0
+                or any(glist[i] is None for i, _, _ in b.members)
+                else _run([glist[i] for i, _, _ in b.members], b.rdtype)
+                for b in self._buckets]
         skipped = [0 if g is not None else 1 for g in glist]
-        return (glist, fused, table, hypers), [sig, *skipped]
+        return (glist, fused, table, hypers, runs), [
+            sig, zlib.crc32(repr(fused).encode()),
+            zlib.crc32(bytes(r is not None for r in runs)), *skipped]
+
+    _AGREED = 3   # the ints of _prepare before the per-gradient ones
 
     def _what(self, k):
         if k == 0:
             return ("the processes disagree about the param groups' hyperparameters (or "
                     "the schedules' values); every process must use the same ones")
+        if k == 1:
+            return ("the processes disagree about the step's grad_scale, max_grad_norm or "
+                    "skip_nonfinite; every process must pass the same ones")
+        if k == 2:
+            return ("the gradients of one dtype lie end to end in one buffer (views of one "
+                    "flat array, in parameter order, in the parameters' dtype or float32) on "
+                    "some processes but not on others; pass them the same way everywhere")
+        k -= self._AGREED - 1
         label = V.grad_label(self._names, k - 1)
         return (f"{label} is None on some processes but not on others; pass a gradient "
                 "(zeros if need be) for the same parameters on every process")
@@ -453,14 +477,14 @@ class Adam:
         """
         with self._lock:
             t0 = time.perf_counter()
-            glist, fused, table, hypers = self._agree(
+            glist, fused, table, hypers, runs = self._agree(
                 lambda: self._prepare(grads, grad_scale, max_grad_norm, skip_nonfinite),
-                self._what, 1 + len(self._params))
+                self._what, self._AGREED + len(self._params))
             self._lr_table.clear()
             self._lr_table.update(table)
             self._sync_groups()
             try:
-                self._step(glist, fused, hypers, t0)
+                self._step(glist, fused, hypers, runs, t0)
             except BaseException as e:
                 if self.size == 1:
                     raise
@@ -473,7 +497,7 @@ class Adam:
                 self.comm.Abort(1)
                 raise
 
-    def _step(self, glist, fused, hypers, t0):
+    def _step(self, glist, fused, hypers, runs, t0):
         MPI, comm, N = self._MPI, self.comm, self.size
         scale, max_norm, skip = fused
         is_fused = scale is not None or max_norm is not None or skip
@@ -485,12 +509,9 @@ class Adam:
                            for i, _, _, _, _ in self._pieces]
         else:
             shards = {}
-            for b in self._buckets:
+            for b, run in zip(self._buckets, runs):   # (run: agreed in _prepare)
                 if b.n == 0:
                     continue
-                gs = [glist[i] for i, _, _ in b.members]
-                run = None if self.deterministic or any(g is None for g in gs) else _run(
-                    gs, b.rdtype)
                 if run is not None:  # reduce-scatter from where the gradients lie
                     if b.small is None:
                         b.small = np.zeros(b.S, dtype=b.rdtype)
@@ -613,7 +634,8 @@ class Adam:
         into its receive buffer, which the rank-order sum has finished with."""
         views = {}
         for b in self._buckets:
-            if b.n == 0:
+            if b.n == 0:   # zero-size parameters only: nothing to gather
+                views.update({i: np.zeros(0, dtype=b.rdtype) for i, _, _ in b.members})
                 continue
             self.comm.Allgather(b.shard, b.recv)
             for i, off, n in b.members:
@@ -727,8 +749,7 @@ class Adam:
             def read():
                 sd, scaler_state = checkpoint._read_state_dict(path, self.param_groups, scaler)
                 try:
-                    updates, checked = V.check_state_dict(
-                        sd, self.param_groups, self._params, self._names, self._variant)
+                    updates, checked = self._check_state_dict(sd)
                 except (TypeError, ValueError) as e:
                     raise ValueError(
                         f"{path}: the checkpoint does not fit this optimizer: {e}") from e
@@ -759,10 +780,19 @@ class Adam:
         :meth:`adamc.Adam.state_dict`), the same on every process
         (collective; checked whole on every process before anything changes)."""
         with self._lock:
-            updates, checked = self._agree(lambda: (V.check_state_dict(
-                state_dict, self.param_groups, self._params, self._names, self._variant), []))
+            updates, checked = self._agree(lambda: (self._check_state_dict(state_dict), []))
             steps, had = self._steps_of(checked)
             self._install(updates, steps, had, self._pieces_of(checked, self.rank))
+
+    def _check_state_dict(self, sd):
+        """check_state_dict, and the groups it would set checked as the
+        constructor checks them (8-bit state, for one, cannot be sharded)."""
+        updates, checked = V.check_state_dict(sd, self.param_groups, self._params,
+                                              self._names, self._variant)
+        V.check_shardable([V.group_values({**g, **u}, f"param_groups[{gi}]")
+                           for gi, (g, u) in enumerate(zip(self.param_groups, updates))],
+                          self.deterministic, "load_state_dict")
+        return updates, checked
 
     def _steps_of(self, checked):
         steps = np.zeros(len(self._params), dtype=np.int64)
