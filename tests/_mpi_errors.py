@@ -1,0 +1,129 @@
+"""tests/_mpi_worker.py's error scenarios: every process raises the same
+clear error, and nothing changes (run under mpiexec by the worker)."""
+
+import numpy as np
+
+import adamc
+import adamc.distributed as D
+from _mpi_common import N, RANK, SPEC, WHERE, expect_error, grads_for, make_params, \
+    same_everywhere
+
+
+def check_errors():
+    ps = make_params(SPEC)
+    opt = D.Adam(ps, lr=0.01)
+    opt.step(grads_for(ps, 0, RANK))
+    before = [p.copy(order="K") for p in ps]
+    sd = opt.state_dict()
+    # a wrong shape on the last process only: every process raises its message
+    gs = grads_for(ps, 1, RANK)
+    if RANK == N - 1:
+        gs[1] = gs[1][:5]
+    expect_error(lambda: opt.step(gs), ValueError, "shape", *WHERE(N - 1))
+    # a None on one process only
+    gs = grads_for(ps, 1, RANK)
+    if RANK == 0:
+        gs[4] = None
+    if N > 1:
+        expect_error(lambda: opt.step(gs), ValueError, "grads[4] is None on some processes")
+    # a hyperparameter that differs
+    opt.param_groups[0]["lr"] = 0.01 if RANK else 0.02
+    if N > 1:
+        expect_error(lambda: opt.step(grads_for(ps, 1, RANK)), ValueError, "disagree")
+    opt.param_groups[0]["lr"] = 0.01
+    # a bad hyperparameter on process 0 only
+    opt.param_groups[0]["eps"] = -1.0 if RANK == 0 else 1e-8
+    expect_error(lambda: opt.step(grads_for(ps, 1, RANK)), ValueError, "eps", *WHERE(0))
+    opt.param_groups[0]["eps"] = 1e-8
+    # nothing changed by any of these
+    assert all(np.array_equal(a, b) for a, b in zip(ps, before))
+    sd2 = opt.state_dict()
+    for i, e in sd["state"].items():
+        for k, v in e.items():
+            assert np.array_equal(np.asarray(v), np.asarray(sd2["state"][i][k]))
+    opt.step(grads_for(ps, 1, RANK))  # and it still steps
+    same_everywhere(ps)
+    # the constructor: different shapes on one process
+    spec = list(SPEC)
+    if RANK == 1:
+        spec[0] = ((7, 6), np.float32, "C")
+    if N > 1:
+        expect_error(lambda: D.Adam(make_params(spec)), ValueError, "disagree")
+    # a bad argument on one process
+    expect_error(lambda: D.Adam(make_params(SPEC), lr=-1.0 if RANK == N - 1 else 0.1),
+                 ValueError, "lr", *WHERE(N - 1))
+    # 8-bit state: its 256-element blocks would not survive the sharding
+    expect_error(lambda: D.Adam(make_params([((600,), np.float32, "C")]), state_dtype="int8"),
+                 ValueError,
+                 "state_dtype='int8'", "sharded")
+    # stochastic rounding: refused where bitwise equality to one process is
+    # promised, stepped (identically on every process) where it is not
+    half = [((40, 9), np.float16, "C")]
+    sr = dict(master_weights=False, state_dtype="float16", stochastic_rounding=True)
+    expect_error(lambda: D.Adam(make_params(half), deterministic=True, **sr), ValueError,
+                 "stochastic_rounding=True", "deterministic=False")
+    hp = make_params(half)
+    hopt = D.Adam(hp, lr=0.01, **sr)
+    hopt.step(grads_for(hp, 0, RANK))
+    same_everywhere(hp)
+    dopt = D.Adam(hp, lr=0.01, deterministic=True, master_weights=False, state_dtype="float16")
+    dopt.param_groups[0]["stochastic_rounding"] = True  # edited later: refused at the step
+    before = hp[0].copy()
+    expect_error(lambda: dopt.step(grads_for(hp, 1, RANK)), ValueError, "stochastic_rounding")
+    assert np.array_equal(hp[0], before)
+    # save_state to a directory that does not exist: every process raises
+    expect_error(lambda: opt.save_state("/nonexistent-dir/x.npz"), FileNotFoundError,
+                 "does not exist")
+
+
+def check_agreement():
+    """Found by a review: what the processes must agree on, or they hung
+    (or stepped halves of one parameter with different factors)."""
+    ps = make_params([((10,), np.float32, "C"), ((12,), np.float32, "C")])
+    opt = D.Adam(ps, lr=0.01)
+    opt.step(grads_for(ps, 0, RANK))
+    before = [p.copy() for p in ps]
+    if N > 1:
+        # the fused options differ on one process
+        expect_error(lambda: opt.step(grads_for(ps, 1, RANK),
+                                      max_grad_norm=1.0 if RANK == 0 else 0.01),
+                     ValueError, "grad_scale, max_grad_norm or skip_nonfinite")
+        expect_error(lambda: opt.step(grads_for(ps, 1, RANK), skip_nonfinite=RANK == 0),
+                     ValueError, "grad_scale, max_grad_norm or skip_nonfinite")
+        # gradients as views of one flat array on one process, apart elsewhere
+        gs = grads_for(ps, 1, RANK)
+        if RANK == 0:
+            flat = np.concatenate(gs)
+            gs = [flat[:10], flat[10:]]
+        expect_error(lambda: opt.step(gs), ValueError, "lie end to end in one buffer")
+    assert all(np.array_equal(a, b) for a, b in zip(ps, before))
+
+    # an exception class that cannot be pickled, raised on the last process
+    def schedule(t):
+        class ScheduleError(Exception):
+            pass
+        if RANK == N - 1:
+            raise ScheduleError("bad schedule")
+        return 0.01
+    sopt = D.Adam(make_params([((10,), np.float32, "C")]), lr=schedule)
+    cls = RuntimeError if N > 1 else Exception
+    expect_error(lambda: sopt.step([np.ones(10, np.float32)]), cls, "bad schedule")
+
+    # zero-size parameters the only ones of their dtype, deterministic and fused
+    zs = [np.ones(10, np.float32), np.zeros(0, np.float64)]
+    zopt = D.Adam(zs, lr=0.1, deterministic=True)
+    zopt.step([np.ones(10, np.float32), np.zeros(0, np.float64)], max_grad_norm=1.0)
+    assert zopt.last_step.norm == np.sqrt(10.0 * N * N) / (N if zopt.average else 1)
+    same_everywhere(zs)
+
+    # an 8-bit state_dict: refused whole on every process, nothing changed
+    one = adamc.Adam([np.ones(600, np.float32)], state_dtype="int8", min_8bit_size=256)
+    one.step([np.ones(600, np.float32)])
+    eopt = D.Adam([np.ones(600, np.float32)], lr=0.1)
+    eopt.step([np.ones(600, np.float32)])
+    sd = eopt.state_dict()
+    expect_error(lambda: eopt.load_state_dict(one.state_dict()), ValueError,
+                 "state_dtype='int8'", "sharded")
+    assert eopt.param_groups[0]["state_dtype"] is None
+    eopt.step([np.ones(600, np.float32)])
+    assert eopt.state_dict()["state"][0]["step"] == sd["state"][0]["step"] + 1
