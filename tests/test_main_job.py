@@ -147,3 +147,19 @@ def test_compact_table_fits_even_with_every_column():
 def test_full_and_sizes_exclude_each_other(argv, capsys):
     with pytest.raises(SystemExit):
         main_job.parse_args(argv)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--rounds", "0"], "--rounds: '0': give a whole number of rounds, at least 1"),
+    (["--rounds", "x"], "--rounds: 'x': give a whole number of rounds"),
+    (["--sizes", "-5"], "--sizes: '-5': every size must be at least 1"),
+    (["--sizes", "0"], "--sizes: '0': every size must be at least 1"),
+    (["--sizes", "abc"], "--sizes: 'abc': give element counts separated by commas"),
+])
+def test_bad_rounds_and_sizes_are_usage_errors(argv, words, capsys):
+    """They ended in tracebacks (a StatisticsError, negative dimensions) with
+    exit status 1, which says the kernel check failed."""
+    with pytest.raises(SystemExit) as e:
+        main_job.parse_args(argv)
+    assert e.value.code == 2 and words in capsys.readouterr().err
+    assert main_job.parse_args(["--sizes", "1e3,2000", "--rounds", "3"]).sizes == [1000, 2000]

@@ -161,6 +161,29 @@ def headline(result, names):
     return lines
 
 
+def _sizes(s):
+    """--sizes: element counts >= 1 (1e3 or 1000), comma-separated."""
+    try:
+        out = [int(float(x)) for x in s.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{s!r}: give element counts separated by commas, e.g. 1e3,1e5") from None
+    if any(n < 1 for n in out):
+        raise argparse.ArgumentTypeError(f"{s!r}: every size must be at least 1")
+    return out
+
+
+def _rounds(s):
+    """--rounds: an int >= 1."""
+    try:
+        n = int(s)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{s!r}: give a whole number of rounds, at least 1")
+    return n
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m adamc",
                                  description=__doc__.split("\n")[0].replace("``", ""))
@@ -168,10 +191,10 @@ def parse_args(argv):
     sizes.add_argument("--full", action="store_true",
                        help="the large cases too: 1e3 to 5e7 elements, 500 x 64 tensors and a "
                             "transformer-shaped model (minutes, several GB of memory)")
-    sizes.add_argument("--sizes", type=lambda s: [int(float(x)) for x in s.split(",")],
+    sizes.add_argument("--sizes", type=_sizes,
                        help="comma-separated element counts (default 1e3,1e5,4e6)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    ap.add_argument("--rounds", type=int, default=5, help="timing rounds (default 5)")
+    ap.add_argument("--rounds", type=_rounds, default=5, help="timing rounds (default 5)")
     ap.add_argument("--wide", action="store_true",
                     help="also print bench/compare.py's full tables (about 150 columns)")
     ap.add_argument("--no-bench", action="store_true", help="only the check")
