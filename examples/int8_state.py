@@ -119,6 +119,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", metavar="PNG", help="write both problems' loss curves here")
     args = ap.parse_args(argv)
+    for name in ("epochs", "steps"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise SystemExit("--plot needs matplotlib: pip install matplotlib")
     mlp = {s: digits(s, epochs=args.epochs, seed=args.seed) for s in STATES}

@@ -19,7 +19,8 @@ then there is nothing to show) and 1 when they do not.
 Constraints of the zero-copy pattern
 ------------------------------------
 * Parameters must be CPU tensors (``.numpy()`` cannot see GPU memory),
-  float32 or float64 (the dtypes adamc implements) and contiguous: in C
+  float32, float64, float16 or bfloat16 (``--dtype``; bfloat16 through
+  ``ml_dtypes``, see ``as_numpy``) and contiguous: in C
   order, what torch calls contiguous, or in Fortran order, such as a
   transposed weight.  adamc steps whole dense buffers and rejects other
   strided views; autograd gives each gradient its parameter's strides, so
@@ -201,6 +202,13 @@ def main(argv=None):
                              "gains nothing from more, and on busy cores torch's spinning "
                              "workers slowed this script twenty-fold)")
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    if args.dtype == "bfloat16":
+        try:
+            import ml_dtypes  # noqa: F401
+        except ImportError:
+            parser.error("--dtype bfloat16 needs ml_dtypes: pip install ml_dtypes")
     if torch is None:
         print("PyTorch is not installed, so there is nothing to compare with; skipping. "
               "(pip install torch --index-url https://download.pytorch.org/whl/cpu)")

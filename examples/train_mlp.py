@@ -378,7 +378,16 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, metavar="N",
                         help="threads adamc may use per step (default: adamc's own default)")
     parser.add_argument("--plot", metavar="PNG", help="write the loss curves to this file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.dtype == "bfloat16":
+        try:
+            import ml_dtypes  # noqa: F401
+        except ImportError:
+            parser.error("--dtype bfloat16 needs ml_dtypes: pip install ml_dtypes")
+    return args
 
 
 def main(argv=None):

@@ -95,6 +95,9 @@ def main(argv=None):
     parser.add_argument("--compare", action="store_true",
                         help="also train with one process (adamc.Adam) on process 0")
     args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     comm = MPI.COMM_WORLD
     res = train_distributed(comm, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                             seed=args.seed)

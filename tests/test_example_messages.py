@@ -59,3 +59,16 @@ def test_torch_interop_help_is_whole():
                          capture_output=True, text=True, timeout=120).stdout
     assert "see below" not in out
     assert "--torch-threads N" in out and "twenty-" in out
+
+
+@pytest.mark.parametrize("script, argv, words", [
+    ("train_mlp", ["--epochs", "0"], "--epochs must be at least 1"),
+    ("train_mlp", ["--batch-size", "0"], "--batch-size must be at least 1"),
+    ("int8_state", ["--steps", "0"], "--steps must be at least 1"),
+])
+def test_zero_epochs_or_steps_are_usage_errors(script, argv, words, capsys):
+    """They ended in an IndexError traceback (found by an independent review)."""
+    mod = load(script)
+    with pytest.raises(SystemExit) as e:
+        mod.main(argv)
+    assert e.value.code == 2 and words in capsys.readouterr().err
