@@ -116,6 +116,9 @@ def check_agreement():
     assert zopt.last_step.norm == np.sqrt(10.0 * N * N) / (N if zopt.average else 1)
     same_everywhere(zs)
 
+    expect_error(lambda: opt.add_param_group({"params": [np.ones(3, np.float32)]}), ValueError,
+                 "cannot add a param group after construction")
+
     # an 8-bit state_dict: refused whole on every process, nothing changed
     one = adamc.Adam([np.ones(600, np.float32)], state_dtype="int8", min_8bit_size=256)
     one.step([np.ones(600, np.float32)])

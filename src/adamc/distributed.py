@@ -646,6 +646,12 @@ class Adam:
         """Not needed: adamc takes the gradients as ``step``'s argument."""
         V.no_zero_grad()
 
+    def add_param_group(self, param_group) -> None:
+        """Not supported: the shards are cut once, over every parameter."""
+        raise ValueError(
+            "adamc.distributed.Adam cannot add a param group after construction (its "
+            "shards are cut once, over every parameter): build it with all the groups")
+
     # ------------------------------------------------------------------
     # memory
 
