@@ -190,12 +190,18 @@ def uses_master(param_dtype, hypers):
     return bool(hypers.master_weights)
 
 
+def holds_8bit(size, min_8bit_size):
+    """Whether a tensor of ``size`` elements gets 8-bit state: at least
+    ``min_8bit_size`` elements and one block."""
+    return size >= max(min_8bit_size, QUANT_BLOCK)
+
+
 def state_dtype_for(param_dtype, hypers, size=None):
     """The moments' storage dtype (name) for a parameter of this dtype and
     ``size`` elements (None: large): "int8" falls back to float32 below
     ``min_8bit_size`` elements or one block."""
     if hypers.state_dtype == "int8" and size is not None \
-            and size < max(hypers.min_8bit_size, QUANT_BLOCK):
+            and not holds_8bit(size, hypers.min_8bit_size):
         return "float32"
     if hypers.state_dtype is not None:
         return hypers.state_dtype

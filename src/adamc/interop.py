@@ -538,7 +538,7 @@ def quantize_state(state_dict, *, min_8bit_size=None, quant_map="dynamic"):
             raise ValueError(f"{where} has 'max_exp_avg_sq': 8-bit state has no amsgrad; "
                              "quantize a state trained without it")
         out = {"step": e["step"], **{k: a.copy(order="K") for k, a in e["extra"].items()}}
-        eight = e["exp_avg"][1].size >= max(sizes[group_of[pid]], _spec.QUANT_BLOCK)
+        eight = _spec.holds_8bit(e["exp_avg"][1].size, sizes[group_of[pid]])
         for m in _MOMENTS:
             if e[m][0] == "int8" and eight:
                 codes, scales = _codes_for(e[m][1], e[m][2], _SIGNED[m], e["map"], to)
