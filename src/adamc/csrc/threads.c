@@ -142,13 +142,11 @@ int adamc_available_cpus(void)
     return n > 0 ? n : 1;
 }
 
-/* A positive integer, or the first item of a list such as OMP_NUM_THREADS="4,2".
+/* A positive integer, or with `list` the first item of a list such as
+ * OMP_NUM_THREADS="4,2" (nested levels; ADAMC_NUM_THREADS is one number).
  * Returns 0 when unset or empty, -1 when malformed. */
-/* OMP_NUM_THREADS may be a list (nested levels: its first entry counts);
- * ADAMC_NUM_THREADS is one number. */
-static int parse_threads(const char *name)
+static int parse_threads(const char *name, int list)
 {
-    const int list = name[0] == 'O';
     const char *e = getenv(name);
     char *end;
     long v;
@@ -170,14 +168,14 @@ int adamc_resolve_num_threads(void)
 #ifdef _OPENMP
     if (forked_after_parallel) {
         /* still report a malformed variable, but never go parallel */
-        return parse_threads("ADAMC_NUM_THREADS") < 0 ? -1 : 1;
+        return parse_threads("ADAMC_NUM_THREADS", 0) < 0 ? -1 : 1;
     }
     if (user_threads > 0)
         return user_threads;
-    n = parse_threads("ADAMC_NUM_THREADS");
+    n = parse_threads("ADAMC_NUM_THREADS", 0);
     if (n != 0)
         return n;
-    n = parse_threads("OMP_NUM_THREADS");
+    n = parse_threads("OMP_NUM_THREADS", 1);
     if (n <= 0)
         n = adamc_available_cpus();
     {
@@ -188,7 +186,7 @@ int adamc_resolve_num_threads(void)
     return n > 0 ? n : 1;
 #else
     /* Built without OpenMP: every step is serial, whatever was asked. */
-    n = parse_threads("ADAMC_NUM_THREADS");
+    n = parse_threads("ADAMC_NUM_THREADS", 0);
     return n < 0 ? -1 : 1;
 #endif
 }
