@@ -368,7 +368,8 @@ def parse_args(argv):
                         help="with --state int8: the codes' map (pow2: the faster "
                         "lookup-free map, docs/int8-state.md)")
     parser.add_argument("--stochastic-rounding", action="store_true",
-                        help="round 16-bit writes stochastically")
+                        help="round 16-bit writes stochastically (needs one: "
+                        "--no-master-weights or a 16-bit --state)")
     parser.add_argument("--clip", type=float, metavar="MAX_NORM",
                         help="clip gradients by their global norm (fused into the step)")
     parser.add_argument("--loss-scaling", action="store_true",
@@ -387,7 +388,26 @@ def parse_args(argv):
             import ml_dtypes  # noqa: F401
         except ImportError:
             parser.error("--dtype bfloat16 needs ml_dtypes: pip install ml_dtypes")
+    # adamc's own rules judge the storage options (stochastic rounding needs
+    # something rounded to 16 bits, ...): asked here on a stand-in weight as
+    # large as the model's matrices, so that a refusal is a usage error
+    # before training instead of a traceback after loading the data
+    try:
+        adamc.Adam([np.zeros(4096, storage_dtype(args.dtype))], seed=args.seed,
+                   **storage_options(args))
+    except ValueError as exc:
+        parser.error(f"these storage options are refused: {exc}")
     return args
+
+
+def storage_options(args):
+    """The optimizer's storage options from the command line (train() adds
+    the seed)."""
+    options = {"master_weights": args.master_weights, "state_dtype": args.state,
+               "stochastic_rounding": args.stochastic_rounding}
+    if args.quant_map != "dynamic":
+        options["quant_map"] = args.quant_map
+    return options
 
 
 def main(argv=None):
@@ -411,10 +431,7 @@ def main(argv=None):
     dtype = storage_dtype(args.dtype)
     names = ["adamc", "reference"] if args.optimizer == "both" else [args.optimizer]
     data = load_data(np.float32 if dtype.itemsize == 2 else dtype, args.seed)
-    options = {"master_weights": args.master_weights, "state_dtype": args.state,
-               "stochastic_rounding": args.stochastic_rounding}
-    if args.quant_map != "dynamic":
-        options["quant_map"] = args.quant_map
+    options = storage_options(args)
     print(f"digits: {len(data[0])} training / {len(data[2])} held-out images, "
           f"{args.dtype}, adamc kernel {adamc.cpu_info()['isa']}, "
           f"{adamc.get_num_threads()} thread(s)")

@@ -65,8 +65,13 @@ def test_torch_interop_help_is_whole():
     ("train_mlp", ["--epochs", "0"], "--epochs must be at least 1"),
     ("train_mlp", ["--batch-size", "0"], "--batch-size must be at least 1"),
     ("int8_state", ["--steps", "0"], "--steps must be at least 1"),
+    # the README's combination with the master weights left on: nothing
+    # rounds to 16 bits, and adamc's refusal came as a traceback (found by
+    # an independent review)
+    ("train_mlp", ["--dtype", "float16", "--stochastic-rounding"], "no parameter of the group is rounded"),
+    ("train_mlp", ["--dtype", "float32", "--master-weights"], "master weights are a float32 copy"),
 ])
-def test_zero_epochs_or_steps_are_usage_errors(script, argv, words, capsys):
+def test_bad_arguments_are_usage_errors(script, argv, words, capsys):
     """They ended in an IndexError traceback (found by an independent review)."""
     mod = load(script)
     with pytest.raises(SystemExit) as e:
