@@ -1,12 +1,13 @@
 """adamc steps interleaved with NumPy BLAS calls, as in a training loop.
 
     python bench/thread_contention.py
-    OMP_WAIT_POLICY=active python bench/thread_contention.py   # libgomp's spinning
+    ADAMC_POOL_SPIN_US=1000000 python bench/thread_contention.py   # spinning workers
 
 Prints the step and matmul times with 1 and 2 adamc threads.  With spinning
-OpenMP workers (libgomp's default, which adamc overrides at import: see
-src/adamc/_runtime.py) the two thread pools fight for the cores and both
-slow down by orders of magnitude on a 2-core machine.
+workers (adamc's pool kept awake by ADAMC_POOL_SPIN_US; or, where steps run
+on OpenMP (Windows builds), libgomp's default, which adamc overrides at
+import: see src/adamc/_runtime.py) the two thread pools fight for the cores
+and both slow down by orders of magnitude on a 2-core machine.
 """
 import time
 

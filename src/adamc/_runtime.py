@@ -50,8 +50,11 @@ def cpu_info() -> dict:
         ``isa_compiled``: the variants in this build; ``num_threads``: the
         threads a large step uses now; ``user_num_threads``: what
         ``set_num_threads`` set (None: not set); ``openmp``: whether the build has
-        OpenMP; ``openmp_wait_policy``: how idle workers wait (``"passive"``
-        unless the environment chose otherwise when adamc was imported);
+        OpenMP; ``openmp_wait_policy``: the OpenMP wait policy adamc was
+        loaded with (``"passive"`` unless the environment chose otherwise
+        when adamc was imported), which governs idle workers only where steps
+        run on OpenMP (Windows builds): the pool's workers elsewhere sleep
+        unless ``ADAMC_POOL_SPIN_US`` keeps them awake;
         ``available_cpus``: CPUs this process may run on (affinity and
         cgroup quota); ``serial_cutoff``: steps with less work (float32
         elements; float64 count twice) run on one thread;
