@@ -270,7 +270,9 @@ class _Optimizer:
             status = self._engine.step(grads, self.param_groups, factor)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Not needed: adamc takes the gradients as ``step``'s argument."""
+        """Always raises TypeError: adamc holds no gradients to zero (they
+        are ``step``'s argument).  Drop the call; a silent no-op would hide a
+        ported loop that still expects the optimizer to read ``.grad``."""
         V.no_zero_grad()
 
     def _step_slowly(self, grads):
@@ -362,9 +364,16 @@ class _Optimizer:
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's state in torch.optim's layout, with NumPy copies.
 
-        ``{"state": {index: {"step", "exp_avg", "exp_avg_sq"[, "max_exp_avg_sq"]}},
+        ``{"state": {index: {"step", "exp_avg", "exp_avg_sq", ...}},
         "param_groups": [{hyperparameters..., "params": [indices]}]}``.  Only
-        parameters that have stepped have an entry in ``state``.
+        parameters that have stepped have an entry in ``state``, holding the
+        state slots that apply to it (``_spec.SLOTS``): also
+        ``"max_exp_avg_sq"`` with amsgrad, ``"master_param"`` for a 16-bit
+        parameter with master weights, and with 8-bit state uint8 codes in
+        ``"exp_avg"``/``"exp_avg_sq"`` plus their per-block scales
+        ``"exp_avg_absmax"``/``"exp_avg_sq_absmax"``; then the top-level
+        ``"quant_map_version"`` says the highest map version the codes index
+        (docs/int8-state.md).
         """
         with _Locked(self):
             V.check_structure(self.param_groups, self._group_params, self._params)

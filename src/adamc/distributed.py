@@ -643,7 +643,9 @@ class Adam:
         return [views[i] for i, g in enumerate(glist) if g is not None]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Not needed: adamc takes the gradients as ``step``'s argument."""
+        """Always raises TypeError: adamc holds no gradients to zero (they
+        are ``step``'s argument).  Drop the call; a silent no-op would hide a
+        ported loop that still expects the optimizer to read ``.grad``."""
         V.no_zero_grad()
 
     def add_param_group(self, param_group) -> None:
