@@ -53,6 +53,18 @@ def test_docs_name_every_option():
     assert "beta1" in adamc.adam_step.__doc__
 
 
+def test_option_entries_sit_in_the_parameters_section():
+    """inspect.getdoc (help(), Sphinx, numpydoc) dedents a docstring by its
+    least indented line: the generated entries used to start at column 0,
+    which left "Parameters" indented and every option outside the section
+    (found by an independent review)."""
+    lines = inspect.getdoc(adamc.Adam).splitlines()
+    assert "Parameters" in lines and "Notes" in lines
+    section = lines[lines.index("Parameters"):lines.index("Notes")]
+    for o in OPTIONS:
+        assert any(line.startswith(f"{o.name} : ") for line in section), o.name
+
+
 def test_defaults_and_examples_pass_their_own_checks():
     for variant in _spec.VARIANTS[:2]:
         h = V.group_values(_spec.defaults(variant))

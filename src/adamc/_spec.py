@@ -10,6 +10,7 @@ option, see ARCHITECTURE.md, "To add an option".
 from __future__ import annotations
 
 import inspect
+import textwrap
 from collections import namedtuple
 from typing import Any, NamedTuple
 
@@ -28,9 +29,11 @@ VARIANTS = ("Adam", "AdamW", "adam_step")
 class Option(NamedTuple):
     """One hyperparameter of a param group.
 
-    ``kind`` names its rule in ``_validation.CHECKS``: ``"lr"`` (a number >= 0
-    or a schedule), ``"real"`` (finite, >= 0), ``"betas"`` (two reals in
-    [0, 1)), ``"bool"``, ``"choice"`` (one of ``choices``).
+    ``kind`` names its rule, which ``_validation._check_option`` applies:
+    ``"lr"`` (a number >= 0 or a schedule), ``"real"`` (finite, >= 0),
+    ``"betas"`` (two reals in [0, 1)), ``"bool"``, ``"optbool"`` (a bool or
+    None), ``"seed"`` (an int in [0, 2**64) or None), ``"count"`` (an int in
+    [0, 2**62)), ``"choice"`` (one of ``choices``).
     """
 
     name: str
@@ -270,8 +273,10 @@ def functional_signature():
     return inspect.Signature(params)
 
 
-def parameters_doc(variant):
-    """The numpydoc "Parameters" entries of the options, for docstrings."""
+def parameters_doc(variant, indent="    "):
+    """The numpydoc "Parameters" entries of the options, for docstrings,
+    each line indented as the class docstring's own lines are (so that
+    ``inspect.getdoc`` keeps them inside the "Parameters" section)."""
     lines = []
     for o in OPTIONS:
         if o.name in forced(variant):
@@ -280,8 +285,9 @@ def parameters_doc(variant):
         kind = {"lr": "float or callable", "betas": "(float, float)", "real": "float",
                 "bool": "bool", "choice": "str or None" if None in o.choices else "str",
                 "optbool": "bool or None", "seed": "int or None", "count": "int"}[o.kind]
-        lines.append(f"{o.name} : {kind}, default {default!r}")
-        lines.append(f"    {o.doc}")
+        lines.append(f"{indent}{o.name} : {kind}, default {default!r}")
+        lines.append(textwrap.fill(o.doc, 79, initial_indent=indent + "    ",
+                                   subsequent_indent=indent + "    ", break_on_hyphens=False))
     return "\n".join(lines)
 
 
