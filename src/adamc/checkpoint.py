@@ -5,7 +5,8 @@
 to ``opt.load_state_dict``, so a bad file raises ``ValueError`` and leaves the
 optimizer exactly as it was.
 
-The file format (written as version 4, versions 1-3 still read: a ``.npz``
+The file format (written as the lowest of versions 2-4 that holds the state,
+versions 1-4 read: a ``.npz``
 of stored ``.npy`` members, a JSON header, a SHA-256 over every byte of
 content), how schedules are recorded,
 and the durability guarantees are specified in docs/checkpoint-format.md;
