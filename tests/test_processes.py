@@ -102,6 +102,10 @@ def test_ctrl_c_never_half_applies_a_step():
     and the state is always that of a whole number of steps."""
     out = run("""
         import os, signal, threading, time, random
+        # Python leaves SIGINT ignored where it started so (a background job
+        # of a non-interactive shell): every interrupt was then lost and the
+        # test failed whenever the suite ran in the background
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         adamc.set_num_threads(1)            # long steps: 6e6 elements
         M = 6_000_000
         p = np.linspace(-1, 1, M, dtype=np.float32)
