@@ -135,3 +135,53 @@ def test_regression_param_groups_replaced_by_tuple():
         opt.param_groups = tuple(opt.param_groups)
         outcomes.append(outcome(lambda: opt.step([np.ones(3)])))
     check_outcomes(outcomes[0], outcomes[1], "param_groups = tuple(...)")
+
+
+# Found by a differential fuzzer (kernel against reference, bitwise):
+
+# was:  amsgrad's running maximum on a tie of -0.0 and +0.0: the kernel kept the
+#       old value (as torch.maximum), the reference's np.maximum the new one
+def test_regression_amsgrad_signed_zero_tie(variant):
+    bits = []
+    for module in (adamc, reference):
+        p, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
+        vmax = np.array([-0.0, 0.0, -0.0, 1.0], np.float32)   # as a loaded state may hold
+        module.adam_step(p, zeros, zeros.copy(), zeros.copy(), step=1, amsgrad=True,
+                         max_exp_avg_sq=vmax)
+        bits.append(vmax.view(np.uint32).copy())
+    np.testing.assert_array_equal(bits[0], bits[1])
+
+
+# was:  8-bit exp_avg_sq codes from a negative scale and a NaN: the reference's
+#       search gave code 0 (which exp_avg_sq never takes), the kernel code 1
+def test_regression_int8_sq_code_never_zero(variant):
+    codes = []
+    for module in (adamc, reference):
+        g = np.full(256, 0.5, np.float32)
+        g[0] = np.nan
+        v = np.full(256, 255, np.uint8)
+        with np.errstate(invalid="ignore"):
+            module.adam_step(np.ones(256, np.float32), g, np.full(256, 128, np.uint8), v,
+                             step=1, exp_avg_absmax=np.zeros(1, np.float32),
+                             exp_avg_sq_absmax=np.array([-10.0], np.float32))
+        codes.append(v)
+    np.testing.assert_array_equal(codes[0], codes[1])
+    assert codes[1].min() >= 1
+
+
+# was:  maximize with a NaN gradient: the reference negated it (flipping the NaN's
+#       sign bit), the kernel multiplies by -1 (on x86 the NaN keeps its sign)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_regression_maximize_nan_bits(variant, dtype):
+    if variant != "baseline":
+        pytest.skip("the FMA variants may round differently; the NaN is the point here")
+    state = []
+    for module in (adamc, reference):
+        g = np.array([np.nan, 1.0, -np.nan, 2.0], dtype)
+        p, m, v = np.ones(4, dtype), np.zeros(4, dtype), np.zeros(4, dtype)
+        with np.errstate(invalid="ignore"):
+            module.adam_step(p, g, m, v, step=1, maximize=True)
+        state.append([a.view(np.uint64 if dtype == np.float64 else np.uint32).copy()
+                      for a in (p, m, v)])
+    for a, b in zip(*state):
+        np.testing.assert_array_equal(a, b)

@@ -36,7 +36,9 @@ def _update(p, grad, m, v, vmax, t, h, factor=1.0):
         with np.errstate(invalid="ignore"):  # inf * 0: NaN, as torch
             g = grad * dt((-1.0 if h.maximize else 1.0) * factor)
     else:
-        g = -grad if h.maximize else grad
+        # maximize multiplies by -1, as the kernel does: on x86 a NaN keeps
+        # its sign bit then, where a negation would flip it
+        g = grad * dt(-1.0) if h.maximize else grad
     if wd != 0.0:
         if h.decoupled_weight_decay:
             p *= dt(1.0 - lr * wd)  # Loshchilov & Hutter 2019
@@ -52,7 +54,9 @@ def _update(p, grad, m, v, vmax, t, h, factor=1.0):
     bc1 = 1.0 - beta1**t if h.bias_correction else 1.0
     bc2 = 1.0 - beta2**t if h.bias_correction else 1.0
     if h.amsgrad:
-        np.maximum(vmax, v, out=vmax)  # propagates NaN, as torch.maximum
+        # adamc_maxnan(vmax, v): NaN if either is, as torch.maximum, and the
+        # old value on a tie (np.maximum keeps the new one: +0 over -0)
+        vmax[...] = np.where((vmax >= v) | np.isnan(vmax), vmax, v)
         vv = vmax
     else:
         vv = v
@@ -331,7 +335,8 @@ def quantize_blockwise(x, signed, map_version=1):
     the nearest map value, a value exactly on a midpoint taking the lower
     code (bitsandbytes' ``bucketize`` rule), except that the unsigned map
     (exp_avg_sq) never gives code 0: its values round to the nearest
-    nonzero map value (its first midpoint counts as -inf).  Map version 2
+    nonzero map value (its first midpoint counts as -inf, and -inf takes
+    code 1).  Map version 2
     (``quant_map="pow2"``): the code is read off ``s``'s float32 bits
     (:func:`pow2_map`; docs/int8-state.md).  Returns ``(codes, absmax)``:
     uint8 codes of x's shape and memory order, float32 scales of
@@ -356,6 +361,8 @@ def quantize_blockwise(x, signed, map_version=1):
         codes = _p2_codes(s, signed)
     else:
         codes = np.searchsorted(_midpoints(signed), s, side="left")
+        if not signed:   # s = -inf (a negative value, a negative scale) too
+            codes = np.maximum(codes, 1)
     codes = codes.astype(np.uint8).reshape(x.shape, order=order)
     return codes, absmax.astype(np.float32)
 
