@@ -72,7 +72,9 @@ def test_torch_interop_help_is_whole():
     ("train_mlp", ["--dtype", "float32", "--master-weights"], "master weights are a float32 copy"),
 ])
 def test_bad_arguments_are_usage_errors(script, argv, words, capsys):
-    """They ended in an IndexError traceback (found by an independent review)."""
+    """Each ended in a traceback: an IndexError for zero epochs or steps,
+    adamc's ValueError for refused storage options (found by independent
+    reviews)."""
     mod = load(script)
     with pytest.raises(SystemExit) as e:
         mod.main(argv)
