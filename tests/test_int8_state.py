@@ -397,6 +397,11 @@ def test_functional_int8_bad_buffers(module):
         module.adam_step(p, g, np.zeros(600, np.float32), np.zeros(600, np.float32),
                          step=1, exp_avg_absmax=a)
     assert np.all(p == 1) and np.all(c == 0) and np.all(a == 0)
+    # a negative scale: no step writes one (issue 13's corrupted scale)
+    bad = np.array([0.5, -1.0, 0.0], np.float32)
+    with pytest.raises(ValueError, match=r"exp_avg_sq_absmax\[1\] is -1.0: a block's scale"):
+        module.adam_step(p, g, c, c.copy(), step=1, exp_avg_absmax=a, exp_avg_sq_absmax=bad)
+    assert np.all(p == 1) and np.all(c == 0) and np.all(a == 0) and bad[1] == -1
 
 
 def test_fortran_order_blocks_follow_memory(variant):

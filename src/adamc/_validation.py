@@ -446,8 +446,15 @@ def check_no_overlap(a, label, spans):
         )
 
 
+#: What a per-block scale of 8-bit codes is, for the messages that refuse one.
+_SCALE_IS = "a block's scale is its largest |value|, finite and >= 0"
+
+
 def check_scales(codes, scales, label, codes_label):
-    """The float32 per-block scales of a functional step's 8-bit codes."""
+    """The float32 per-block scales of a functional step's 8-bit codes: a
+    negative one is refused (no step writes one).  A NaN or Inf one is
+    what a step with Inf or NaN gradients leaves, and steps on, as the
+    optimizer's own state does."""
     if scales is None:
         raise ValueError(
             f"{codes_label} holds 8-bit codes (uint8): pass {label}=, its float32 "
@@ -459,6 +466,10 @@ def check_scales(codes, scales, label, codes_label):
         raise ValueError(
             f"{label} must be float32 of shape ({nb},) for {codes.size} elements "
             f"(one scale per {_spec.QUANT_BLOCK}), got {scales.dtype} {scales.shape}")
+    if np.any(scales < 0):
+        i = int(np.argmax(scales < 0))
+        raise ValueError(f"{label}[{i}] is {float(scales[i])!r}: {_SCALE_IS} (a corrupted "
+                         "state?)")
 
 
 def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param, h,
@@ -978,12 +989,12 @@ def check_int8_entry(e, want, p, where, plab):
                     f"{_spec.QUANT_BLOCK} elements of {plab}), got {sc.dtype} {sc.shape}")
             if np.any(sc < 0):
                 raise ValueError(
-                    f"{where}[{scale!r}] has a negative scale: a block's scale is its "
-                    "largest |value|, finite and >= 0 (a corrupted state?)")
+                    f"{where}[{scale!r}] has a negative scale: {_SCALE_IS} (a corrupted "
+                    "state?)")
             if not np.all(np.isfinite(sc)):
                 raise ValueError(
-                    f"{where}[{scale!r}] has a non-finite scale: a block's scale is its "
-                    "largest |value|, finite and >= 0.  A step with Inf or NaN gradients "
+                    f"{where}[{scale!r}] has a non-finite scale: {_SCALE_IS}.  A step with "
+                    "Inf or NaN gradients "
                     "leaves such scales (the run had diverged: step with "
                     "skip_nonfinite=True to keep them finite), else the state is corrupted")
         elif sc is not None:
@@ -1226,9 +1237,8 @@ def check_interop_scales(scales, size, where):
     bad = ~(np.isfinite(out) & (out >= 0))
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(
-            f"{where}[{i}] is {float(out[i])!r}: a block's scale is its largest |value|, "
-            "finite and >= 0; the state is corrupted")
+        raise ValueError(f"{where}[{i}] is {float(out[i])!r}: {_SCALE_IS}; the state is "
+                         "corrupted")
     return out
 
 
