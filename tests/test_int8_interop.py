@@ -378,3 +378,70 @@ def test_from_torchao_refuses_amsgrad_state():
     t["state"][0]["max_exp_avg_sq"] = t["state"][0]["exp_avg_sq"]
     with pytest.raises(ValueError, match="amsgrad"):
         interop.from_torchao(t)
+
+
+# Found by a fuzzer of the converters (independent review): dicts that
+# load_state_dict refuses were converted into wrong values.
+
+ADAMC_CONVERTERS = [interop.to_bitsandbytes, interop.to_torchao, interop.quantize_state,
+                    interop.dequantize_state]
+
+
+@pytest.mark.parametrize("convert", ADAMC_CONVERTERS)
+def test_codes_cast_to_float_are_not_read_as_moments(convert):
+    """exp_avg's codes cast to float32 with their scales still there: the code
+    numbers 0-255 were taken as the moment's values."""
+    sd = trained_int8()[0].state_dict()
+    sd["state"][0]["exp_avg"] = sd["state"][0]["exp_avg"].astype(np.float32)
+    with pytest.raises(ValueError, match=r"\['exp_avg_absmax'\] goes with uint8 exp_avg"):
+        convert(sd)
+    with pytest.raises(ValueError, match="goes with uint8 exp_avg"):
+        adamc.Adam([p.copy() for p in trained_int8()[1]], state_dtype="int8").load_state_dict(sd)
+
+
+def test_from_bitsandbytes_refuses_codes_cast_to_float():
+    b = _bnb()
+    b["state"][0]["state1"] = b["state"][0]["state1"].astype(np.float32)
+    b["state"][0]["state2"] = b["state"][0]["state2"].astype(np.float32)
+    with pytest.raises(ValueError, match=r"\['absmax1'\] goes with uint8 state1"):
+        interop.from_bitsandbytes(b)
+
+
+@pytest.mark.parametrize("convert", ADAMC_CONVERTERS)
+@pytest.mark.parametrize("version, quant_map", [(2, None), (1, "pow2")])
+def test_map_version_and_groups_must_agree(convert, version, quant_map):
+    """quant_map_version against the groups' quant_map: the codes were
+    decoded with the wrong map (values up to 200% off)."""
+    sd = trained_int8(quant_map="pow2")[0].state_dict()
+    assert sd["quant_map_version"] == 2
+    sd["quant_map_version"] = version
+    for g in sd["param_groups"]:
+        if quant_map is None:
+            del g["quant_map"]
+        else:
+            g["quant_map"] = quant_map
+    with pytest.raises(ValueError, match="inconsistent state_dict"):
+        convert(sd)
+
+
+def test_foreign_lr_of_several_elements_is_named():
+    b = _bnb()
+    b["param_groups"][0]["lr"] = np.array([0.1, 0.2])
+    with pytest.raises(ValueError, match=r"\['lr'\] must be one number, got an array of shape"):
+        interop.from_bitsandbytes(b)
+
+
+def test_codes_an_optimizer_keeps_as_float_point_to_quantize_state():
+    """The refusal named "the same min_8bit_size", which cannot help for
+    bitsandbytes' codes of a tensor below one block; its advice now works."""
+    opt, params = trained_int8()
+    sd = opt.state_dict()
+    big = max(p.size for p in params)
+    # as from_bitsandbytes gives it: the optimizer's own min_8bit_size
+    del sd["param_groups"][0]["min_8bit_size"]
+    other = adamc.Adam([p.copy() for p in params], lr=1e-2, state_dtype="int8",
+                       min_8bit_size=big + 1)
+    with pytest.raises(ValueError, match=r"quantize_state\(sd, min_8bit_size=\.\.\.\)"):
+        other.load_state_dict(sd)
+    other.load_state_dict(interop.quantize_state(sd, min_8bit_size=big + 1))
+    assert all(e["exp_avg"].dtype == np.float32 for e in other.state_dict()["state"].values())

@@ -889,12 +889,7 @@ def check_state_dict(sd, param_groups, params, names, variant):
             index[sid] = flat
             group_of.append(gi)
             flat += 1
-    if maps_used and max(maps_used) != version:
-        raise ValueError(
-            f"state_dict['quant_map_version'] is {version}, but its groups' quant_map "
-            f"options say its 8-bit codes index map version {max(maps_used)}: an "
-            "inconsistent state_dict (edited by hand?); codes are never read with "
-            "another map")
+    check_maps_agree(version, maps_used, "state_dict")
     checked = {}
     for sid, e in state.items():
         if sid not in index:
@@ -969,8 +964,10 @@ def check_int8_entry(e, want, p, where, plab):
                 raise ValueError(
                     f"{where}[{key!r}] holds 8-bit codes, but {plab} keeps "
                     f"{want.get(key, 'no')} {key} with these options: load it into an "
-                    "optimizer with state_dtype='int8' (and the same min_8bit_size), or "
-                    "dequantize it first (adamc.reference.dequantize_blockwise)")
+                    "optimizer with state_dtype='int8' and a min_8bit_size this "
+                    f"parameter reaches (8-bit state needs one block, {_spec.QUANT_BLOCK} "
+                    "elements, or more), or convert it first: adamc.interop.quantize_state("
+                    "sd, min_8bit_size=...) with this optimizer's, or dequantize_state(sd)")
             if not isinstance(sc, np.ndarray):
                 raise ValueError(
                     f"{where} has 8-bit {key} codes but no {scale!r} array (its "
@@ -998,9 +995,7 @@ def check_int8_entry(e, want, p, where, plab):
                     "leaves such scales (the run had diverged: step with "
                     "skip_nonfinite=True to keep them finite), else the state is corrupted")
         elif sc is not None:
-            raise ValueError(
-                f"{where}[{scale!r}] goes with uint8 {key} codes, but {key} is "
-                f"{'missing' if a is None else getattr(a, 'dtype', type(a).__name__)}")
+            raise stray_scales(f"{where}[{scale!r}]", key, a)
 
 
 def storage_dtype(name):
@@ -1172,6 +1167,26 @@ def check_interop_state_dict(sd, what):
                 "group lists")
         if not isinstance(e, Mapping):
             raise TypeError(f"{what}['state'][{pid!r}] must be a dict, got {type(e).__name__}")
+
+
+def stray_scales(label, key, a):
+    """The error for 8-bit scales (at ``label``) whose moment ``key`` is not
+    uint8 codes (``a``: the moment, or None): never read float state as
+    codes, nor codes cast to float as values."""
+    return ValueError(
+        f"{label} goes with uint8 {key} codes, but {key} is "
+        f"{'missing' if a is None else getattr(a, 'dtype', type(a).__name__)}")
+
+
+def check_maps_agree(version, maps_used, what):
+    """A state_dict's quant_map_version against the map versions its groups'
+    quant_map options say their 8-bit codes index (``maps_used``)."""
+    if maps_used and max(maps_used) != version:
+        raise ValueError(
+            f"{what}[{MAP_VERSION_KEY!r}] is {version}, but its groups' quant_map "
+            f"options say its 8-bit codes index map version {max(maps_used)}: an "
+            "inconsistent state_dict (edited by hand?); codes are never read with "
+            "another map")
 
 
 def check_map_version(sd, what):

@@ -69,7 +69,7 @@ def _adamc_entries(state_dict, what):
     {pid: {"step": int, moment: ("int8", codes, absmax) | ("float", array),
     "extra": {other slot: array}, "map": the map version of its codes}}."""
     V.check_interop_state_dict(state_dict, what)
-    V.check_map_version(state_dict, what)
+    version = V.check_map_version(state_dict, what)
     map_of = {}   # pid -> the map version its codes index (its group's quant_map)
     for gi, g in enumerate(state_dict["param_groups"]):
         name = V.group_quant_map(g, f"{what}['param_groups'][{gi}]")
@@ -99,6 +99,8 @@ def _adamc_entries(state_dict, what):
                 if V.dtype_name(a.dtype) is None:
                     raise TypeError(f"{where}['{m}'] must be float state or uint8 codes, "
                                     f"got {a.dtype}")
+                if _SCALE[m] in e:   # codes cast to float: not values
+                    raise V.stray_scales(f"{where}[{_SCALE[m]!r}]", m, a)
                 entry[m] = ("float", a)
         if entry["exp_avg"][1].shape != entry["exp_avg_sq"][1].shape:
             raise ValueError(f"{where}: exp_avg and exp_avg_sq differ in shape "
@@ -107,6 +109,8 @@ def _adamc_entries(state_dict, what):
             if key in e:
                 entry["extra"][key] = V.interop_array(e[key], f"{where}['{key}']")
         out[pid] = entry
+    V.check_maps_agree(version, {entry["map"] for entry in out.values()
+                                 if entry["exp_avg"][0] == "int8"}, what)
     return out
 
 
@@ -162,8 +166,12 @@ def _foreign_groups(groups, what):
         d = {}
         if "lr" in g:
             lr = g["lr"]
-            lr = V.interop_array(lr, f"{where}['lr']").item() if not isinstance(
-                lr, (int, float)) else lr  # torchao keeps lr as a 0-d tensor
+            if not isinstance(lr, (int, float)):   # torchao keeps lr as a 0-d tensor
+                arr = V.interop_array(lr, f"{where}['lr']")
+                if arr.size != 1:
+                    raise ValueError(f"{where}['lr'] must be one number, got an array of "
+                                     f"shape {arr.shape}")
+                lr = arr.item()
             d["lr"] = V.check_real(lr, "lr", where)
         if "betas" in g:
             d["betas"] = V.check_interop_betas(g["betas"], f"{where}['betas']")
@@ -312,6 +320,9 @@ def from_bitsandbytes(state_dict, *, quant_map="dynamic"):
                 if V.dtype_name(s.dtype) is None:
                     raise TypeError(f"{where}['state{n}'] must be uint8 codes or float "
                                     f"state, got {s.dtype}")
+                for key in (f"absmax{n}", f"qmap{n}"):   # codes cast to float: not values
+                    if key in e:
+                        raise V.stray_scales(f"{where}[{key!r}]", f"state{n}", s)
                 if s.shape != s1.shape:
                     raise ValueError(f"{where}: state1 and state2 differ in shape "
                                      f"({s1.shape}, {s2.shape})")
