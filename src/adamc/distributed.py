@@ -562,7 +562,11 @@ class Adam:
                 t = time.perf_counter()
                 timing["reduce"] += t - t1
             else:
-                mine = [g for g in shard_grads if g is not None]
+                # one process: every gradient, in parameter order, as adamc.Adam
+                # sums them (the pieces follow groups and dtypes instead, and
+                # the fixed order of the sum is that of its terms)
+                mine = ([_flat(g) for g in glist if g is not None] if N == 1
+                        else [g for g in shard_grads if g is not None])
                 sumsq = _kernels.grad_sumsq(mine) if mine else 0.0
                 if N > 1:
                     box = np.array([sumsq])
@@ -571,7 +575,7 @@ class Adam:
             # (the whole gradient only in deterministic mode: elsewhere an
             # overflowed sum of squares counts as a non-finite gradient)
             info = fused_factor(sumsq, scale, max_norm, skip,
-                                whole if N > 1 and self.deterministic else shard_grads if N == 1
+                                whole if N > 1 and self.deterministic else mine if N == 1
                                 else ())
             self.last_step = info
             if info.skipped:
