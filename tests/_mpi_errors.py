@@ -5,8 +5,8 @@ import numpy as np
 
 import adamc
 import adamc.distributed as D
-from _mpi_common import N, RANK, SPEC, WHERE, expect_error, grads_for, make_params, \
-    same_everywhere
+from _mpi_common import N, RANK, SPEC, WHERE, comm, expect_error, grads_for, make_params, \
+    same_everywhere, summed
 
 
 def check_errors():
@@ -130,3 +130,79 @@ def check_agreement():
     assert eopt.param_groups[0]["state_dtype"] is None
     eopt.step([np.ones(600, np.float32)])
     assert eopt.state_dict()["state"][0]["step"] == sd["state"][0]["step"] + 1
+
+
+def check_fuzz_findings():
+    """Found by a differential fuzzer of adamc.distributed (2026-12-02)."""
+    # stochastic rounding in a group mixing float32 and float16 parameters,
+    # where some process's shard holds float32 only (the float16 parameter
+    # has one element): that process's inner optimizer refused the option
+    # alone, and the job hung (at construction) or aborted (at a step)
+    for edited in (False, True):   # (edited: turned on by a group edit before a step)
+        ps = make_params([((40,), np.float32, "C"), ((1,), np.float16, "C")])
+        ref = ps[0].copy()
+        opt = D.Adam(ps, lr=0.01, master_weights=False, seed=7,
+                     stochastic_rounding=not edited)
+        opt.param_groups[0]["stochastic_rounding"] = True
+        opt.step(grads_for(ps, 0, RANK))
+        same_everywhere(ps)
+        adamc.Adam([ref], lr=0.01).step(summed(ps, 0, N)[:1])
+        np.testing.assert_allclose(ps[0], ref, rtol=1e-6, atol=1e-7)  # (not rounded)
+
+    # a parameter made read-only after construction (on the last process):
+    # refused on every process, nothing written; the engine's own check
+    ps = make_params([((10,), np.float32, "C"), ((7,), np.float32, "C")])
+    opt = D.Adam(ps, lr=0.1)
+    before = [p.copy() for p in ps]
+    if RANK == N - 1:
+        ps[1].flags.writeable = False
+    expect_error(lambda: opt.step(grads_for(ps, 0, RANK)), ValueError,
+                 "params[1] is read-only", *WHERE(N - 1))
+    assert all(np.array_equal(a, b) for a, b in zip(ps, before))
+    ps[1].flags.writeable = True
+    opt.step(grads_for(ps, 0, RANK))
+    same_everywhere(ps)
+    # views of a flat buffer frozen before construction (the views stay
+    # writeable, as adamc.Adam accepts them): the in-place all-gather of
+    # a read-only view of the buffer failed and aborted the job
+    buf = np.ones(4 * N, np.float32)
+    ps = [buf[:2 * N], buf[2 * N:]]
+    buf.flags.writeable = False
+    ref = [p.copy() for p in ps]
+    D.Adam(ps, lr=0.1).step(grads_for(ps, 0, RANK))
+    adamc.Adam(ref, lr=0.1).step(summed(ps, 0, N))
+    same_everywhere(ps)
+    np.testing.assert_allclose(ps[0], ref[0], rtol=1e-6)
+
+    # stochastic rounding turned on by a group edit with seed=None: one seed,
+    # process 0's, drawn once and recorded (each process drew its own, anew
+    # at every step, and state_dict() recorded None)
+    ps = make_params([((30,), np.float16, "C")])
+    opt = D.Adam(ps, lr=0.01, master_weights=False)
+    opt.param_groups[0]["stochastic_rounding"] = True
+    opt.step(grads_for(ps, 0, RANK))
+    seed = opt.param_groups[0]["seed"]
+    assert isinstance(seed, int) and len(set(comm.allgather(seed))) == 1, seed
+    opt.step(grads_for(ps, 1, RANK))
+    assert opt.state_dict()["param_groups"][0]["seed"] == seed
+    assert opt._inner.param_groups[0]["seed"] == seed
+    same_everywhere(ps)
+
+    # np.matrix gradients (adamc.Adam takes them): refused with a shape message
+    ps = make_params([((3, 4), np.float32, "C"), ((5,), np.float32, "C")])
+    ref = [p.copy() for p in ps]
+    gs = grads_for(ps, 0, RANK)
+    D.Adam(ps, lr=0.1, deterministic=True).step([np.asmatrix(gs[0]), gs[1]])
+    adamc.Adam(ref, lr=0.1).step(summed(ps, 0, N))
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(ps, ref))
+
+    # a load_state_dict whose step counts differ between processes
+    ps = make_params([((10,), np.float32, "C")])
+    opt = D.Adam(ps, lr=0.1)
+    opt.step(grads_for(ps, 0, RANK))
+    sd = opt.state_dict()
+    if RANK == N - 1:
+        sd["state"][0]["step"] = 7
+    if N > 1:
+        expect_error(lambda: opt.load_state_dict(sd), ValueError, "disagree", "step")
+    assert opt.state_dict()["state"][0]["step"] == 1

@@ -18,7 +18,7 @@ import adamc.distributed as D
 
 from _mpi_common import (N, RANK, SCHEDULE, SPEC, WHERE, comm, expect_error, grads_for,
                          groups_of, make_params, same_everywhere, summed)
-from _mpi_errors import check_agreement, check_errors
+from _mpi_errors import check_agreement, check_errors, check_fuzz_findings
 
 
 CONFIGS = [
@@ -367,7 +367,8 @@ SCENARIOS = {
     "main": lambda d: (check_equivalence(), check_named_and_tiny(), check_flat(),
                        check_mixed_precision(),
                        check_fused(),
-                       check_errors(), check_agreement(), check_memory()),
+                       check_errors(), check_agreement(), check_fuzz_findings(),
+                       check_memory()),
     "save": check_save,
     "load": check_load,
     "kill": check_kill,

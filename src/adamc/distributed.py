@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import secrets
 import sys
 import threading
 import time
@@ -68,8 +69,9 @@ def _order(a):
 
 
 def _flat(a):
-    """A 1-D view of contiguous array a, in memory order."""
-    return a.reshape(-1, order=_order(a))
+    """A 1-D view of contiguous array a, in memory order (an ndarray, also
+    for a subclass such as np.matrix, which stays 2-D when reshaped)."""
+    return np.asarray(a).reshape(-1, order=_order(a))
 
 
 def _root(a):
@@ -260,6 +262,9 @@ class Adam:
             for g, s in zip(self.param_groups, seeds):
                 g["seed"] = s
         n = len(self._params)
+        # what each parameter was built as (checked at every step, as the engine does)
+        self._layout = [(p.shape, p.dtype, p.flags.c_contiguous, p.flags.f_contiguous)
+                        for p in self._params]
         self._steps = np.zeros(n, dtype=np.int64)
         self._had = [dict() for _ in range(n)]   # {slot: dtype} each parameter has
         self._hyper_cache = None                 # (value identities, hypers, signature)
@@ -284,6 +289,8 @@ class Adam:
                 # MPI_Allgatherv, which MPICH 5.0 runs 200x slower on an oversubscribed
                 # host (docs/distributed.md).
                 b.params = _run([self._params[i] for i in by[key]], np.dtype(dt))
+                if b.params is not None and not b.params.flags.writeable:
+                    b.params = None  # views of a frozen buffer: written through the views
             self._buckets.append(b)
         self._build_inner()
 
@@ -348,7 +355,7 @@ class Adam:
             for i, lo, hi in b.pieces(self.rank):
                 per_group.setdefault(self._group_of[i], []).append(
                     (i, lo, hi, b, offsets[i] + lo - start))
-        groups, self._inner_of = [], []
+        groups, self._inner_of, self._inner_pieces = [], [], []
         for gi in sorted(per_group):
             pcs = per_group[gi]
             self._pieces.extend(pcs)
@@ -356,22 +363,51 @@ class Adam:
             d = {k: v for k, v in og.items() if k not in ("params", "param_names")}
             if callable(d["lr"]):
                 d["lr"] = _Scheduled(self._lr_table, gi)
+            h = V.group_values(og, f"param_groups[{gi}]")   # (checked by the constructor)
+            if h.stochastic_rounding and not self._rounds(pcs, h):
+                d["stochastic_rounding"] = False
             d["params"] = [_flat(self._params[i])[lo:hi] for i, lo, hi, _, _ in pcs]
             groups.append(d)
             self._inner_of.append(gi)
+            self._inner_pieces.append(pcs)
         self._inner = _Adam(groups) if groups else None
 
-    def _sync_groups(self):
+    def _rounds(self, pcs, h):
+        """Whether a piece of an inner group (its pieces ``pcs``) is rounded to 16 bits under the
+        (checked) hyperparameters h of its outer group.  Where none is, the
+        inner group runs without stochastic rounding: it would change none
+        of its values, and the engine refuses it there (the outer group,
+        checked whole, has a 16-bit rounding to do on some process)."""
+        return any(V.rounds_to_16_bits(V.dtype_name(self._params[i].dtype), h,
+                                       self._params[i].size)
+                   for i in {pc[0] for pc in pcs})
+
+    def _draw_seeds(self, hypers):
+        """Stochastic rounding turned on by a group edit with seed=None: one
+        seed per group, process 0's, recorded in the group (as adamc.Adam
+        records the one it draws)."""
+        need = [gi for gi, h in enumerate(hypers) if h.stochastic_rounding and h.seed is None]
+        if need:
+            seeds = [secrets.randbits(63) for _ in need]
+            if self.size > 1:   # (every process needs them: they agreed on the hypers)
+                seeds = self.comm.bcast(seeds, root=0)
+            for gi, seed in zip(need, seeds):
+                self.param_groups[gi]["seed"] = seed
+
+    def _sync_groups(self, hypers):
         """Copy the (checked) hyperparameters of the user's groups into the
         inner groups; the same objects, so the inner engine sees a change
         only where the user made one."""
         if self._inner is None:
             return
-        for ig, gi in zip(self._inner.param_groups, self._inner_of):
+        for j, (ig, gi) in enumerate(zip(self._inner.param_groups, self._inner_of)):
             og = self.param_groups[gi]
             for k, v in og.items():
                 if k in ("params", "param_names"):
                     continue
+                if k == "stochastic_rounding" and hypers[gi].stochastic_rounding and \
+                        not self._rounds(self._inner_pieces[j], hypers[gi]):
+                    v = False
                 if k == "lr" and callable(v):
                     if not isinstance(ig.get("lr"), _Scheduled):
                         ig["lr"] = _Scheduled(self._lr_table, gi)
@@ -418,6 +454,10 @@ class Adam:
         glist = V.grads_list(grads, len(self._params), self._names)
         hypers, sig = self._hypers()
         for i, (p, g) in enumerate(zip(self._params, glist)):
+            f = p.flags   # read-only, reshaped or re-typed in place since construction?
+            if not f.writeable or (p.shape, p.dtype, f.c_contiguous,
+                                   f.f_contiguous) != self._layout[i]:
+                V.explain_param(p, V.param_label(self._names, i), None, changed=True)
             if g is None:
                 continue
             if not (type(g) is np.ndarray and g.shape == p.shape and g.flags.aligned
@@ -482,7 +522,8 @@ class Adam:
                 self._what, self._AGREED + len(self._params))
             self._lr_table.clear()
             self._lr_table.update(table)
-            self._sync_groups()
+            self._draw_seeds(hypers)
+            self._sync_groups(hypers)
             try:
                 self._step(glist, fused, hypers, runs, t0)
             except BaseException as e:
@@ -792,8 +833,16 @@ class Adam:
         :meth:`adamc.Adam.state_dict`), the same on every process
         (collective; checked whole on every process before anything changes)."""
         with self._lock:
-            updates, checked = self._agree(lambda: (self._check_state_dict(state_dict), []))
-            steps, had = self._steps_of(checked)
+            def check():
+                updates, checked = self._check_state_dict(state_dict)
+                steps, had = self._steps_of(checked)
+                return (updates, checked, steps, had), [
+                    zlib.crc32(repr(sorted(had.items())).encode(),
+                               zlib.crc32(steps.tobytes()))]
+
+            updates, checked, steps, had = self._agree(check, lambda k: (
+                "the processes disagree about the state_dict's step counts or state "
+                "slots; load_state_dict needs the same state_dict on every process"), 1)
             self._install(updates, steps, had, self._pieces_of(checked, self.rank))
 
     def _check_state_dict(self, sd):
@@ -842,7 +891,8 @@ class Adam:
         self._steps = np.asarray(steps, dtype=np.int64).copy()
         self._had = [dict(had.get(i, {})) for i in range(len(self._params))]
         self._hyper_cache = None
-        self._sync_groups()
+        self._sync_groups([V.group_values(g, f"param_groups[{gi}]")   # (all checked)
+                           for gi, g in enumerate(self.param_groups)])
         if self._inner is None:
             return
         state = {}
