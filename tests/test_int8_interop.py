@@ -445,3 +445,35 @@ def test_codes_an_optimizer_keeps_as_float_point_to_quantize_state():
         other.load_state_dict(sd)
     other.load_state_dict(interop.quantize_state(sd, min_8bit_size=big + 1))
     assert all(e["exp_avg"].dtype == np.float32 for e in other.state_dict()["state"].values())
+
+
+@pytest.mark.parametrize("convert", ADAMC_CONVERTERS)
+def test_map_version_is_checked_for_second_moment_codes(convert):
+    """The map check looked at entries whose exp_avg was 8-bit only: with
+    float exp_avg and 8-bit exp_avg_sq, a quant_map_version the groups
+    contradict went unnoticed and the codes were decoded with the wrong map."""
+    sd = trained_int8(quant_map="pow2")[0].state_dict()
+    for e in sd["state"].values():
+        if "exp_avg_absmax" in e:
+            e["exp_avg"] = R.dequantize_blockwise(e["exp_avg"], e.pop("exp_avg_absmax"),
+                                                  True, 2)
+    assert sd["quant_map_version"] == 2
+    for g in sd["param_groups"]:
+        g["quant_map"] = "dynamic"   # (map version 1)
+    with pytest.raises(ValueError, match="inconsistent state_dict"):
+        convert(sd)
+
+
+@pytest.mark.parametrize("convert, make", [
+    (interop.from_torchao, lambda sd: interop.to_torchao(sd)),
+    (interop.from_bitsandbytes, lambda sd: interop.to_bitsandbytes(sd))])
+def test_foreign_amsgrad_groups_are_refused_before_any_state(convert, make):
+    """amsgrad=True in a foreign group with no state yet (nothing stepped)
+    converted into a group that silently dropped it."""
+    foreign = make(trained_int8()[0].state_dict())
+    foreign["state"] = {}
+    foreign["param_groups"][0]["amsgrad"] = True
+    with pytest.raises(ValueError, match=r"amsgrad=True; adamc's 8-bit state has no amsgrad"):
+        convert(foreign)
+    foreign["param_groups"][0]["amsgrad"] = False
+    assert convert(foreign)["state"] == {}

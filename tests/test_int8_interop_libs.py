@@ -216,3 +216,29 @@ def test_bfloat16_parameters_convert_and_master_copies_are_refused():
     for convert in (interop.to_bitsandbytes, interop.to_torchao):
         with pytest.raises(ValueError, match="master"):
             convert(with_master.state_dict())
+
+
+def test_torchao_bfloat16_model_converts(bnb):
+    """torchao keeps a small parameter's moments in its dtype: for a bfloat16
+    model, bfloat16 tensors, which NumPy cannot take (from_torchao refused
+    them with a TypeError); they widen to float32 exactly."""
+    torch, _ = bnb
+    pytest.importorskip("torchao")
+    try:
+        from torchao.optim import AdamW8bit
+    except ImportError:
+        pytest.skip("this torchao has no torchao.optim.AdamW8bit")
+    torch.manual_seed(0)
+    tp = [torch.nn.Parameter(torch.randn(shape, dtype=torch.bfloat16))
+          for shape in ((64, 128), (300,))]
+    t_opt = AdamW8bit(tp, lr=LR, weight_decay=0.0)
+    for t in tp:
+        t.grad = torch.randn(t.shape, dtype=torch.bfloat16)
+    t_opt.step()
+    sd = interop.from_torchao(t_opt.state_dict())
+    small = t_opt.state[tp[1]]
+    for m in ("exp_avg", "exp_avg_sq"):
+        assert small[m].dtype == torch.bfloat16
+        assert sd["state"][1][m].dtype == np.float32
+        assert np.array_equal(sd["state"][1][m], small[m].float().numpy())
+    assert np.array_equal(sd["state"][0]["exp_avg"], t_opt.state[tp[0]]["exp_avg"].codes.numpy())

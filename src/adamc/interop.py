@@ -110,7 +110,7 @@ def _adamc_entries(state_dict, what):
                 entry["extra"][key] = V.interop_array(e[key], f"{where}['{key}']")
         out[pid] = entry
     V.check_maps_agree(version, {entry["map"] for entry in out.values()
-                                 if entry["exp_avg"][0] == "int8"}, what)
+                                 if any(entry[m][0] == "int8" for m in _MOMENTS)}, what)
     return out
 
 
@@ -173,6 +173,9 @@ def _foreign_groups(groups, what):
                                      f"shape {arr.shape}")
                 lr = arr.item()
             d["lr"] = V.check_real(lr, "lr", where)
+        if g.get("amsgrad"):   # (refused also where nothing has stepped yet)
+            raise ValueError(f"{where} has amsgrad={g['amsgrad']!r}; adamc's 8-bit state "
+                             "has no amsgrad: convert a state trained without it")
         if "betas" in g:
             d["betas"] = V.check_interop_betas(g["betas"], f"{where}['betas']")
         for key in ("eps", "weight_decay"):
@@ -428,7 +431,8 @@ def from_torchao(state_dict, *, quant_map="dynamic"):
     state_dict : dict
         The optimizer's ``state_dict()``: ``exp_avg``/``exp_avg_sq`` are
         ``OptimState8bit`` tensors (or dicts of their ``codes``, ``scale``,
-        ``qmap``, ``signed``), or plain tensors for small parameters;
+        ``qmap``, ``signed``), or plain tensors for small parameters (in
+        the parameter's dtype: a bfloat16 one widens to float32 exactly);
         ``step`` a float tensor.  Block size 256 and adamc's maps only.
 
     Returns
@@ -444,7 +448,7 @@ def from_torchao(state_dict, *, quant_map="dynamic"):
     ------
     TypeError, ValueError
         Not a state_dict, another block size or map, a wrong ``signed``,
-        scales not finite and >= 0, amsgrad state.
+        scales not finite and >= 0, amsgrad (state, or a group's option).
     """
     what = "torchao state_dict"
     quant_map = V.check_choice(quant_map, "quant_map", _spec.OPTION["quant_map"].choices)
