@@ -188,13 +188,38 @@ def check_fuzz_findings():
     assert opt._inner.param_groups[0]["seed"] == seed
     same_everywhere(ps)
 
-    # np.matrix gradients (adamc.Adam takes them): refused with a shape message
+    # np.matrix gradients and parameters (adamc.Adam takes them): separate
+    # gradients were refused with a shape message (one process); rows of one
+    # matrix that owns its memory were sliced as rows, so the in-place
+    # all-gather moved nothing (parameters) or the reduce-scatter aborted
+    # (gradients)
     ps = make_params([((3, 4), np.float32, "C"), ((5,), np.float32, "C")])
     ref = [p.copy() for p in ps]
     gs = grads_for(ps, 0, RANK)
     D.Adam(ps, lr=0.1, deterministic=True).step([np.asmatrix(gs[0]), gs[1]])
     adamc.Adam(ref, lr=0.1).step(summed(ps, 0, N))
     assert all(a.tobytes() == b.tobytes() for a, b in zip(ps, ref))
+    P = np.matrix(np.ones((3, 4 * N), np.float32), copy=True)
+    G = np.matrix(np.arange(12 * N, dtype=np.float32).reshape(3, 4 * N) / (RANK + 1), copy=True)
+    ps, ref = [P[1:2], P[2:3]], [np.ones((1, 4 * N), np.float32) for _ in range(2)]
+    D.Adam(ps, lr=0.1, deterministic=True).step([G[1:2], G[2:3]])
+    rows = [sum(np.asarray(G[k:k + 1]) * (RANK + 1) / (r + 1) for r in range(N)) / N
+            for k in (1, 2)]   # (every process's rows, summed in rank order)
+    adamc.Adam(ref, lr=0.1).step(rows)
+    same_everywhere([np.asarray(P)])
+    np.testing.assert_allclose(np.asarray(P[1:]), np.concatenate(ref), rtol=1e-6)
+
+    # a parameter whose memory moved (a resize there and back, on the last
+    # process): adamc.Adam refuses it; the inner views read freed memory
+    ps = make_params([((1000,), np.float32, "C")])
+    opt = D.Adam(ps, lr=0.1)
+    before = ps[0].__array_interface__["data"][0]
+    if RANK == N - 1:
+        ps[0].resize(200000, refcheck=False)
+        ps[0].resize(1000, refcheck=False)
+    if comm.bcast(ps[0].__array_interface__["data"][0] != before, root=N - 1):
+        expect_error(lambda: opt.step(grads_for(ps, 0, RANK)), ValueError,
+                     "params[0] changed shape, dtype or memory order", *WHERE(N - 1))
 
     # a load_state_dict whose step counts differ between processes
     ps = make_params([((10,), np.float32, "C")])

@@ -473,7 +473,7 @@ def test_foreign_amsgrad_groups_are_refused_before_any_state(convert, make):
     foreign = make(trained_int8()[0].state_dict())
     foreign["state"] = {}
     foreign["param_groups"][0]["amsgrad"] = True
-    with pytest.raises(ValueError, match=r"amsgrad=True; adamc's 8-bit state has no amsgrad"):
+    with pytest.raises(ValueError, match=r"amsgrad=True; .* built with amsgrad=False"):
         convert(foreign)
     foreign["param_groups"][0]["amsgrad"] = False
     assert convert(foreign)["state"] == {}

@@ -27,6 +27,7 @@ pair the same inputs and checks they agree):
     _share_bytes(a, b)                  check_disjoint([a, b], ...)
     Engine._overlaps_written(g)         check_no_overlap(g, ..., spans)
     Engine._param_unchanged(i)          explain_param(..., changed=True)
+    first_changed(params, layouts)      explain_param(..., changed=True)
 
 A fast check may say no to a valid input (the rule then decides: a Python
 int beyond 2**53, a float subclass); it never says yes to an invalid one.
@@ -523,6 +524,48 @@ cdef inline bint _share_bytes(cnp.ndarray a, cnp.ndarray b):
     cdef uintptr_t an = <uintptr_t>cnp.PyArray_NBYTES(a)
     cdef uintptr_t bn = <uintptr_t>cnp.PyArray_NBYTES(b)
     return an != 0 and bn != 0 and alo < blo + bn and blo < alo + an
+
+
+def param_layouts(list params):
+    """What first_changed compares, per parameter: its address, type,
+    shape and memory order now (Engine._param_unchanged's record)."""
+    cdef cnp.ndarray p
+    out = []
+    for p in params:
+        out.append((<uintptr_t>cnp.PyArray_DATA(p), cnp.PyArray_TYPE(p), (<object>p).shape,
+                    bool(cnp.PyArray_IS_C_CONTIGUOUS(p)), bool(cnp.PyArray_IS_F_CONTIGUOUS(p))))
+    return out
+
+
+def first_changed(list params, list layouts):
+    """The index of the first parameter that is read-only, byte-swapped or
+    no longer what param_layouts recorded (memory moved by a resize, or
+    shape, dtype or order changed in place): Engine._param_unchanged's
+    test, for a layer that steps views of the parameters; -1 if none."""
+    cdef Py_ssize_t i
+    cdef cnp.ndarray p
+    cdef tuple t
+    for i in range(len(params)):
+        p = params[i]
+        t = layouts[i]
+        if not (cnp.PyArray_ISWRITEABLE(p) and cnp.PyArray_ISNOTSWAPPED(p)
+                and <uintptr_t>cnp.PyArray_DATA(p) == <uintptr_t>t[0]
+                and cnp.PyArray_TYPE(p) == <int>t[1]
+                and bool(cnp.PyArray_IS_C_CONTIGUOUS(p)) is t[3]
+                and bool(cnp.PyArray_IS_F_CONTIGUOUS(p)) is t[4]
+                and _shape_is(p, t[2])):
+            return i
+    return -1
+
+
+cdef inline bint _shape_is(cnp.ndarray a, tuple shape):
+    cdef Py_ssize_t k
+    if cnp.PyArray_NDIM(a) != len(shape):
+        return False
+    for k in range(len(shape)):
+        if cnp.PyArray_DIMS(a)[k] != <cnp.npy_intp>shape[k]:
+            return False
+    return True
 
 
 def fast_checks():

@@ -1212,14 +1212,6 @@ def group_quant_map(g, where):
     return name
 
 
-def _is_cpu_bfloat16_tensor(value):
-    """A CPU torch.bfloat16 tensor (NumPy has no bfloat16, so torch cannot
-    hand one over; torchao keeps small parameters' state in it)."""
-    return (type(value).__module__.split(".")[0] == "torch"
-            and str(getattr(value, "dtype", "")) == "torch.bfloat16"
-            and str(getattr(value, "device", "")) == "cpu")
-
-
 def interop_array(value, where):
     """``np.asarray(value)``, or a TypeError saying what could not be read."""
     if value is None:
@@ -1227,8 +1219,6 @@ def interop_array(value, where):
     try:
         a = np.asarray(value)
     except (TypeError, ValueError, RuntimeError) as exc:
-        if _is_cpu_bfloat16_tensor(value):   # exact in float32 (as torch's .float() is)
-            return np.asarray(value.detach().float())
         raise TypeError(
             f"{where} cannot be read as a NumPy array ({type(value).__name__}: {exc}); "
             "pass NumPy arrays or CPU tensors (tensor.cpu().float() for a GPU or "

@@ -100,7 +100,7 @@ def _run(arrays, dtype):
         pos += a.nbytes
     if (start - base) % dtype.itemsize or pos > base + root.nbytes:
         return None
-    raw = root.reshape(-1, order=_order(root)).view(np.uint8)
+    raw = _flat(root).view(np.uint8)
     return raw[start - base:pos - base].view(dtype)
 
 
@@ -262,9 +262,9 @@ class Adam:
             for g, s in zip(self.param_groups, seeds):
                 g["seed"] = s
         n = len(self._params)
-        # what each parameter was built as (checked at every step, as the engine does)
-        self._layout = [(p.shape, p.dtype, p.flags.c_contiguous, p.flags.f_contiguous)
-                        for p in self._params]
+        # what each parameter was built as: checked at every step, as the engine
+        # checks its own (the inner engine sees only views of the parameters)
+        self._layouts = _kernels.param_layouts(self._params)
         self._steps = np.zeros(n, dtype=np.int64)
         self._had = [dict() for _ in range(n)]   # {slot: dtype} each parameter has
         self._hyper_cache = None                 # (value identities, hypers, signature)
@@ -453,11 +453,13 @@ class Adam:
         fused = V.check_fused(grad_scale, max_grad_norm, skip_nonfinite)
         glist = V.grads_list(grads, len(self._params), self._names)
         hypers, sig = self._hypers()
+        # every parameter, also one whose gradient is None: the all-gather
+        # writes all of them
+        bad = _kernels.first_changed(self._params, self._layouts)
+        if bad >= 0:
+            V.explain_param(self._params[bad], V.param_label(self._names, bad), None,
+                            changed=True)
         for i, (p, g) in enumerate(zip(self._params, glist)):
-            f = p.flags   # read-only, reshaped or re-typed in place since construction?
-            if not f.writeable or (p.shape, p.dtype, f.c_contiguous,
-                                   f.f_contiguous) != self._layout[i]:
-                V.explain_param(p, V.param_label(self._names, i), None, changed=True)
             if g is None:
                 continue
             if not (type(g) is np.ndarray and g.shape == p.shape and g.flags.aligned

@@ -64,6 +64,17 @@ def _convert(tree, tensor):
     return tree
 
 
+def _array(value, where):
+    """V.interop_array, a CPU torch.bfloat16 tensor widened to float32 first
+    (exactly: NumPy has no bfloat16, so torch cannot hand one over; torchao
+    keeps a bfloat16 model's small parameters' moments in it)."""
+    if (type(value).__module__.split(".")[0] == "torch"
+            and str(getattr(value, "dtype", "")) == "torch.bfloat16"
+            and str(getattr(value, "device", "")) == "cpu"):
+        value = value.detach().float()
+    return V.interop_array(value, where)
+
+
 def _adamc_entries(state_dict, what):
     """The checked per-parameter entries of an adamc state_dict:
     {pid: {"step": int, moment: ("int8", codes, absmax) | ("float", array),
@@ -86,13 +97,13 @@ def _adamc_entries(state_dict, what):
         entry = {"step": V.check_interop_step(e["step"], f"{where}['step']"), "extra": {},
                  "map": map_of[pid]}
         for m in _MOMENTS:
-            a = V.interop_array(e[m], f"{where}['{m}']")
+            a = _array(e[m], f"{where}['{m}']")
             if a.dtype == np.uint8:
                 if _SCALE[m] not in e:
                     raise ValueError(f"{where} has 8-bit {m} codes but no {_SCALE[m]!r} "
                                      "(their per-block scales)")
                 label = f"{where}['{_SCALE[m]}']"
-                scales = V.check_interop_scales(V.interop_array(e[_SCALE[m]], label),
+                scales = V.check_interop_scales(_array(e[_SCALE[m]], label),
                                                 a.size, label)
                 entry[m] = ("int8", a, scales)
             else:
@@ -107,7 +118,7 @@ def _adamc_entries(state_dict, what):
                              f"({entry['exp_avg'][1].shape}, {entry['exp_avg_sq'][1].shape})")
         for key in ("max_exp_avg_sq", "master_param"):
             if key in e:
-                entry["extra"][key] = V.interop_array(e[key], f"{where}['{key}']")
+                entry["extra"][key] = _array(e[key], f"{where}['{key}']")
         out[pid] = entry
     V.check_maps_agree(version, {entry["map"] for entry in out.values()
                                  if any(entry[m][0] == "int8" for m in _MOMENTS)}, what)
@@ -167,7 +178,7 @@ def _foreign_groups(groups, what):
         if "lr" in g:
             lr = g["lr"]
             if not isinstance(lr, (int, float)):   # torchao keeps lr as a 0-d tensor
-                arr = V.interop_array(lr, f"{where}['lr']")
+                arr = _array(lr, f"{where}['lr']")
                 if arr.size != 1:
                     raise ValueError(f"{where}['lr'] must be one number, got an array of "
                                      f"shape {arr.shape}")
@@ -175,7 +186,8 @@ def _foreign_groups(groups, what):
             d["lr"] = V.check_real(lr, "lr", where)
         if g.get("amsgrad"):   # (refused also where nothing has stepped yet)
             raise ValueError(f"{where} has amsgrad={g['amsgrad']!r}; adamc's 8-bit state "
-                             "has no amsgrad: convert a state trained without it")
+                             "has no amsgrad: convert the state of an optimizer built with "
+                             "amsgrad=False")
         if "betas" in g:
             d["betas"] = V.check_interop_betas(g["betas"], f"{where}['betas']")
         for key in ("eps", "weight_decay"):
@@ -303,17 +315,17 @@ def from_bitsandbytes(state_dict, *, quant_map="dynamic"):
                 raise ValueError(f"{where} has no {key!r}; an Adam8bit state entry has "
                                  "step, state1 and state2")
         out = {"step": V.check_interop_step(e["step"], f"{where}['step']")}
-        s1 = V.interop_array(e["state1"], f"{where}['state1']")
-        s2 = V.interop_array(e["state2"], f"{where}['state2']")
+        s1 = _array(e["state1"], f"{where}['state1']")
+        s2 = _array(e["state2"], f"{where}['state2']")
         if s1.dtype == np.uint8 or s2.dtype == np.uint8:
             for n, m, s in ((1, "exp_avg", s1), (2, "exp_avg_sq", s2)):
                 V.check_interop_codes(s, f"{where}['state{n}']", s1.shape)
                 for key in (f"qmap{n}", f"absmax{n}"):
                     if key not in e:
                         raise ValueError(f"{where} has 8-bit state{n} but no {key!r}")
-                V.check_interop_qmap(V.interop_array(e[f"qmap{n}"], f"{where}['qmap{n}']"),
+                V.check_interop_qmap(_array(e[f"qmap{n}"], f"{where}['qmap{n}']"),
                              dynamic_map(_SIGNED[m]), f"{where}['qmap{n}']", _SIGNED[m])
-                scales = V.check_interop_scales(V.interop_array(e[f"absmax{n}"],
+                scales = V.check_interop_scales(_array(e[f"absmax{n}"],
                                                         f"{where}['absmax{n}']"),
                                         s.size, f"{where}['absmax{n}']")
                 out[m] = np.ascontiguousarray(s).copy()
@@ -471,9 +483,9 @@ def from_torchao(state_dict, *, quant_map="dynamic"):
                 if bool(signed) != _SIGNED[m]:
                     raise ValueError(f"{name} has signed={signed!r}; {m} is quantized "
                                      f"{'signed' if _SIGNED[m] else 'unsigned'}")
-                codes = V.check_interop_codes(V.interop_array(codes, f"{name}.codes"),
+                codes = V.check_interop_codes(_array(codes, f"{name}.codes"),
                                       f"{name}.codes")
-                scale = V.interop_array(scale, f"{name}.scale")
+                scale = _array(scale, f"{name}.scale")
                 if scale.ndim != 1 or scale.size == 0 \
                         or codes.size != scale.size * _spec.QUANT_BLOCK:
                     raise ValueError(
@@ -481,11 +493,11 @@ def from_torchao(state_dict, *, quant_map="dynamic"):
                         f"takes blocks of {_spec.QUANT_BLOCK} only (torchao's default "
                         "block_size)")
                 out[_SCALE[m]] = V.check_interop_scales(scale, codes.size, f"{name}.scale")
-                V.check_interop_qmap(V.interop_array(qmap, f"{name}.qmap"),
+                V.check_interop_qmap(_array(qmap, f"{name}.qmap"),
                              dynamic_map(_SIGNED[m]), f"{name}.qmap", _SIGNED[m])
                 out[m] = np.ascontiguousarray(codes).copy()
             else:
-                a = V.interop_array(e[m], name)
+                a = _array(e[m], name)
                 if V.dtype_name(a.dtype) is None:
                     raise TypeError(f"{name} must be float state, got {a.dtype}")
                 out[m] = np.ascontiguousarray(a, dtype=np.float32).copy()
