@@ -231,3 +231,69 @@ def check_fuzz_findings():
     if N > 1:
         expect_error(lambda: opt.load_state_dict(sd), ValueError, "disagree", "step")
     assert opt.state_dict()["state"][0]["step"] == 1
+
+
+def check_fuzz_findings_2():
+    """Found by a second fuzzer of adamc.distributed (2026-12-02)."""
+    # the hyperparameter cache was keyed on the values' ids without holding
+    # them: a value assigned twice could reuse a freed id on a process with
+    # no piece of the group, which then agreed with stale values ("the
+    # processes disagree" at every step)
+    a, b = np.ones(10, np.float32), np.ones(10, np.float32)
+    opt = D.Adam([{"params": [a]}, {"params": [b]}], lr=0.01)
+    opt.step([np.ones(10, np.float32)] * 2)
+    for t in range(4):
+        opt.param_groups[1]["betas"] = (0.5, 0.9)
+        opt.param_groups[1]["betas"] = (0.8 - 0.1 * t, 0.99)
+        opt.step([np.ones(10, np.float32)] * 2)
+    same_everywhere([a, b])
+    # ... nor did it see a list edited in place (betas, or a parameter
+    # replaced in params): refused by adamc.Adam, aborted (an invalid betas
+    # found by the inner engine mid-step) or ignored (the new parameter)
+    opt = D.Adam([a], lr=0.01)
+    opt.param_groups[0]["betas"] = [0.9, 0.999]   # (a list: it can change in place)
+    opt.step([np.ones(10, np.float32)])
+    opt.param_groups[0]["betas"][0] = 2.0 if RANK == N - 1 else 0.9
+    expect_error(lambda: opt.step([np.ones(10, np.float32)]), ValueError, "betas",
+                 *WHERE(N - 1))
+    opt.param_groups[0]["betas"][0] = 0.9
+    opt.param_groups[0]["params"][0] = np.ones(10, np.float32)
+    expect_error(lambda: opt.step([np.ones(10, np.float32)]), ValueError,
+                 "param_groups[0]['params'] was changed")
+    opt.param_groups[0]["params"][0] = a
+
+    # a gradient sharing memory with a parameter: refused at N = 1 only
+    ps = make_params([((10,), np.float32, "C"), ((6,), np.float32, "C")])
+    opt = D.Adam(ps, lr=0.1)
+    gs = grads_for(ps, 0, RANK)
+    if RANK == N - 1:
+        gs[1] = ps[0][:6]
+    expect_error(lambda: opt.step(gs), ValueError,
+                 "grads[1] shares memory with params[0]", *WHERE(N - 1))
+
+    # one process, deterministic: a float64 gradient of a float32 parameter
+    # is rounded to float32 first, as the sum of N processes is (it was not:
+    # the clipped step's norm and factor differed from the documented oracle)
+    ps = make_params([((1000,), np.float32, "C")])
+    ref = [p.copy() for p in ps]
+    opt, one = D.Adam(ps, lr=0.1, deterministic=True), adamc.Adam(ref, lr=0.1)
+    for t in range(3):
+        per = [np.random.default_rng([t, r]).standard_normal(1000) * (1 + 1e-9)
+               for r in range(N)]
+        opt.step([per[RANK]], max_grad_norm=0.5, grad_scale=3.0)
+        acc = per[0].astype(np.float32)
+        for r in range(1, N):   # each rounded to float32, summed in rank order
+            acc = acc + per[r].astype(np.float32)
+        one.step([acc / N], max_grad_norm=0.5, grad_scale=3.0)
+        assert opt.last_step == one.last_step, (opt.last_step, one.last_step)
+    assert ps[0].tobytes() == ref[0].tobytes()
+
+    # load_state_dict with param_groups that differ on one process: installed
+    # (every later step then refused); now an agreed error, nothing changed
+    sd = opt.state_dict()
+    if RANK == N - 1:
+        sd["param_groups"][0]["lr"] = 0.5
+    if N > 1:
+        expect_error(lambda: opt.load_state_dict(sd), ValueError,
+                     "disagree about the state_dict's param_groups")
+    assert opt.param_groups[0]["lr"] == 0.1

@@ -18,7 +18,8 @@ import adamc.distributed as D
 
 from _mpi_common import (N, RANK, SCHEDULE, SPEC, WHERE, comm, expect_error, grads_for,
                          groups_of, make_params, same_everywhere, summed)
-from _mpi_errors import check_agreement, check_errors, check_fuzz_findings
+from _mpi_errors import (check_agreement, check_errors, check_fuzz_findings,
+                         check_fuzz_findings_2)
 
 
 CONFIGS = [
@@ -368,6 +369,7 @@ SCENARIOS = {
                        check_mixed_precision(),
                        check_fused(),
                        check_errors(), check_agreement(), check_fuzz_findings(),
+                       check_fuzz_findings_2(),
                        check_memory()),
     "save": check_save,
     "load": check_load,

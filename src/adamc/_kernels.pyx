@@ -28,6 +28,7 @@ pair the same inputs and checks they agree):
     Engine._overlaps_written(g)         check_no_overlap(g, ..., spans)
     Engine._param_unchanged(i)          explain_param(..., changed=True)
     first_changed(params, layouts)      explain_param(..., changed=True)
+    first_overlap(arrays, spans)        check_no_overlap(a, ..., spans)
 
 A fast check may say no to a valid input (the rule then decides: a Python
 int beyond 2**53, a float subclass); it never says yes to an invalid one.
@@ -554,6 +555,34 @@ def first_changed(list params, list layouts):
                 and bool(cnp.PyArray_IS_C_CONTIGUOUS(p)) is t[3]
                 and bool(cnp.PyArray_IS_F_CONTIGUOUS(p)) is t[4]
                 and _shape_is(p, t[2])):
+            return i
+    return -1
+
+
+def first_overlap(list arrays, list spans):
+    """The index of the first ndarray of ``arrays`` (others are skipped)
+    that shares memory with one of the sorted, disjoint ``spans`` (start,
+    end, label), as _validation.check_no_overlap finds it (the engine's
+    _overlaps_written, for a layer that steps views); -1 if none."""
+    cdef Py_ssize_t i, a, b, mid, n = len(spans)
+    cdef uintptr_t lo, hi
+    cdef cnp.ndarray g
+    for i in range(len(arrays)):
+        if not cnp.PyArray_Check(arrays[i]):
+            continue
+        g = arrays[i]
+        if not cnp.PyArray_NBYTES(g):
+            continue
+        lo = <uintptr_t>cnp.PyArray_DATA(g)
+        hi = lo + <uintptr_t>cnp.PyArray_NBYTES(g)
+        a, b = -1, n
+        while b - a > 1:   # the last span starting before hi
+            mid = a + (b - a) // 2
+            if <uintptr_t>spans[mid][0] < hi:
+                a = mid
+            else:
+                b = mid
+        if a >= 0 and <uintptr_t>spans[a][1] > lo:
             return i
     return -1
 

@@ -265,9 +265,15 @@ class Adam:
         # what each parameter was built as: checked at every step, as the engine
         # checks its own (the inner engine sees only views of the parameters)
         self._layouts = _kernels.param_layouts(self._params)
+        # the memory a step writes (the parameters: fixed, by that check), which
+        # no gradient may share, as the engine checks (at N = 1 the inner
+        # engine reads the caller's gradients while it writes the parameters)
+        self._spans = V.written_spans(self._params, [None] * len(self._params), self._names)
         self._steps = np.zeros(n, dtype=np.int64)
         self._had = [dict() for _ in range(n)]   # {slot: dtype} each parameter has
-        self._hyper_cache = None                 # (value identities, hypers, signature)
+        # (value identities, hypers, signature, the values: kept alive, so that
+        # no identity is reused by a new value while the cache holds it)
+        self._hyper_cache = None
         self._lr_table = {}
         # buckets, one per dtype, in order of first appearance
         order, by = [], {}
@@ -422,10 +428,16 @@ class Adam:
     def _hypers(self):
         """Every group's checked Hypers and their signature, recomputed only
         when a value object changed (as the engine does)."""
-        ids = tuple(tuple((k, id(v)) for k, v in g.items()) if isinstance(g, dict) else id(g)
-                    for g in self.param_groups)
+        groups = self.param_groups
+        # a value by identity; a list (params, or betas edited in place) by
+        # its items' identities, as the engine keys them (_kernels._key_of)
+        ids = (id(groups),) + tuple(
+            tuple((k, tuple(map(id, v)) if type(v) is list else id(v)) for k, v in g.items())
+            if isinstance(g, dict) else id(g) for g in groups)
         if self._hyper_cache is not None and self._hyper_cache[0] == ids:
             return self._hyper_cache[1], self._hyper_cache[2]
+        alive = [groups] + [[(v, list(v)) if type(v) is list else v for v in g.values()]
+                            if isinstance(g, dict) else g for g in groups]
         V.check_structure(self.param_groups, self._single._group_params, self._params)
         hypers = []
         for gi, g in enumerate(self.param_groups):
@@ -444,7 +456,7 @@ class Adam:
                                    want, V.param_label(self._names, i))
         self._had_current = np.zeros(len(self._params), dtype=bool)
         sig = repr([h._replace(lr="schedule" if callable(h.lr) else h.lr) for h in hypers])
-        self._hyper_cache = (ids, hypers, zlib.crc32(sig.encode()))
+        self._hyper_cache = (ids, hypers, zlib.crc32(sig.encode()), alive)
         return hypers, self._hyper_cache[2]
 
     def _prepare(self, grads, grad_scale, max_grad_norm, skip_nonfinite):
@@ -467,7 +479,11 @@ class Adam:
                     and (g.flags.c_contiguous or g.flags.f_contiguous)
                     and (g.size <= 1 or g.flags.c_contiguous == p.flags.c_contiguous)):
                 V.explain_grad(p, g, V.param_label(self._names, i),
-                               V.grad_label(self._names, i), [])
+                               V.grad_label(self._names, i), self._spans)
+        bad = _kernels.first_overlap(glist, self._spans)
+        if bad >= 0:
+            V.explain_grad(self._params[bad], glist[bad], V.param_label(self._names, bad),
+                           V.grad_label(self._names, bad), self._spans)
         table = {}
         for i, g in enumerate(glist):
             gi = self._group_of[i]
@@ -548,6 +564,10 @@ class Adam:
                   "step": 0.0, "gather": 0.0, "unpack": 0.0}
         t = time.perf_counter()
         if N == 1:  # nothing to exchange: the pieces are the whole arrays
+            # (the "sum" in its dtype, as N processes hold it: a float64
+            # gradient of another parameter rounded to float32)
+            glist = [g if g is None or g.dtype != np.float64 or p.dtype == np.float64
+                     else g.astype(np.float32, order="K") for g, p in zip(glist, self._params)]
             shard_grads = [None if glist[i] is None else _flat(glist[i])
                            for i, _, _, _, _ in self._pieces]
         else:
@@ -838,13 +858,16 @@ class Adam:
             def check():
                 updates, checked = self._check_state_dict(state_dict)
                 steps, had = self._steps_of(checked)
+                groups = repr([{k: "schedule" if callable(v) else v for k, v in u.items()}
+                               for u in updates])
                 return (updates, checked, steps, had), [
                     zlib.crc32(repr(sorted(had.items())).encode(),
-                               zlib.crc32(steps.tobytes()))]
+                               zlib.crc32(steps.tobytes())), zlib.crc32(groups.encode())]
 
             updates, checked, steps, had = self._agree(check, lambda k: (
-                "the processes disagree about the state_dict's step counts or state "
-                "slots; load_state_dict needs the same state_dict on every process"), 1)
+                "the processes disagree about the state_dict's "
+                f"{'step counts or state slots' if k == 0 else 'param_groups'}; "
+                "load_state_dict needs the same state_dict on every process"), 2)
             self._install(updates, steps, had, self._pieces_of(checked, self.rank))
 
     def _check_state_dict(self, sd):
