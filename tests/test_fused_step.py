@@ -435,3 +435,43 @@ def test_checkpoints_carry_the_loss_scaler(tmp_path):
     assert_unchanged(fresh_opt, snap)
     # the optimizer's own load ignores the scaler's state
     adamc.load_state(adamc.Adam([w.copy()]), tmp_path / "ck.npz")
+
+
+# Found by a differential fuzzer of the fused step against torch (2026-12-02).
+
+def test_the_smallest_loss_scale_survives_a_checkpoint(tmp_path):
+    """After a long run of skipped steps the scale sits at the smallest loss
+    scale, which was not a float32: saved and loaded (rounded to float32) it
+    fell below the limit, the resumed step refused it and its own checkpoint
+    did not load."""
+    w = np.ones(3, np.float32)
+    opt, scaler = adamc.Adam([w]), adamc.LossScaler()
+    for _ in range(200):
+        scaler.step(opt, [np.array([np.inf, 1, 1], np.float32)])
+    floor = scaler.scale
+    assert float(np.float32(floor)) == floor and np.isfinite(np.float32(1) / np.float32(floor))
+    adamc.save_state(opt, tmp_path / "a.npz", scaler=scaler)
+    opt2, scaler2 = adamc.Adam([w.copy()]), adamc.LossScaler()
+    adamc.load_state(opt2, tmp_path / "a.npz", scaler=scaler2)
+    assert scaler2.scale == floor
+    assert scaler2.step(opt2, [np.ones(3, np.float32)])
+    adamc.save_state(opt2, tmp_path / "b.npz", scaler=scaler2)
+    adamc.load_state(adamc.Adam([w.copy()]), tmp_path / "b.npz", scaler=adamc.LossScaler())
+    assert adamc.LossScaler(init_scale=floor).scale == floor
+
+
+@pytest.mark.parametrize("module", [adamc, reference])
+def test_a_float64_gradient_beyond_float32_counts_as_inf(module):
+    """A finite float64 gradient of a float32 parameter beyond float32's range
+    is Inf once the step converts it: the clipped step reported a finite
+    norm, did not skip with skip_nonfinite, and wrote NaN."""
+    w = np.ones(2, np.float32)
+    opt = module.Adam([w], lr=1e-3)
+    with np.errstate(all="ignore"):
+        opt.step([np.array([3e39, 4e39])], max_grad_norm=1.0, skip_nonfinite=True)
+    assert opt.last_step.skipped and opt.last_step.norm == np.inf
+    assert np.array_equal(w, [1, 1]) and opt.state_dict()["state"] == {}
+    with np.errstate(all="ignore"):   # a float64 parameter computes in float64: steps
+        opt64 = module.Adam([np.ones(2)], lr=1e-3)
+        opt64.step([np.array([3e39, 4e39])], max_grad_norm=1.0, skip_nonfinite=True)
+    assert not opt64.last_step.skipped and opt64.last_step.norm == pytest.approx(5e39)

@@ -214,8 +214,9 @@ class _Optimizer:
             The loss scale the gradients carry: they are divided by it (in
             the kernel, no pass of their own), after the conversion to the
             parameter's compute type (float32 for float32 and 16-bit
-            parameters): a float64 gradient beyond float32's range overflows
-            there, before the division.
+            parameters): a float64 gradient beyond float32's range is Inf
+            there, before the division (and so counts as Inf: the norm,
+            ``skip_nonfinite``).
         max_grad_norm : float, optional
             Clip by the global L2 norm over all gradients of the step (after
             unscaling), as ``torch.nn.utils.clip_grad_norm_``.  One setting
@@ -251,7 +252,7 @@ class _Optimizer:
             while status != _spec.MEASURED:  # every check passes before the norm
                 self._resolve(status, grads)
                 status = engine.step(grads, self.param_groups, 1.0, True)
-            info = fused_factor(engine.sumsq, scale, max_norm, skip, grads)
+            info = fused_factor(engine.sumsq, scale, max_norm, skip, grads, self._params)
             if info.skipped:
                 engine.forget_lrs()   # the next step asks the schedules again
             else:

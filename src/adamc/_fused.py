@@ -18,7 +18,9 @@ class StepInfo(NamedTuple):
         What every gradient was multiplied by: ``clip / grad_scale``.
     skipped : bool
         A gradient was Inf or NaN and ``skip_nonfinite`` was set: nothing
-        changed (no parameter, moment or step count).
+        changed (no parameter, moment or step count).  A float64 gradient
+        of a float32 or 16-bit parameter counts as its float32 rounding (the
+        step converts it first): an element beyond float32's range is Inf.
     """
 
     norm: float
@@ -26,15 +28,20 @@ class StepInfo(NamedTuple):
     skipped: bool
 
 
-def fused_factor(sumsq, scale, max_norm, skip, grads=()):
+def fused_factor(sumsq, scale, max_norm, skip, grads=(), params=()):
     """The fused step's decision from the gradients' sum of squares, in double,
     with torch's rules: clip_grad_norm_'s ``max_norm / (norm + 1e-6)``
     clamped to 1, GradScaler's skip when any gradient is not finite.
 
     An infinite sum of squares of finite gradients (float64 ones beyond
     about 1e154 overflow it) is no skip: with ``grads`` given (arrays or
-    None) the norm is then taken again, rescaled (``root_of``)."""
+    None) the norm is then taken again, rescaled (``root_of``).  With their
+    ``params``, a float64 gradient of a parameter the step computes in
+    float32 with an element float32 cannot hold (Inf once converted, as the
+    step converts it) makes the norm Inf."""
     norm = root_of(sumsq, grads) / (scale or 1.0)
+    if params and math.isfinite(norm) and _beyond_float32(sumsq, grads, params):
+        norm = math.inf
     if skip and not math.isfinite(norm):
         return StepInfo(norm, 0.0, True)
     clip = 1.0
@@ -42,6 +49,22 @@ def fused_factor(sumsq, scale, max_norm, skip, grads=()):
         coef = max_norm / (norm + 1e-6)
         clip = 1.0 if coef >= 1.0 else coef  # (a NaN norm gives a NaN factor, as torch)
     return StepInfo(norm, clip / (scale or 1.0), False)
+
+
+#: The smallest double whose float32 rounding is infinite.
+_F32_INF_FROM = 3.4028235677973366e38
+
+
+def _beyond_float32(sumsq, grads, params):
+    """Whether a float64 gradient of a non-float64 parameter holds an element
+    that rounds to Inf in float32.  Such an element's square is at most
+    the sum of squares: below that, nothing to look at (the common case);
+    above it, one pass over those gradients (max and min: no copies)."""
+    if not sumsq >= _F32_INF_FROM * _F32_INF_FROM:
+        return False
+    return any(g is not None and g.dtype.itemsize == 8 and p.dtype.itemsize != 8 and g.size
+               and (g.max() >= _F32_INF_FROM or g.min() <= -_F32_INF_FROM)
+               for g, p in zip(grads, params))
 
 
 def root_of(sumsq, grads=()):

@@ -1069,9 +1069,13 @@ def check_positive(value, name, where=""):
 
 #: The loss scales: float32 values whose reciprocal is a finite float32
 #: too (torch's GradScaler keeps its scale in float32; the kernels unscale
-#: float32 gradients by its reciprocal in float32).
+#: float32 gradients by its reciprocal in float32).  The smallest is a
+#: float32 itself (the float32 above 1 / MAX_LOSS_SCALE, a subnormal), so
+#: that a scale rounded to float32 never falls below it.
 MAX_LOSS_SCALE = float(np.finfo(np.float32).max)
-MIN_LOSS_SCALE = 1.0 / MAX_LOSS_SCALE
+MIN_LOSS_SCALE = float(np.nextafter(np.float32(1.0 / MAX_LOSS_SCALE), np.float32(1.0))
+                       if float(np.float32(1.0 / MAX_LOSS_SCALE)) < 1.0 / MAX_LOSS_SCALE
+                       else np.float32(1.0 / MAX_LOSS_SCALE))
 
 
 def check_loss_scale(value, name):
