@@ -280,7 +280,10 @@ def train(optimizer="adamc", *, epochs=20, batch_size=32, lr=2e-3, hidden=(128, 
                 dlogits = dlogits * np.float32(scaler.scale)  # the scaled loss's gradient
             grads = backward(work, activations, dlogits)
             if dtype != compute:
-                grads = {k: g.astype(dtype) for k, g in grads.items()}
+                # (with loss scaling a gradient beyond float16's range is Inf:
+                # expected, the scaler skips that step and backs off)
+                with np.errstate(over="ignore" if scaler is not None else "warn"):
+                    grads = {k: g.astype(dtype) for k, g in grads.items()}
             # Time the optimizer alone: forward and backward are the same
             # NumPy code for both optimizers.
             t0 = time.perf_counter()

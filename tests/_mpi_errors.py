@@ -262,6 +262,13 @@ def check_fuzz_findings_2():
                  "param_groups[0]['params'] was changed")
     opt.param_groups[0]["params"][0] = a
 
+    # parameters initialised differently on each process (a forgotten seed)
+    # were silently blended, each process's shard from its own values; they
+    # are process 0's at construction, as torch's DDP broadcasts them
+    ps = [np.full((3, 5), RANK, np.float32), np.full(4, RANK + 0.5, np.float16)]
+    D.Adam(ps, lr=0.1)
+    assert np.all(ps[0] == 0) and np.all(ps[1] == np.float16(0.5))
+
     # a gradient sharing memory with a parameter: refused at N = 1 only
     ps = make_params([((10,), np.float32, "C"), ((6,), np.float32, "C")])
     opt = D.Adam(ps, lr=0.1)

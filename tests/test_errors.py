@@ -510,3 +510,24 @@ def test_a_schedule_using_its_optimizer_is_an_error_not_a_hang(module):
     opt.param_groups[0]["lr"] = lambda t: 0.1
     opt.step([np.ones(3)])   # the lock was released: it steps
     assert (p < 1).all()
+
+
+def test_swapped_or_missing_optimizer_arguments_are_named(tmp_path):
+    """A first-hour review: the optimizer left out or passed second gave
+    AttributeErrors from inside adamc ('list' object has no attribute
+    'step'), and a path given to load_state_dict a generic message."""
+    w = np.ones(3, np.float32)
+    opt, scaler = adamc.Adam([w]), adamc.LossScaler()
+    grads = [np.ones(3, np.float32)]
+    with pytest.raises(TypeError, match=r"LossScaler.step\(opt, grads\): opt must be an adamc "
+                                        r"optimizer .* got list; the optimizer comes first"):
+        scaler.step(grads, opt)
+    path = str(tmp_path / "a.npz")
+    with pytest.raises(TypeError, match=r"save_state\(opt, path\): opt must be .* got str"):
+        adamc.save_state(path, opt)
+    adamc.save_state(opt, path)
+    with pytest.raises(TypeError, match=r"load_state\(opt, path\): opt must be .* got str"):
+        adamc.load_state(path, opt)
+    with pytest.raises(TypeError, match=r"got a path: adamc.load_state\(opt, path\)"):
+        opt.load_state_dict(path)
+    assert np.all(w == 1) and scaler.scale == 2.0**16 and opt.state_dict()["state"] == {}

@@ -27,8 +27,10 @@ def test_torch_tensor_parameters_get_the_view_advice(impl):
         impl.Adam([t])
     w = np.zeros(3)
     opt = impl.Adam([w])
-    with pytest.raises(TypeError, match=r"grads\[0\] is a torch.Tensor; .*p\.grad\.numpy\(\)"):
+    with pytest.raises(TypeError, match=r"grads\[0\] is a torch.Tensor; .*p\.grad\.numpy\(\) "
+                                        r"\(a copy is fine for a gradient") as e:
         opt.step([t])
+    assert "would not train" not in str(e.value)   # (a review: wrong for a gradient)
     assert not w.any()
 
 

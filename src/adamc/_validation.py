@@ -317,10 +317,13 @@ def _foreign_array_hint(a, label, updated):
     module = type(a).__module__.split(".")[0]
     name = f"{module}.{type(a).__name__}"
     if module == "torch":
-        view = ("p.detach().numpy()" if updated else "p.grad.numpy()")
+        if not updated:   # (read only: a copy is fine)
+            return (f"{label} is a {name}; pass p.grad.numpy() (a copy is fine for a "
+                    f"gradient: p.grad.float().cpu().numpy() for a GPU or bfloat16 one): "
+                    f"see {TORCH_HELP}")
         return (f"{label} is a {name}; pass a NumPy view of a CPU tensor's storage, "
-                f"{view} (same dtype; after .cpu() or a dtype change it is a copy "
-                f"and the model would not train): see {TORCH_HELP}")
+                f"p.detach().numpy() (same dtype; after .cpu() or a dtype change it "
+                f"is a copy and the model would not train): see {TORCH_HELP}")
     if updated:
         return (f"{label} is a {name}; adamc updates NumPy arrays in place, and "
                 f"np.asarray on a {name} may copy it, so adamc would step the copy and "
@@ -821,9 +824,23 @@ def explain_grad(p, g, plab, glab, spans):
 # load_state_dict
 
 
+def check_optimizer(opt, call):
+    """``opt`` of ``call`` (e.g. "save_state(opt, path)") is an optimizer,
+    not the arguments swapped or one left out."""
+    if not all(callable(getattr(opt, m, None)) for m in ("step", "state_dict",
+                                                          "load_state_dict")):
+        raise TypeError(
+            f"{call}: opt must be an adamc optimizer (adamc.Adam, adamc.AdamW, or "
+            f"adamc.distributed's), got {type(opt).__name__}; the optimizer comes first")
+
+
 def check_state_dict(sd, param_groups, params, names, variant):
     """Check a state_dict against the optimizer whole; return (hyperparameter
     updates per group, {flat index: state entry})."""
+    if isinstance(sd, (str, bytes)) or hasattr(sd, "__fspath__"):
+        raise TypeError(
+            "state_dict must be a dict, got a path: adamc.load_state(opt, path) loads a "
+            "checkpoint file")
     if not isinstance(sd, Mapping) or "state" not in sd or "param_groups" not in sd:
         raise TypeError(
             "state_dict must be a dict with 'state' and 'param_groups', as "

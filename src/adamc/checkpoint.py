@@ -32,7 +32,7 @@ import zipfile
 import numpy as np
 import numpy.lib.format as npy_format
 
-from . import _spec
+from . import _spec, _validation
 
 __all__ = ["save_state", "load_state"]
 
@@ -297,6 +297,7 @@ def save_state(opt, path, *, scaler=None):
     >>> fresh.state_dict()["state"][0]["step"]
     1
     """
+    _validation.check_optimizer(opt, "save_state(opt, path)")
     _write_state_dict(type(opt).__name__, opt.state_dict(), path,
                       None if scaler is None else scaler.state_dict())
 
@@ -543,6 +544,7 @@ def load_state(opt, path, *, scaler=None):
     With ``scaler``, the file must hold a LossScaler's state (save_state's
     ``scaler``), which is restored too, all or nothing.
     """
+    _validation.check_optimizer(opt, "load_state(opt, path)")
     path = os.fsdecode(os.fspath(path))   # str, bytes or a path object
     sd, scaler_state = _read_state_dict(path, opt.param_groups, scaler)
     try:

@@ -183,7 +183,10 @@ class Adam:
     params, lr, betas, ... :
         As for :class:`adamc.Adam`, the same on every process (checked: the
         processes agree on the parameters' shapes, dtypes and groups, and on
-        every hyperparameter at every step).
+        every hyperparameter at every step).  The parameters' values are
+        set to process 0's at construction (as torch's
+        DistributedDataParallel does), so processes that initialised them
+        differently still train one model.
     comm : mpi4py.MPI.Intracomm, optional
         The processes that train together; default ``MPI.COMM_WORLD``.
     average : bool, default True
@@ -261,6 +264,11 @@ class Adam:
             seeds = comm.bcast([g.get("seed") for g in self.param_groups], root=0)
             for g, s in zip(self.param_groups, seeds):
                 g["seed"] = s
+            # one model: process 0's values (as torch's DistributedDataParallel
+            # broadcasts them), whatever each process initialised
+            for p in self._params:
+                if p.size:
+                    comm.Bcast([_flat(p).view(np.uint8), MPI.BYTE], root=0)
         n = len(self._params)
         # what each parameter was built as: checked at every step, as the engine
         # checks its own (the inner engine sees only views of the parameters)

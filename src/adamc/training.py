@@ -55,7 +55,8 @@ def clip_grad_norm(grads, max_norm) -> float:
 class LossScaler:
     """Dynamic loss scaling with torch's GradScaler rules and defaults.
 
-    Multiply the loss (or its gradient seed) by ``scale`` before the
+    Multiply the loss (or its gradient seed) by ``scale`` (a float
+    attribute, where torch has a ``scale(loss)`` method) before the
     backward pass, then ``scaler.step(opt, grads)``: the fused step divides
     the gradients by the scale, skips the step if any is Inf or NaN, and the
     scale backs off (x0.5) after a skipped step or grows (x2) after
@@ -92,6 +93,7 @@ class LossScaler:
     def step(self, opt, grads, *, max_grad_norm=None):
         """``opt.step(grads, grad_scale=self.scale, skip_nonfinite=True, ...)``
         then :meth:`update`; returns True if the step was taken."""
+        V.check_optimizer(opt, "LossScaler.step(opt, grads)")
         opt.step(grads, grad_scale=self.scale, max_grad_norm=max_grad_norm,
                  skip_nonfinite=True)
         self.update(opt.last_step.skipped)
