@@ -102,3 +102,18 @@ def test_real_torch_tensors():
     opt = adamc.Adam([w], lr=0.1)
     opt.step([np.ones(3, np.float32)])
     assert (p.detach() < 0).all()
+
+
+def test_a_torch_state_dict_says_how_to_convert():
+    """A first-hour review: loading torch.optim.Adam's state_dict said only
+    'must be a numpy.ndarray, got Tensor'."""
+    w = np.zeros(3, np.float32)
+    opt = adamc.Adam([w])
+    t = fake_array_type("torch")()
+    sd = {"state": {0: {"step": 1, "exp_avg": t, "exp_avg_sq": t}},
+          "param_groups": [{**opt.state_dict()["param_groups"][0]}]}
+    with pytest.raises(TypeError, match=r"\['exp_avg'\] must be a numpy.ndarray, got Tensor; "
+                                        r"a torch.optim state_dict's tensors convert with "
+                                        r"\.numpy\(\)"):
+        opt.load_state_dict(sd)
+    assert opt.state_dict()["state"] == {}

@@ -374,7 +374,10 @@ class _Optimizer:
         ``"exp_avg"``/``"exp_avg_sq"`` plus their per-block scales
         ``"exp_avg_absmax"``/``"exp_avg_sq_absmax"``; then the top-level
         ``"quant_map_version"`` says the highest map version the codes index
-        (docs/int8-state.md).
+        (docs/int8-state.md).  torch.optim's keys and structure, not its
+        objects: torch cannot load it as it is (``step`` and the moments are
+        NumPy values, the groups hold adamc's options), nor adamc a torch
+        state_dict before its tensors are converted with ``.numpy()``.
         """
         with _Locked(self):
             V.check_structure(self.param_groups, self._group_params, self._params)

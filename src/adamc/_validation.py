@@ -943,7 +943,10 @@ def check_state_dict(sd, param_groups, params, names, variant):
             a = e[key]
             lab = f"{where}[{key!r}]"
             if not isinstance(a, np.ndarray):
-                raise TypeError(f"{lab} must be a numpy.ndarray, got {type(a).__name__}")
+                hint = ("; a torch.optim state_dict's tensors convert with .numpy() "
+                        "(.float().numpy() for bfloat16)" if type(a).__module__.split(".")[0]
+                        == "torch" else "")
+                raise TypeError(f"{lab} must be a numpy.ndarray, got {type(a).__name__}{hint}")
             if key in _spec.SCALE_SLOT.values():
                 entry[key] = (a, want[key])   # checked with its codes above
                 continue
