@@ -312,9 +312,14 @@ def check_group_storage(h, params, labels, where):
             "weights, or 16-bit state_dtype); drop it or choose such storage")
 
 
+def library_of(a):
+    """The top-level module of a's class ("torch" for a torch.Tensor)."""
+    return type(a).__module__.split(".")[0]
+
+
 def _foreign_array_hint(a, label, updated):
     """The advice that works for another library's array object."""
-    module = type(a).__module__.split(".")[0]
+    module = library_of(a)
     name = f"{module}.{type(a).__name__}"
     if module == "torch":
         if not updated:   # (read only: a copy is fine)
@@ -342,7 +347,7 @@ def check_array(a, label, role="param"):
     keep = (" and keep using that array: adamc updates the array you pass, not the "
             "original" if updated else "")
     if not isinstance(a, np.ndarray):
-        if type(a).__module__.split(".")[0] not in ("builtins", "numpy") and (
+        if library_of(a) not in ("builtins", "numpy") and (
                 hasattr(a, "__array__") or hasattr(a, "__dlpack__")
                 or hasattr(a, "__array_interface__")):
             raise TypeError(_foreign_array_hint(a, label, updated))
@@ -944,8 +949,7 @@ def check_state_dict(sd, param_groups, params, names, variant):
             lab = f"{where}[{key!r}]"
             if not isinstance(a, np.ndarray):
                 hint = ("; a torch.optim state_dict's tensors convert with .numpy() "
-                        "(.float().numpy() for bfloat16)" if type(a).__module__.split(".")[0]
-                        == "torch" else "")
+                        "(.float().numpy() for bfloat16)" if library_of(a) == "torch" else "")
                 raise TypeError(f"{lab} must be a numpy.ndarray, got {type(a).__name__}{hint}")
             if key in _spec.SCALE_SLOT.values():
                 entry[key] = (a, want[key])   # checked with its codes above
@@ -1093,9 +1097,9 @@ def check_positive(value, name, where=""):
 #: float32 itself (the float32 above 1 / MAX_LOSS_SCALE, a subnormal), so
 #: that a scale rounded to float32 never falls below it.
 MAX_LOSS_SCALE = float(np.finfo(np.float32).max)
-MIN_LOSS_SCALE = float(np.nextafter(np.float32(1.0 / MAX_LOSS_SCALE), np.float32(1.0))
-                       if float(np.float32(1.0 / MAX_LOSS_SCALE)) < 1.0 / MAX_LOSS_SCALE
-                       else np.float32(1.0 / MAX_LOSS_SCALE))
+_NEAREST = np.float32(1.0 / MAX_LOSS_SCALE)   # (compared with it in double below)
+MIN_LOSS_SCALE = float(_NEAREST if float(_NEAREST) >= 1.0 / MAX_LOSS_SCALE
+                       else np.nextafter(_NEAREST, np.float32(1.0)))
 
 
 def check_loss_scale(value, name):

@@ -68,8 +68,7 @@ def _array(value, where):
     """V.interop_array, a CPU torch.bfloat16 tensor widened to float32 first
     (exactly: NumPy has no bfloat16, so torch cannot hand one over; torchao
     keeps a bfloat16 model's small parameters' moments in it)."""
-    if (type(value).__module__.split(".")[0] == "torch"
-            and str(getattr(value, "dtype", "")) == "torch.bfloat16"
+    if (V.library_of(value) == "torch" and str(getattr(value, "dtype", "")) == "torch.bfloat16"
             and str(getattr(value, "device", "")) == "cpu"):
         value = value.detach().float()
     return V.interop_array(value, where)
