@@ -15,6 +15,7 @@ import copy
 import os
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -36,7 +37,7 @@ class _Locked:
 
     def __init__(self, opt):
         self.lock = opt._lock
-        if not self.lock.acquire(False):
+        if _FORKING or not self.lock.acquire(False):
             _wait(opt, self.lock)
 
     def __enter__(self):
@@ -49,11 +50,20 @@ class _Locked:
 def _wait(opt, lock):
     """Block on ``lock`` (held by a step), or raise if this thread holds it,
     running one of opt's schedules."""
-    if opt.__dict__.get("_scheduling") == threading.get_ident():
+    me = threading.get_ident()
+    if opt.__dict__.get("_scheduling") == me:
         raise RuntimeError(
             "the optimizer was called from inside one of its learning-rate schedules, "
             "while it steps (the schedule runs under the optimizer's lock): a schedule "
             "must not use its optimizer; read what it needs before the step")
+    if me in _FORKING:
+        if any(d["_lock"] is lock for d in getattr(_FORK, "held", ())):
+            raise RuntimeError(
+                "the optimizer was used from an os.fork handler, while adamc holds its "
+                "lock for the fork: use it before os.fork or after it returns")
+    else:
+        while _FORKING:   # a fork waits for the steps in flight: start none until it is done
+            time.sleep(0.0002)
     lock.acquire()
 
 
@@ -65,9 +75,13 @@ def _wait(opt, lock):
 # holds, such as logging's; a fork from a signal handler in the stepping
 # thread) is not waited for, and the child gets a fresh lock for that
 # optimizer instead (a lock copied while held would never be released
-# there), with the arrays as the fork found them.
+# there), with the arrays as the fork found them.  While a fork waits, no
+# step starts (_FORKING is checked before each lock is taken): a thread that
+# steps in a loop took the lock back as soon as it let it go, and a fork
+# waited out FORK_WAIT and copied a step in flight.
 _LIVE = weakref.WeakValueDictionary()
 _FORK = threading.local()   # the locks this thread took before its fork
+_FORKING = {}               # the threads in a fork's handlers (dict operations are atomic)
 FORK_WAIT = 1.0
 
 
@@ -83,18 +97,20 @@ def _live_dicts():
 
 
 def _before_fork():
+    _FORKING[threading.get_ident()] = True
     held, missed = [], []
+    _FORK.held, _FORK.missed = held, missed
     for d in _live_dicts():
         lock = d.get("_lock")
         if lock is not None:
             (held if lock.acquire(timeout=FORK_WAIT) else missed).append(d)
-    _FORK.held, _FORK.missed = held, missed
 
 
 def _after_fork_in_parent():
     for d in getattr(_FORK, "held", ()):
         d["_lock"].release()
     _FORK.held = _FORK.missed = ()
+    _FORKING.pop(threading.get_ident(), None)
 
 
 def _after_fork_in_child():
@@ -105,6 +121,7 @@ def _after_fork_in_child():
     for d in _live_dicts():
         d["_scheduling"] = None   # no thread of the parent runs here
     _FORK.held = _FORK.missed = ()
+    _FORKING.clear()              # nor any other fork
 
 
 if hasattr(os, "register_at_fork"):
@@ -231,7 +248,7 @@ class _Optimizer:
         if grad_scale is not None or max_grad_norm is not None or skip_nonfinite is not False:
             return self._fused_step(grads, grad_scale, max_grad_norm, skip_nonfinite)
         lock = self._lock
-        if not lock.acquire(False):
+        if _FORKING or not lock.acquire(False):
             _wait(self, lock)
         try:
             if self._names is None and not self._engine.step(grads, self.param_groups):
@@ -243,7 +260,7 @@ class _Optimizer:
     def _fused_step(self, grads, grad_scale, max_grad_norm, skip_nonfinite):
         scale, max_norm, skip = V.check_fused(grad_scale, max_grad_norm, skip_nonfinite)
         lock = self._lock   # (as in step: inline, its per-call cost counts)
-        if not lock.acquire(False):
+        if _FORKING or not lock.acquire(False):
             _wait(self, lock)
         try:
             grads = V.grads_list(grads, len(self._params), self._names)
