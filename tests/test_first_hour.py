@@ -80,6 +80,40 @@ def test_step_without_gradients_and_zero_grad_explain(impl):
     assert (w == 1).all() and opt.state_dict()["state"] == {}
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_closure_is_told_to_pass_gradients(impl, fused):
+    w = np.ones(3)
+    opt = impl.Adam([w])
+    opt.step([np.ones(3)])
+    before, w0 = opt.state_dict(), w.copy()
+    with pytest.raises(TypeError, match=r"step\(\) got a function \(torch's step\(closure\)\); "
+                                        r"adamc does not evaluate the loss: .*opt\.step\(\[g0"):
+        opt.step(lambda: 1.0, **({"max_grad_norm": 1.0} if fused else {}))
+    after = opt.state_dict()
+    np.testing.assert_array_equal(w, w0)
+    assert after["state"][0]["step"] == 1
+    np.testing.assert_array_equal(after["state"][0]["exp_avg"], before["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+@pytest.mark.parametrize("key, why", [("foreach", "one fused pass"), ("fused", "one fused pass"),
+                                      ("capturable", "CUDA graphs"),
+                                      ("differentiable", "autograd graph")])
+def test_torch_only_keywords_say_why_they_are_not_here(impl, cls, key, why):
+    with pytest.raises(TypeError, match=rf"{cls}\(\) got {key}=, a torch\.optim option "
+                                        rf"with no counterpart in adamc \(.*{why}.*\); drop it"):
+        getattr(impl, cls)([np.ones(3)], lr=0.1, **{key: True})
+    w, g = np.ones(3), np.ones(3)
+    m, v = np.zeros(3), np.zeros(3)
+    with pytest.raises(TypeError, match=rf"adam_step\(\) got {key}=.*{why}"):
+        impl.adam_step(w, g, m, v, step=1, **{key: False})
+    assert (w == 1).all() and (m == 0).all()
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'bogus'"):
+        getattr(impl, cls)([np.ones(3)], bogus=True)
+
+
 def test_save_state_into_a_missing_directory_names_the_users_path(tmp_path):
     w = np.ones(3)
     opt = adamc.Adam([w])

@@ -152,6 +152,7 @@ class _Optimizer:
         try:
             bound = self.__signature__.bind(params, *args, **kwargs)
         except TypeError as e:
+            V.check_torch_only(kwargs, f"{name}()")
             raise TypeError(f"{name}(): {e}") from None
         given = {k: v for k, v in bound.arguments.items() if k != "params"}
         self.defaults = V.options_for(self._variant, given, f"{name}()")

@@ -137,6 +137,15 @@ OPTION = {o.name: o for o in OPTIONS}
 #: Old keywords accepted as another way to set an option: name -> (option, value when True).
 SYNONYMS = {syn: (o.name, val) for o in OPTIONS for syn, val in o.synonyms}
 
+#: torch.optim.Adam's keywords with no counterpart in adamc, and why: the
+#: TypeError for one of them says so.
+TORCH_ONLY = {
+    "foreach": "adamc's step is always one fused pass over each array",
+    "fused": "adamc's step is always one fused pass over each array",
+    "capturable": "it is for CUDA graphs",
+    "differentiable": "adamc steps NumPy arrays, outside any autograd graph",
+}
+
 
 def _hyper_fields():
     for o in OPTIONS:

@@ -546,11 +546,22 @@ def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_
     check_no_overlap(grad, "grad", spans_of(written, labels))
 
 
+def check_torch_only(keywords, where):
+    """Refuse the first of ``keywords`` that is a torch.optim-only option,
+    saying why adamc has no such option."""
+    for k in keywords:
+        if k in _spec.TORCH_ONLY:
+            raise TypeError(
+                f"{where} got {k}=, a torch.optim option with no counterpart in adamc "
+                f"({_spec.TORCH_ONLY[k]}); drop it")
+
+
 def functional_values(step, options):
     """Check adam_step's step and option keywords (``options``: name ->
     value, unknown names refused); return (t, Hypers)."""
     t = check_step(step)
     unknown = [k for k in options if k not in _spec.FUNCTIONAL_NAMES and k not in SYNONYMS]
+    check_torch_only(unknown, "adam_step()")
     if unknown:
         raise TypeError(
             f"adam_step() got an unexpected keyword argument {unknown[0]!r}; its "
@@ -724,6 +735,11 @@ def grads_list(grads, n, names):
     """grads as a list in parameter order, or an error naming the mismatch."""
     if grads is NO_GRADS:
         raise TypeError(f"step() needs the gradients: {_GRADS_ARE_ARGUMENTS}")
+    if callable(grads):
+        raise TypeError(
+            "step() got a function (torch's step(closure)); adamc does not evaluate the "
+            "loss: compute the loss and the gradients first, and pass the gradients "
+            f"({_GRADS_ARE_ARGUMENTS})")
     if names is not None:
         if not isinstance(grads, Mapping):
             raise TypeError(
