@@ -174,3 +174,40 @@ def test_steps_as_torch_keeps_them_load(module):
     sd["state"][0]["step"] = np.array(1.5, dtype=np.float32)
     with pytest.raises(ValueError, match=r"\['step'\] must be a whole number of steps"):
         module.Adam([np.ones(4, dtype=np.float32)]).load_state_dict(sd)
+
+
+@pytest.mark.parametrize("impl", [adamc, reference])
+@pytest.mark.parametrize("kw", [{"amsgrad": True},
+                                {"state_dtype": "int8", "min_8bit_size": 256}])
+def test_state_is_live_read_only_views(rng, impl, kw):
+    ps = [random_array(rng, (300,), np.float32, "C"), random_array(rng, (4, 6), np.float32, "F")]
+    opt = impl.Adam(ps, lr=0.01, **kw)
+    assert opt.state == {}
+    opt.step([random_like(rng, ps[0]), None])
+    live = opt.state
+    assert list(live) == [0]
+    sd = opt.state_dict()["state"]
+    assert set(live[0]) == set(sd[0]) and live[0]["step"] == 1
+    for k, a in live[0].items():
+        if k != "step":
+            assert not a.flags.writeable and a.dtype == sd[0][k].dtype
+            np.testing.assert_array_equal(a, sd[0][k])
+            with pytest.raises(ValueError, match="read-only"):
+                a[...] = 0
+    first = live[0]["exp_avg"].copy()
+    opt.step([random_like(rng, p) for p in ps])
+    sd = opt.state_dict()["state"]
+    np.testing.assert_array_equal(live[0]["exp_avg"], sd[0]["exp_avg"])   # live: the new values
+    assert not np.array_equal(live[0]["exp_avg"], first)
+    assert opt.state[0]["step"] == 2 and opt.state[1]["step"] == 1
+    assert opt.state[1]["exp_avg"].flags.f_contiguous
+
+
+@pytest.mark.parametrize("impl", [adamc, reference])
+def test_state_of_a_named_optimizer_is_keyed_by_name(rng, impl):
+    ps = {"w": random_array(rng, (5,), np.float64, "C"), "b": random_array(rng, (2,), np.float64, "C")}
+    opt = impl.AdamW(ps)
+    opt.step({"w": None, "b": random_like(rng, ps["b"])})
+    assert list(opt.state) == ["b"]
+    np.testing.assert_array_equal(opt.state["b"]["exp_avg_sq"],
+                                  opt.state_dict()["state"][1]["exp_avg_sq"])

@@ -427,6 +427,28 @@ class _Optimizer:
                 sd["quant_map_version"] = max(versions)
             return sd
 
+    @property
+    def state(self) -> dict[Any, dict[str, Any]]:
+        """Each stepped parameter's state, as live read-only views.
+
+        ``{key: {"step": int, slot: ndarray, ...}}`` with the slots of
+        :meth:`state_dict`, keyed by the parameter's index (its name for an
+        optimizer built from a mapping).  The arrays are views of the
+        optimizer's own buffers, not copies: they change as it steps (copy
+        one to keep it; read them between steps, not while another thread
+        steps), and they are read-only (set state with ``load_state_dict``).
+        """
+        with _Locked(self):
+            steps, names, out = self._engine.steps, self._names, {}
+            for i in range(len(self._params)):
+                st = self._engine.get_state(i)
+                if st:
+                    entry = out[i if names is None else names[i]] = {"step": int(steps[i])}
+                    for k, a in st.items():
+                        entry[k] = view = a.view()
+                        view.flags.writeable = False
+            return out
+
     def state_nbytes(self) -> int:
         """Bytes of all optimizer state buffers (moments, 8-bit codes and
         their scales, amsgrad's maximum, master copies) allocated so far;
