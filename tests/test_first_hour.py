@@ -147,7 +147,7 @@ def test_a_torch_state_dict_says_how_to_convert():
     sd = {"state": {0: {"step": 1, "exp_avg": t, "exp_avg_sq": t}},
           "param_groups": [{**opt.state_dict()["param_groups"][0]}]}
     with pytest.raises(TypeError, match=r"\['exp_avg'\] must be a numpy.ndarray, got Tensor; "
-                                        r"a torch.optim state_dict's tensors convert with "
-                                        r"\.numpy\(\)"):
+                                        r"convert a torch.optim state_dict with "
+                                        r"adamc\.interop\.from_torch\(sd\)"):
         opt.load_state_dict(sd)
     assert opt.state_dict()["state"] == {}

@@ -395,7 +395,7 @@ class _Optimizer:
         (docs/int8-state.md).  torch.optim's keys and structure, not its
         objects: torch cannot load it as it is (``step`` and the moments are
         NumPy values, the groups hold adamc's options), nor adamc a torch
-        state_dict before its tensors are converted with ``.numpy()``.
+        state_dict: ``adamc.interop.to_torch``/``from_torch`` convert.
         """
         with _Locked(self):
             V.check_structure(self.param_groups, self._group_params, self._params)

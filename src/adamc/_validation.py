@@ -964,8 +964,8 @@ def check_state_dict(sd, param_groups, params, names, variant):
             a = e[key]
             lab = f"{where}[{key!r}]"
             if not isinstance(a, np.ndarray):
-                hint = ("; a torch.optim state_dict's tensors convert with .numpy() "
-                        "(.float().numpy() for bfloat16)" if library_of(a) == "torch" else "")
+                hint = ("; convert a torch.optim state_dict with "
+                        "adamc.interop.from_torch(sd)" if library_of(a) == "torch" else "")
                 raise TypeError(f"{lab} must be a numpy.ndarray, got {type(a).__name__}{hint}")
             if key in _spec.SCALE_SLOT.values():
                 entry[key] = (a, want[key])   # checked with its codes above
@@ -1340,9 +1340,10 @@ def check_interop_keys(entry, allowed, where, what):
             f"{sorted(allowed)}); {what}")
 
 
-def check_interop_group(group, where, target, decay_both_ways=False):
+def check_interop_group(group, where, target, decay_both_ways=False, has=()):
     """An adamc param group's options can be expressed by ``target``
-    (bitsandbytes' Adam8bit, or torchao's Adam8bit/AdamW8bit)."""
+    (bitsandbytes' Adam8bit, torchao's Adam8bit/AdamW8bit, torch.optim.Adam:
+    it ``has`` those options)."""
     lr = group.get("lr")
     if callable(lr) or isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real):
         raise ValueError(
@@ -1351,7 +1352,7 @@ def check_interop_group(group, where, target, decay_both_ways=False):
     wanted = {"amsgrad": False, "maximize": False, "bias_correction": True,
               "eps_mode": "outside"}
     for key, val in wanted.items():
-        if key in group and group[key] != val:
+        if key in group and group[key] != val and key not in has:
             raise ValueError(
                 f"{where}['{key}'] is {group[key]!r}, which {target} has no option for "
                 f"(it steps as {key}={val!r}); convert a state trained that way only "

@@ -1,4 +1,4 @@
-"""8-bit optimizer state to and from bitsandbytes' and torchao's layouts.
+"""Optimizer state to and from torch.optim's, bitsandbytes' and torchao's layouts.
 
 adamc's 8-bit state (``state_dtype="int8"``) uses by default bitsandbytes'
 blockwise dynamic quantization: the same two maps, blocks of 256 elements,
@@ -17,6 +17,9 @@ out as NumPy arrays, or through ``tensor`` (e.g. ``torch.from_numpy``).
 - :func:`to_torchao` / :func:`from_torchao`: torchao's ``Adam8bit``/
   ``AdamW8bit`` state (``exp_avg``/``exp_avg_sq`` as ``OptimState8bit``:
   ``codes``, ``scale``, ``qmap``, ``signed``, ``block_size``).
+- :func:`to_torch` / :func:`from_torch`: ``torch.optim.Adam``/``AdamW``'s
+  state_dict (float moments, ``step`` a float tensor; 8-bit state goes out
+  dequantized).
 - :func:`quantize_state` / :func:`dequantize_state`: a full-precision adamc
   state_dict to the 8-bit layout and back, for loading into an optimizer
   built with the other ``state_dtype``; ``quantize_state(sd,
@@ -36,7 +39,7 @@ from . import _validation as V
 from .reference import dequantize_blockwise, dynamic_map, quantize_blockwise
 
 __all__ = ["to_bitsandbytes", "from_bitsandbytes", "to_torchao", "from_torchao",
-           "quantize_state", "dequantize_state"]
+           "to_torch", "from_torch", "quantize_state", "dequantize_state"]
 
 #: bitsandbytes >= 0.49 nests a parameter's quantization tensors under this
 #: key in state_dict() (to hide them from FSDP); its load_state_dict takes
@@ -150,13 +153,14 @@ def _codes_for(codes, scales, signed, version, to_version, c_order=False):
     return quantize_blockwise(values, signed, to_version)
 
 
-def _group_values(groups, what, target, decay_both_ways=False):
+def _group_values(groups, what, target, decay_both_ways=False, has=(), first=0):
     """Each adamc group's lr, betas, eps, weight_decay (checked to be
-    expressible by ``target``) and params."""
+    expressible by ``target``, which also ``has`` those options) and params;
+    ``first``: the index of groups[0] in the state_dict."""
     out = []
-    for gi, g in enumerate(groups):
+    for gi, g in enumerate(groups, first):
         where = f"{what}['param_groups'][{gi}]"
-        V.check_interop_group(g, where, target, decay_both_ways)
+        V.check_interop_group(g, where, target, decay_both_ways, has)
         b1, b2 = V.check_interop_betas(g.get("betas", (0.9, 0.999)), f"{where}['betas']")
         d = {"lr": float(g["lr"]), "betas": (b1, b2),
              "eps": V.check_real(g.get("eps", 1e-8), "eps", where),
@@ -168,10 +172,12 @@ def _group_values(groups, what, target, decay_both_ways=False):
     return out
 
 
-def _foreign_groups(groups, what):
-    """lr, betas, eps, weight_decay of bitsandbytes'/torchao's groups, checked."""
+def _foreign_groups(groups, what, amsgrad=False, first=0):
+    """lr, betas, eps, weight_decay of bitsandbytes'/torchao's groups (or
+    torch's, with ``amsgrad``: allowed), checked; ``first``: the index of
+    groups[0] in the state_dict."""
     out = []
-    for gi, g in enumerate(groups):
+    for gi, g in enumerate(groups, first):
         where = f"{what}['param_groups'][{gi}]"
         d = {}
         if "lr" in g:
@@ -183,7 +189,7 @@ def _foreign_groups(groups, what):
                                      f"shape {arr.shape}")
                 lr = arr.item()
             d["lr"] = V.check_real(lr, "lr", where)
-        if g.get("amsgrad"):   # (refused also where nothing has stepped yet)
+        if g.get("amsgrad") and not amsgrad:   # (refused also where nothing has stepped)
             raise ValueError(f"{where} has amsgrad={g['amsgrad']!r}; adamc's 8-bit state "
                              "has no amsgrad: convert the state of an optimizer built with "
                              "amsgrad=False")
@@ -506,6 +512,138 @@ def from_torchao(state_dict, *, quant_map="dynamic"):
         state[pid] = out
     return _requantized(_adamc_dict(state, _foreign_groups(state_dict["param_groups"], what)),
                         quant_map)
+
+
+# -- torch.optim ---------------------------------------------------------------
+
+#: Keys of torch.optim.Adam's groups that choose among its implementations or
+#: devices: not carried either way (torch fills its defaults for them).
+_TORCH_ONLY_GROUP_KEYS = tuple(_spec.TORCH_ONLY)
+_F32_EXACT_STEPS = 2 ** 24   # float32 holds every step count below this
+
+
+def to_torch(state_dict, *, tensor=None):
+    """An adamc state_dict in ``torch.optim.Adam``/``AdamW``'s layout.
+
+    Parameters
+    ----------
+    state_dict : dict
+        ``adamc.Adam(...).state_dict()`` (or AdamW's): float state in any
+        dtype, or 8-bit state, which is dequantized (``map[code] * scale``,
+        exactly the values the 8-bit optimizer steps with) to float32.
+    tensor : callable, optional
+        Applied to every array of the result: ``torch.from_numpy`` gives a
+        dict ``torch.optim.Adam(...).load_state_dict`` takes as it is.
+
+    Returns
+    -------
+    dict
+        ``{"state": {i: {"step": 0-d float32 array (float64 from 2**24
+        steps, which float32 cannot count), "exp_avg", "exp_avg_sq"
+        (and "max_exp_avg_sq" with amsgrad)}}, "param_groups": [{"lr",
+        "betas", "eps", "weight_decay", "amsgrad", "maximize",
+        "decoupled_weight_decay", "params"}]}``: torch's own layout.  As for
+        any state_dict, the loaded groups replace torch's, whose
+        ``foreach``/``fused``/``capturable``/``differentiable`` then take
+        their defaults: set them on ``param_groups`` after loading to keep
+        others.  Load a group with ``decoupled_weight_decay=True`` into
+        ``torch.optim.AdamW`` (or an Adam that has that option).
+
+    Raises
+    ------
+    ValueError
+        An option torch.optim.Adam has none for (``bias_correction=False``,
+        ``eps_mode`` other than "outside"; a schedule for lr: set the
+        number for the next step first), a ``master_param`` (torch keeps no
+        float32 copy: load it into the torch model's parameters, or step
+        on in adamc), or a corrupted state.
+    """
+    entries = _adamc_entries(state_dict, "state_dict")
+    groups = []
+    for gi, g in enumerate(state_dict["param_groups"]):
+        d = _group_values([g], "state_dict", "torch.optim.Adam", decay_both_ways=True,
+                          has=("amsgrad", "maximize"), first=gi)[0]
+        params = d.pop("params")
+        d.update(amsgrad=bool(g.get("amsgrad", False)), maximize=bool(g.get("maximize", False)),
+                 decoupled_weight_decay=bool(g.get("decoupled_weight_decay", False)),
+                 params=params)
+        groups.append(d)
+    state = {}
+    for pid, e in entries.items():
+        where = f"state_dict['state'][{pid!r}]"
+        if "master_param" in e["extra"]:
+            raise ValueError(
+                f"{where} has 'master_param', the float32 copy of a 16-bit parameter, which "
+                "torch.optim keeps none of: load it into the torch model's parameters "
+                "(as float32) and drop it from the entry, or step on in adamc")
+        step = e["step"]
+        out = {"step": np.array(step, np.float32 if step < _F32_EXACT_STEPS else np.float64)}
+        for m in _MOMENTS:
+            kind, a = e[m][0], e[m][1]
+            out[m] = (dequantize_blockwise(a, e[m][2], _SIGNED[m], e["map"]) if kind == "int8"
+                      else a.copy(order="K"))
+        if "max_exp_avg_sq" in e["extra"]:
+            out["max_exp_avg_sq"] = e["extra"]["max_exp_avg_sq"].copy(order="K")
+        state[pid] = out
+    return _convert({"state": state, "param_groups": groups}, tensor)
+
+
+def from_torch(state_dict):
+    """``torch.optim.Adam``/``AdamW``'s state_dict as an adamc one.
+
+    Parameters
+    ----------
+    state_dict : dict
+        ``torch_optimizer.state_dict()``: CPU tensors (bfloat16 ones are
+        widened to float32, exactly) or NumPy arrays; ``step`` a tensor or
+        a number.
+
+    Returns
+    -------
+    dict
+        An adamc state_dict for ``load_state_dict`` of an optimizer with
+        the same parameters: per parameter ``step`` (an int), ``exp_avg``,
+        ``exp_avg_sq`` (and ``max_exp_avg_sq``) as NumPy arrays; groups with
+        lr, betas, eps, weight_decay, amsgrad, maximize,
+        ``decoupled_weight_decay`` (where torch's group has it) and any
+        other keys (``initial_lr``, ``param_names``) as they are; torch's
+        ``foreach``, ``fused``, ``capturable`` and ``differentiable`` are
+        dropped.  adamc's own options (``state_dtype``, ...) stay the
+        optimizer's.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not a state_dict, a tensor NumPy cannot read (on a GPU: ``.cpu()``
+        first), a step that is not a whole number, a third beta, keys adamc
+        has no equivalent for (another optimizer's state).
+    """
+    what = "torch state_dict"
+    V.check_interop_state_dict(state_dict, what)
+    state = {}
+    for pid, e in state_dict["state"].items():
+        where = f"{what}['state'][{pid!r}]"
+        V.check_interop_keys(e, ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), where,
+                             "is this torch.optim.Adam's or AdamW's state_dict?")
+        for key in ("step", *_MOMENTS):
+            if key not in e:
+                raise ValueError(f"{where} has no {key!r}; torch.optim.Adam's state has "
+                                 "step, exp_avg and exp_avg_sq")
+        out = {"step": V.check_interop_step(e["step"], f"{where}['step']")}
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if key in e:
+                out[key] = np.array(_array(e[key], f"{where}['{key}']"), copy=True)
+        state[pid] = out
+    groups = []
+    for gi, g in enumerate(state_dict["param_groups"]):
+        where = f"{what}['param_groups'][{gi}]"
+        d = {k: v for k, v in g.items() if k not in _TORCH_ONLY_GROUP_KEYS}
+        d.update(_foreign_groups([g], what, amsgrad=True, first=gi)[0])
+        for key in ("amsgrad", "maximize", "decoupled_weight_decay"):
+            if key in g:
+                d[key] = V.check_bool(g[key], key, where)
+        groups.append(d)
+    return {"state": state, "param_groups": groups}
 
 
 # -- full precision <-> 8 bits ------------------------------------------------
