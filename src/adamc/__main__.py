@@ -123,6 +123,33 @@ def limit_ratio(times):
     return f"{times['adamc'] / _bench.probe_time(times):.2f}x of the limit"
 
 
+def _x(r):
+    return f"{r:.0f}" if r >= 10 else f"{r:.1f}"
+
+
+def per_round(result, other):
+    """The range of one comparison over the rounds, each round's times taken
+    side by side: ' (per round: 1.1-1.3x faster)', ' (per round: 1.01-1.09x)'
+    for the memory limit (other=None); '' with fewer than 2 rounds."""
+    s = result.get("samples", {})
+    ours = s.get("adamc", [])
+    if len(ours) < 2:
+        return ""
+    if other is None:
+        limits = [min(x) for x in zip(*(s[n] for n in _bench.PROBES if n in s))]
+        r = sorted(a / b for a, b in zip(ours, limits))
+        return f" (per round: {r[0]:.2f}-{r[-1]:.2f}x)"
+    r = sorted(o / a for o, a in zip(s[other], ours))
+    lo, hi = r[0], r[-1]
+    if lo >= 1:
+        text = f"{_x(lo)}-{_x(hi)}x faster"
+    elif hi < 1:
+        text = f"{_x(1 / hi)}-{_x(1 / lo)}x slower"
+    else:
+        text = f"{_x(1 / lo)}x slower to {_x(hi)}x faster"
+    return f" (per round: {text})"
+
+
 def short_label(r):
     """'4e6', '500 x 64' (the dtype is in the table's title)."""
     if r["layout"] == "one":
@@ -151,13 +178,12 @@ def compact_table(results, names):
 def headline(result, names):
     """The plain-words lines for one case (the largest single buffer)."""
     t = result["times"]
-    lines = [f"adamc vs {LONG_NAMES[n]}: {speedup(t[n], t['adamc'])}"
-             for n in ("numpy reference", "numpy in-place") if n in t]
-    if "torch fused" in t:
-        lines.append(f"adamc vs {LONG_NAMES['torch fused']}: {speedup(t['torch fused'], t['adamc'])}")
-    else:
+    lines = [f"adamc vs {LONG_NAMES[n]}: {speedup(t[n], t['adamc'])}{per_round(result, n)}"
+             for n in ("numpy reference", "numpy in-place", "torch fused") if n in t]
+    if "torch fused" not in t:
         lines.append(f"adamc vs {LONG_NAMES['torch fused']}: {NO_TORCH}")
-    lines.append(f"adamc vs what this machine's memory allows: {limit_ratio(t)}")
+    lines.append(f"adamc vs what this machine's memory allows: {limit_ratio(t)}"
+                 f"{per_round(result, None)}")
     return lines
 
 
@@ -253,7 +279,8 @@ def main(argv=None):
     print(PROBE_SENTENCE)
     big = max((r for r in results if r["layout"] == "one"), key=lambda r: r["n"],
               default=results[-1])
-    print(f"\nAt {short_label(big)} elements:")
+    print(f"\nAt {short_label(big)} elements (medians; per round: the range over the "
+          f"{args.rounds} rounds):" if args.rounds > 1 else f"\nAt {short_label(big)} elements:")
     for line in headline(big, names):
         print("  " + line)
     if args.wide:
