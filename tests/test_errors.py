@@ -448,7 +448,7 @@ def test_functional_fast_checks_agree_with_full_checks(rng, monkeypatch):
         (lambda: (p.copy(), g, z().astype(np.float32), z()), TypeError,
          "exp_avg_sq has dtype float64 but exp_avg has float32"),
         (lambda: (p.copy(), g, z().astype(np.float32), z().astype(np.float32)), ValueError,
-         "state_dtype='float32' with param in float64"),
+         "exp_avg in float32 with param in float64"),
         (lambda: (p.copy(), g, z(), np.zeros(12)[::2]), ValueError, "not contiguous"),
         (lambda: (p.copy(), g, z(), np.zeros(12)[6:]), None, None),
         (lambda: (lambda b: (p.copy(), g, b[:6], b[6:]))(np.zeros(12)), None, None),

@@ -151,3 +151,34 @@ def test_a_torch_state_dict_says_how_to_convert():
                                         r"adamc\.interop\.from_torch\(sd\)"):
         opt.load_state_dict(sd)
     assert opt.state_dict()["state"] == {}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("pdt, mdt, kw, match", [
+    (np.float32, np.float64, {}, r"^exp_avg in float64 is for float64 parameters; param is "
+                                 r"float32: pass float32 moments"),
+    (np.float64, np.float16, {}, r"^exp_avg in float16 with param in float64: .*pass float64 "
+                                 r"moments"),
+    (np.float64, np.uint8, {}, r"^uint8 \(8-bit\) exp_avg with param in float64"),
+    (np.float32, np.uint8, {"amsgrad": True}, r"^uint8 \(8-bit\) exp_avg with amsgrad=True: "
+                                              r".*or float moments$"),
+    (np.float32, np.float32, {"master_param": True}, r"^master_param given, but param is "
+                                                     r"float32: .*drop master_param$"),
+])
+def test_adam_step_storage_errors_name_its_buffers(impl, pdt, mdt, kw, match):
+    """adam_step has no state_dtype or master_weights keyword: its storage
+    errors named them (a review)."""
+    p, g = np.ones(300, pdt), np.ones(300, pdt)
+    m, v = np.zeros(300, mdt), np.zeros(300, mdt)
+    kw = dict(kw)
+    if mdt == np.uint8:
+        kw = {**kw, "exp_avg_absmax": np.ones(2, np.float32),
+              "exp_avg_sq_absmax": np.ones(2, np.float32)}
+    if kw.get("amsgrad"):
+        kw["max_exp_avg_sq"] = np.zeros(300, np.float32)
+    if kw.get("master_param"):
+        kw["master_param"] = p.copy()
+    with pytest.raises(ValueError, match=match) as e:
+        impl.adam_step(p, g, m, v, step=1, **kw)
+    assert "state_dtype" not in str(e.value) and "master_weights" not in str(e.value)
+    assert (p == 1).all() and not m.any()

@@ -251,36 +251,48 @@ def state_name(dt):
     return dtype_name(dt)
 
 
-def check_storage(param_dtype, h, label, where="", size=None):
+def check_storage(param_dtype, h, label, where="", size=None, functional=False):
     """The storage options of a group (``h``: its Hypers) fit a parameter of
-    this dtype (a name) and size; refused combinations say why."""
+    this dtype (a name) and size; refused combinations say why.
+    ``functional``: adam_step's, whose storage is its buffers' dtypes (the
+    messages name those, not options it has no keyword for)."""
     sixteen = param_dtype in _spec.SIXTEEN_BIT
+    if functional:
+        chose = ("uint8 (8-bit) exp_avg" if h.state_dtype == "int8"
+                 else f"exp_avg in {h.state_dtype}")
+        keep64, float_state, want = ("pass float64 moments", "float moments",
+                                     "pass float32 moments (np.zeros_like(param, np.float32))")
+    else:
+        chose = f"state_dtype={h.state_dtype!r}"
+        keep64, float_state, want = ("keep float64 state (state_dtype=None)",
+                                     "a float state_dtype", "use 'float32' (or None)")
     if h.state_dtype == "int8" and h.amsgrad:
         raise ValueError(
-            f"state_dtype='int8'{_where(where)} with amsgrad=True: amsgrad's running "
+            f"{chose}{_where(where)} with amsgrad=True: amsgrad's running "
             "maximum of v needs more precision than 8-bit codes keep (its maximum "
-            "would be requantized every step); use amsgrad=False, or a float "
-            "state_dtype")
+            f"would be requantized every step); use amsgrad=False, or {float_state}")
     if h.state_dtype == "int8" and param_dtype == "float64":
         raise ValueError(
-            f"state_dtype='int8'{_where(where)} with {label} in float64: 8-bit "
+            f"{chose}{_where(where)} with {label} in float64: 8-bit "
             "moments lose more than float64 parameters gain; use float32 (or 16-bit) "
-            "parameters, or keep float64 state (state_dtype=None)")
+            f"parameters, or {keep64}")
     if h.master_weights and not sixteen:
         raise ValueError(
-            f"master_weights=True{_where(where)}, but {label} is {param_dtype}: master "
-            "weights are a float32 copy of a float16/bfloat16 parameter; leave "
-            "master_weights=None (or False) for it")
+            (f"master_param given, but {label} is {param_dtype}: " if functional else
+             f"master_weights=True{_where(where)}, but {label} is {param_dtype}: ")
+            + "master weights are a float32 copy of a float16/bfloat16 parameter; "
+            + ("drop master_param" if functional
+               else "leave master_weights=None (or False) for it"))
     state = _spec.state_dtype_for(param_dtype, h, size)
     if param_dtype == "float64" and state != "float64":
         raise ValueError(
-            f"state_dtype={h.state_dtype!r}{_where(where)} with {label} in float64: "
+            f"{chose}{_where(where)} with {label} in float64: "
             "rounding its moments to fewer bits loses more than float64 parameters "
-            "gain; keep float64 state (state_dtype=None) or use float32 parameters")
+            f"gain; {keep64} or use float32 parameters")
     if state == "float64" and param_dtype != "float64":
         raise ValueError(
-            f"state_dtype='float64'{_where(where)} is for float64 parameters; "
-            f"{label} is {param_dtype}: use 'float32' (or None)")
+            f"{'exp_avg in float64' if functional else chose}{_where(where)} is for float64 "
+            f"parameters; {label} is {param_dtype}: {want}")
     # (sys.modules["ml_dtypes"] is None where an import of it was blocked)
     if state == "bfloat16" and __import__("sys").modules.get("ml_dtypes") is None:
         try:
@@ -492,7 +504,7 @@ def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_
     pname = dtype_name(param.dtype)
     q8 = isinstance(exp_avg, np.ndarray) and exp_avg.dtype == np.uint8
     if q8:
-        check_storage(pname, h._replace(state_dtype="int8"), "param")
+        check_storage(pname, h._replace(state_dtype="int8"), "param", functional=True)
         for name, a in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
             check_array(a, name, role="codes")
             check_writeable(a, name)
@@ -532,7 +544,7 @@ def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_
         labels.append("master_param")
     storage = h._replace(state_dtype=state_name(exp_avg.dtype),
                          master_weights=master_param is not None)
-    check_storage(pname, storage, "param")
+    check_storage(pname, storage, "param", functional=True)
     if h.stochastic_rounding and not rounds_to_16_bits(pname, storage):
         raise ValueError(
             "stochastic_rounding=True, but nothing is rounded to 16 bits (a "
