@@ -77,6 +77,18 @@ def _array(value, where):
     return V.interop_array(value, where)
 
 
+def _entry_step(e, where, allowed, stray_hint, owner, required=("step", *_MOMENTS)):
+    """A state entry's step, once its keys are checked: none outside
+    ``allowed`` (else ``stray_hint``), every one of ``required`` present
+    (``owner``: whose entry has them)."""
+    V.check_interop_keys(e, allowed, where, stray_hint)
+    for key in required:
+        if key not in e:
+            raise ValueError(f"{where} has no {key!r}; {owner} has "
+                             f"{', '.join(required[:-1])} and {required[-1]}")
+    return V.check_interop_step(e["step"], f"{where}['step']")
+
+
 def _adamc_entries(state_dict, what):
     """The checked per-parameter entries of an adamc state_dict:
     {pid: {"step": int, moment: ("int8", codes, absmax) | ("float", array),
@@ -90,14 +102,9 @@ def _adamc_entries(state_dict, what):
     out = {}
     for pid, e in state_dict["state"].items():
         where = f"{what}['state'][{pid!r}]"
-        V.check_interop_keys(e, ("step", *_spec.SLOT_NAMES), where,
-                             "is this an adamc state_dict?")
-        for key in ("step", *_MOMENTS):
-            if key not in e:
-                raise ValueError(f"{where} has no {key!r}; an adamc state entry has step, "
-                                 "exp_avg and exp_avg_sq")
-        entry = {"step": V.check_interop_step(e["step"], f"{where}['step']"), "extra": {},
-                 "map": map_of[pid]}
+        step = _entry_step(e, where, ("step", *_spec.SLOT_NAMES),
+                           "is this an adamc state_dict?", "an adamc state entry")
+        entry = {"step": step, "extra": {}, "map": map_of[pid]}
         for m in _MOMENTS:
             a = _array(e[m], f"{where}['{m}']")
             if a.dtype == np.uint8:
@@ -312,14 +319,10 @@ def from_bitsandbytes(state_dict, *, quant_map="dynamic"):
         if not isinstance(nested, dict):
             raise TypeError(f"{where}[{BNB_NESTED!r}] must be a dict")
         e.update(nested)
-        V.check_interop_keys(e, _BNB_KEYS, where,
-                             "only Adam8bit's blockwise state converts (not the "
-                             "non-blockwise max1/new_max1 kind, nor unorm_vec)")
-        for key in ("step", "state1", "state2"):
-            if key not in e:
-                raise ValueError(f"{where} has no {key!r}; an Adam8bit state entry has "
-                                 "step, state1 and state2")
-        out = {"step": V.check_interop_step(e["step"], f"{where}['step']")}
+        out = {"step": _entry_step(e, where, _BNB_KEYS,
+                                   "only Adam8bit's blockwise state converts (not the "
+                                   "non-blockwise max1/new_max1 kind, nor unorm_vec)",
+                                   "an Adam8bit state entry", ("step", "state1", "state2"))}
         s1 = _array(e["state1"], f"{where}['state1']")
         s2 = _array(e["state2"], f"{where}['state2']")
         if s1.dtype == np.uint8 or s2.dtype == np.uint8:
@@ -473,13 +476,9 @@ def from_torchao(state_dict, *, quant_map="dynamic"):
     state = {}
     for pid, e in state_dict["state"].items():
         where = f"{what}['state'][{pid!r}]"
-        V.check_interop_keys(e, ("step", *_MOMENTS), where,
-                             "adamc's 8-bit state has no amsgrad (max_exp_avg_sq)")
-        for key in ("step", *_MOMENTS):
-            if key not in e:
-                raise ValueError(f"{where} has no {key!r}; a torchao Adam state entry "
-                                 "has step, exp_avg and exp_avg_sq")
-        out = {"step": V.check_interop_step(e["step"], f"{where}['step']")}
+        out = {"step": _entry_step(e, where, ("step", *_MOMENTS),
+                                   "adamc's 8-bit state has no amsgrad (max_exp_avg_sq)",
+                                   "a torchao Adam state entry")}
         quantized = [_is_torchao_8bit(e[m]) for m in _MOMENTS]
         for m, q in zip(_MOMENTS, quantized):
             name = f"{where}['{m}']"
@@ -623,13 +622,9 @@ def from_torch(state_dict):
     state = {}
     for pid, e in state_dict["state"].items():
         where = f"{what}['state'][{pid!r}]"
-        V.check_interop_keys(e, ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), where,
-                             "is this torch.optim.Adam's or AdamW's state_dict?")
-        for key in ("step", *_MOMENTS):
-            if key not in e:
-                raise ValueError(f"{where} has no {key!r}; torch.optim.Adam's state has "
-                                 "step, exp_avg and exp_avg_sq")
-        out = {"step": V.check_interop_step(e["step"], f"{where}['step']")}
+        out = {"step": _entry_step(e, where, ("step", *_MOMENTS, "max_exp_avg_sq"),
+                                   "is this torch.optim.Adam's or AdamW's state_dict?",
+                                   "torch.optim.Adam's state")}
         for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
             if key in e:
                 out[key] = np.array(_array(e[key], f"{where}['{key}']"), copy=True)
