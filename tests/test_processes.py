@@ -207,6 +207,73 @@ def test_a_fork_during_a_step_gives_the_child_whole_steps():
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no fork on Windows")
+def test_a_fork_nested_in_another_forks_wait_lets_every_lock_go():
+    """A signal handler forks while another fork's handler waits for a lock
+    (a step's schedule holds it): the inner fork's bookkeeping replaced the
+    outer's, which then never let go of the locks it had taken (the next
+    step of that optimizer hung, in parent and child)."""
+    out = run("""
+        import os, signal, threading, time
+        B = adamc.Adam([np.zeros(3, np.float32)])   # taken first by a fork
+        started = threading.Event()
+        def slow_lr(t):
+            started.set()
+            time.sleep(2.0)
+            return 1e-3
+        A = adamc.Adam([np.zeros(3, np.float32)], lr=slow_lr)
+        th = threading.Thread(target=A.step, args=([np.ones(3, np.float32)],))
+        th.start()
+        started.wait()
+        def on_alarm(sig, frame):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        pid = os.fork()
+        if pid == 0:
+            ok = B._lock.acquire(timeout=5)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        th.join()
+        print(os.waitstatus_to_exitcode(status), B._lock.acquire(timeout=5))
+    """)
+    assert out.split() == ["0", "True"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fork on Windows")
+def test_a_schedule_using_another_optimizer_does_not_stall_a_fork():
+    """A schedule (run under its optimizer's lock) that reads another
+    optimizer was held at the gate while a fork waited for that lock: every
+    such fork waited out its whole bounded wait and copied a step in
+    flight.  The fork now takes about the schedule's 0.3 s."""
+    out = run("""
+        import os, threading, time
+        other = {}
+        def lr(t):
+            time.sleep(0.3)
+            other["B"].state_nbytes()
+            return 1e-3
+        A = adamc.Adam([np.zeros(3, np.float32)], lr=lr)
+        other["B"] = adamc.Adam([np.zeros(3, np.float32)])
+        adamc._base.FORK_WAIT = 30.0   # the old code waited all of it
+        th = threading.Thread(target=A.step, args=([np.ones(3, np.float32)],))
+        th.start()
+        time.sleep(0.1)
+        t0 = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        waited = time.perf_counter() - t0
+        os.waitpid(pid, 0)
+        th.join()
+        print(waited)
+    """)
+    assert float(out) < 15.0, out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fork on Windows")
 def test_an_optimizer_used_in_a_fork_handler_raises_instead_of_hanging():
     """A before-fork handler registered before adamc was imported runs after
     adamc's, which holds every optimizer's lock: reading the optimizer there

@@ -194,6 +194,13 @@ def test_state_is_live_read_only_views(rng, impl, kw):
             np.testing.assert_array_equal(a, sd[0][k])
             with pytest.raises(ValueError, match="read-only"):
                 a[...] = 0
+            with pytest.raises(ValueError, match="WRITEABLE"):   # a review: it could be
+                a.flags.writeable = True                        # flipped back
+            base = a.base
+            while isinstance(base, np.ndarray):
+                with pytest.raises(ValueError, match="read-only"):
+                    base[...] = 0
+                base = base.base
     first = live[0]["exp_avg"].copy()
     opt.step([random_like(rng, p) for p in ps])
     sd = opt.state_dict()["state"]

@@ -180,3 +180,40 @@ def test_real_torch_optimizers_both_ways(rng, cls, dtype):
         to.step()
     for a, p in zip(ws, tp):
         np.testing.assert_allclose(a, p.detach().float().numpy(), rtol=tol, atol=tol)
+
+
+def test_to_torch_gives_what_torch_can_take_and_step(rng):
+    """A review: bfloat16 state went out as ml_dtypes arrays (torch.from_numpy
+    cannot read them); amsgrad turned on after steps gave entries without
+    max_exp_avg_sq (torch's next step raised KeyError)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    ps, opt, rest = trained(rng, state_dtype="bfloat16")
+    out = interop.to_torch(opt.state_dict())["state"][0]
+    assert out["exp_avg"].dtype == np.float32
+    np.testing.assert_array_equal(out["exp_avg"], opt.state[0]["exp_avg"].astype(np.float32))
+    assert opt.state[0]["exp_avg"].dtype == ml_dtypes.bfloat16
+
+    ps, opt, rest = trained(rng)
+    opt.param_groups[0]["amsgrad"] = True
+    sd = interop.to_torch(opt.state_dict())
+    for e in sd["state"].values():
+        np.testing.assert_array_equal(e["max_exp_avg_sq"], np.zeros_like(e["exp_avg_sq"]))
+    qs = [p.copy() for p in ps]
+    resumed = adamc.Adam(qs)
+    resumed.load_state_dict(interop.from_torch(sd))
+    for gs in rest:   # zeros: what adamc starts the maximum from
+        opt.step(gs)
+        resumed.step(gs)
+    for p, q in zip(ps, qs):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_from_torch_turns_tensors_in_other_group_keys_into_numpy():
+    """A review: a scheduler's initial_lr beside a tensor lr stayed a tensor,
+    and save_state refused the group later."""
+    Tensor = type("Tensor", (), {"__module__": "torch", "__array__":
+                                 lambda self, dtype=None, copy=None: np.array(0.02)})
+    sd = {"state": {}, "param_groups": [{**TORCH_GROUP, "lr": Tensor(),
+                                         "initial_lr": Tensor(), "params": [0]}]}
+    g = interop.from_torch(sd)["param_groups"][0]
+    assert g["lr"] == 0.02 and g["initial_lr"] == 0.02 and type(g["initial_lr"]) is float

@@ -27,6 +27,15 @@ from . import _validation as V
 from ._fused import StepInfo, fused_factor  # noqa: F401  (StepInfo: opt.last_step)
 
 
+def _read_only_view(a):
+    """A view of contiguous ``a`` through a read-only buffer: its
+    WRITEABLE flag cannot be set back, nor its base written."""
+    order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+    flat = a.reshape(-1, order=order).view(np.uint8)
+    return np.frombuffer(memoryview(flat).toreadonly(), np.uint8).view(a.dtype).reshape(
+        a.shape, order=order)
+
+
 class _Locked:
     """``with _Locked(opt):`` the optimizer's lock, except for a call from
     inside one of its own schedules during a step (the lock is held then):
@@ -49,7 +58,7 @@ class _Locked:
 
 def _wait(opt, lock):
     """Block on ``lock`` (held by a step), or raise if this thread holds it,
-    running one of opt's schedules."""
+    running one of opt's schedules or a fork's handlers."""
     me = threading.get_ident()
     if opt.__dict__.get("_scheduling") == me:
         raise RuntimeError(
@@ -57,13 +66,13 @@ def _wait(opt, lock):
             "while it steps (the schedule runs under the optimizer's lock): a schedule "
             "must not use its optimizer; read what it needs before the step")
     if me in _FORKING:
-        if any(d["_lock"] is lock for d in getattr(_FORK, "held", ())):
+        if any(d["_lock"] is lock for held, _ in _forks() for d in held):
             raise RuntimeError(
                 "the optimizer was used from an os.fork handler, while adamc holds its "
                 "lock for the fork: use it before os.fork or after it returns")
-    else:
-        while _FORKING:   # a fork waits for the steps in flight: start none until it is done
-            time.sleep(0.0002)
+    elif not getattr(_THREAD, "schedules", 0):   # (a schedule runs under a lock the
+        while _FORKING:   # fork waits for) a fork waits for the steps in flight: start
+            time.sleep(0.0002)                   # none until it is done
     lock.acquire()
 
 
@@ -76,13 +85,24 @@ def _wait(opt, lock):
 # thread) is not waited for, and the child gets a fresh lock for that
 # optimizer instead (a lock copied while held would never be released
 # there), with the arrays as the fork found them.  While a fork waits, no
-# step starts (_FORKING is checked before each lock is taken): a thread that
-# steps in a loop took the lock back as soon as it let it go, and a fork
-# waited out FORK_WAIT and copied a step in flight.
+# step starts (_FORKING is checked before each lock is taken), except from
+# a schedule, which runs under a lock the fork may be waiting for: a thread
+# that steps in a loop took the lock back as soon as it let it go, and a
+# fork waited out FORK_WAIT and copied a step in flight.  A fork from a
+# signal handler during another fork's wait nests: each fork of a thread
+# has its own entry on the thread's stack, and _FORKING counts them.
 _LIVE = weakref.WeakValueDictionary()
-_FORK = threading.local()   # the locks this thread took before its fork
-_FORKING = {}               # the threads in a fork's handlers (dict operations are atomic)
+_THREAD = threading.local()   # .forks: (held, missed) per fork in progress; .schedules
+_FORKING = {}                 # thread id -> forks in progress (dict operations are atomic)
 FORK_WAIT = 1.0
+
+
+def _forks():
+    """This thread's stack of forks in progress: (locks held, locks missed)."""
+    stack = getattr(_THREAD, "forks", None)
+    if stack is None:
+        stack = _THREAD.forks = []
+    return stack
 
 
 def _live_dicts():
@@ -97,31 +117,46 @@ def _live_dicts():
 
 
 def _before_fork():
-    _FORKING[threading.get_ident()] = True
+    me = threading.get_ident()
+    _FORKING[me] = _FORKING.get(me, 0) + 1
     held, missed = [], []
-    _FORK.held, _FORK.missed = held, missed
-    for d in _live_dicts():
-        lock = d.get("_lock")
-        if lock is not None:
-            (held if lock.acquire(timeout=FORK_WAIT) else missed).append(d)
+    try:
+        for d in _live_dicts():
+            lock = d.get("_lock")
+            if lock is not None:
+                (held if lock.acquire(timeout=FORK_WAIT) else missed).append(d)
+    finally:   # (pushed once whole: a fork nested in this loop pushes and pops its own)
+        _forks().append((held, missed))
+
+
+def _end_fork():
+    """Pop this thread's latest fork: (held, missed), and its count."""
+    stack, me = _forks(), threading.get_ident()
+    left = _FORKING.get(me, 1) - 1
+    if left > 0:
+        _FORKING[me] = left
+    else:
+        _FORKING.pop(me, None)
+    return stack.pop() if stack else ((), ())
 
 
 def _after_fork_in_parent():
-    for d in getattr(_FORK, "held", ()):
+    held, _ = _end_fork()
+    for d in held:
         d["_lock"].release()
-    _FORK.held = _FORK.missed = ()
-    _FORKING.pop(threading.get_ident(), None)
 
 
 def _after_fork_in_child():
-    for d in getattr(_FORK, "held", ()):
+    me = threading.get_ident()
+    for other in [t for t in _FORKING if t != me]:
+        del _FORKING[other]        # no other thread of the parent runs here
+    held, missed = _end_fork()
+    for d in held:
         d["_lock"].release()
-    for d in getattr(_FORK, "missed", ()):
+    for d in missed:
         d["_lock"] = threading.Lock()
     for d in _live_dicts():
-        d["_scheduling"] = None   # no thread of the parent runs here
-    _FORK.held = _FORK.missed = ()
-    _FORKING.clear()              # nor any other fork
+        d["_scheduling"] = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -331,6 +366,7 @@ class _Optimizer:
             raise RuntimeError(f"adamc: gradient {i} failed a check (please report)")
         elif status == _spec.NEED_LR:
             self._scheduling = threading.get_ident()
+            _THREAD.schedules = getattr(_THREAD, "schedules", 0) + 1
             try:
                 engine.set_lrs({
                     (gi, t): V.scheduled_lr(self.param_groups[gi]["lr"], t,
@@ -338,6 +374,7 @@ class _Optimizer:
                     for gi, t in engine.wanted_lrs()})
             finally:
                 self._scheduling = None
+                _THREAD.schedules -= 1
         elif status == _spec.NEED_STATE:
             slots = self._slots(self._group_hypers())
             self._allocate([(i, slots[i]) for i in engine.stateless()])
@@ -436,7 +473,9 @@ class _Optimizer:
         optimizer built from a mapping).  The arrays are views of the
         optimizer's own buffers, not copies: they change as it steps (copy
         one to keep it; read them between steps, not while another thread
-        steps), and they are read-only (set state with ``load_state_dict``).
+        steps) until ``load_state_dict`` replaces the buffers, and they are
+        read-only, through a read-only buffer (set state with
+        ``load_state_dict``).
         """
         with _Locked(self):
             steps, names, out = self._engine.steps, self._names, {}
@@ -445,8 +484,7 @@ class _Optimizer:
                 if st:
                     entry = out[i if names is None else names[i]] = {"step": int(steps[i])}
                     for k, a in st.items():
-                        entry[k] = view = a.view()
-                        view.flags.writeable = False
+                        entry[k] = _read_only_view(a)
             return out
 
     def state_nbytes(self) -> int:

@@ -521,15 +521,34 @@ _TORCH_ONLY_GROUP_KEYS = tuple(_spec.TORCH_ONLY)
 _F32_EXACT_STEPS = 2 ** 24   # float32 holds every step count below this
 
 
+def _for_torch(a):
+    """A copy of state array ``a`` torch can take: bfloat16 (ml_dtypes, which
+    torch.from_numpy cannot read) widened to float32, exactly."""
+    return a.astype(np.float32, order="K") if V.dtype_name(a.dtype) == "bfloat16" \
+        else a.copy(order="K")
+
+
+def _plain(value, where):
+    """A torch tensor in a group's other keys (a scheduler's initial_lr
+    beside a tensor lr) as NumPy: a 0-d one as a Python number."""
+    if V.library_of(value) != "torch":
+        return value
+    a = _array(value, where)
+    return a.item() if a.ndim == 0 else np.array(a, copy=True)
+
+
 def to_torch(state_dict, *, tensor=None):
     """An adamc state_dict in ``torch.optim.Adam``/``AdamW``'s layout.
 
     Parameters
     ----------
     state_dict : dict
-        ``adamc.Adam(...).state_dict()`` (or AdamW's): float state in any
-        dtype, or 8-bit state, which is dequantized (``map[code] * scale``,
-        exactly the values the 8-bit optimizer steps with) to float32.
+        ``adamc.Adam(...).state_dict()`` (or AdamW's): float state (bfloat16
+        goes out as float32, exactly: torch.from_numpy cannot read it), or
+        8-bit state, which is dequantized (``map[code] * scale``, exactly
+        the values the 8-bit optimizer steps with) to float32.  A group with
+        amsgrad turned on after its parameters stepped gets the
+        ``max_exp_avg_sq`` adamc would start from (zeros).
     tensor : callable, optional
         Applied to every array of the result: ``torch.from_numpy`` gives a
         dict ``torch.optim.Adam(...).load_state_dict`` takes as it is.
@@ -558,7 +577,7 @@ def to_torch(state_dict, *, tensor=None):
         on in adamc), or a corrupted state.
     """
     entries = _adamc_entries(state_dict, "state_dict")
-    groups = []
+    groups, amsgrad = [], set()   # the parameters whose group has amsgrad on
     for gi, g in enumerate(state_dict["param_groups"]):
         d = _group_values([g], "state_dict", "torch.optim.Adam", decay_both_ways=True,
                           has=("amsgrad", "maximize"), first=gi)[0]
@@ -566,6 +585,8 @@ def to_torch(state_dict, *, tensor=None):
         d.update(amsgrad=bool(g.get("amsgrad", False)), maximize=bool(g.get("maximize", False)),
                  decoupled_weight_decay=bool(g.get("decoupled_weight_decay", False)),
                  params=params)
+        if d["amsgrad"]:
+            amsgrad.update(params)
         groups.append(d)
     state = {}
     for pid, e in entries.items():
@@ -580,9 +601,11 @@ def to_torch(state_dict, *, tensor=None):
         for m in _MOMENTS:
             kind, a = e[m][0], e[m][1]
             out[m] = (dequantize_blockwise(a, e[m][2], _SIGNED[m], e["map"]) if kind == "int8"
-                      else a.copy(order="K"))
+                      else _for_torch(a))
         if "max_exp_avg_sq" in e["extra"]:
-            out["max_exp_avg_sq"] = e["extra"]["max_exp_avg_sq"].copy(order="K")
+            out["max_exp_avg_sq"] = _for_torch(e["extra"]["max_exp_avg_sq"])
+        elif pid in amsgrad:   # amsgrad turned on after this entry's steps: adamc
+            out["max_exp_avg_sq"] = np.zeros_like(out["exp_avg_sq"])   # starts it at 0
         state[pid] = out
     return _convert({"state": state, "param_groups": groups}, tensor)
 
@@ -605,7 +628,8 @@ def from_torch(state_dict):
         ``exp_avg_sq`` (and ``max_exp_avg_sq``) as NumPy arrays; groups with
         lr, betas, eps, weight_decay, amsgrad, maximize,
         ``decoupled_weight_decay`` (where torch's group has it) and any
-        other keys (``initial_lr``, ``param_names``) as they are; torch's
+        other keys (``initial_lr``, ``param_names``) as they are (a tensor
+        among them as NumPy: a 0-d one as a number); torch's
         ``foreach``, ``fused``, ``capturable`` and ``differentiable`` are
         dropped.  adamc's own options (``state_dtype``, ...) stay the
         optimizer's.
@@ -632,7 +656,8 @@ def from_torch(state_dict):
     groups = []
     for gi, g in enumerate(state_dict["param_groups"]):
         where = f"{what}['param_groups'][{gi}]"
-        d = {k: v for k, v in g.items() if k not in _TORCH_ONLY_GROUP_KEYS}
+        d = {k: _plain(v, f"{where}[{k!r}]") for k, v in g.items()
+             if k not in _TORCH_ONLY_GROUP_KEYS}
         d.update(_foreign_groups([g], what, amsgrad=True, first=gi)[0])
         for key in ("amsgrad", "maximize", "decoupled_weight_decay"):
             if key in g:
