@@ -138,7 +138,8 @@ def hypers(draw, schedule=False):
 # ---------------------------------------------------------------- conditioning
 #
 # The FMA variants (avx2, avx512) differ from the reference by one rounding
-# per fused operation; assert_matches allows 8 ulp per step for that.  Some
+# per fused operation; assert_matches allows 8 ulp per step for that (ulps of
+# the value, or of the largest step the reference took: ref_step).  Some
 # drawn examples are ill-conditioned: with coupled (L2) weight decay, g + wd*p
 # can cancel and (beta2 ~ 0, eps ~ 0) the update then divides by a tiny
 # number, or p overshoots by ~lr and comes back, so one ulp in p becomes
@@ -189,6 +190,17 @@ def optimizer_arrays(opt):
     for slot in SLOT_NAMES:
         out += [state[slot] for state in states if slot in state]
     return out
+
+
+def ref_step(ref, grads, moved):
+    """Step the reference optimizer ``ref``, raising ``moved[i]`` to the
+    largest change of its parameter i in a step (assert_matches's scale)."""
+    before = [p.copy(order="K") for p in ref._params]
+    with np.errstate(all="ignore"):
+        ref.step(grads)
+        for i, (b, p) in enumerate(zip(before, ref._params)):
+            d = np.abs(p.astype(np.float64) - b.astype(np.float64))
+            moved[i] = max(moved[i], float(np.max(d[np.isfinite(d)], initial=0.0)))
 
 
 def noisy_step(opt, grads, toward):

@@ -309,21 +309,25 @@ def tolerance(dtype, steps):
     return tol, tol
 
 
-def _bounds(actual, expected, steps):
-    """(rtol, atol) of the tolerance, atol scaled by the largest finite |expected| (>= 1)."""
+def _bounds(actual, expected, steps, scale=0.0):
+    """(rtol, atol) of the tolerance, atol scaled by the largest finite
+    |expected| or ``scale`` (the largest magnitude the steps computed: an
+    update that cancels most of a parameter leaves a small value whose error
+    is ulps of the update), at least 1."""
     rtol, atol = tolerance(actual.dtype, steps)
-    scale = max(float(np.max(np.abs(expected[np.isfinite(expected)]), initial=0.0)), 1.0)
-    return rtol, atol * scale
+    big = max(float(np.max(np.abs(expected[np.isfinite(expected)]), initial=0.0)),
+              float(scale), 1.0)
+    return rtol, atol * big
 
 
-def assert_matches(actual, expected, steps, what=""):
+def assert_matches(actual, expected, steps, what="", scale=0.0):
     """actual (kernel) against expected (reference): bit for bit where exact(),
     else within the stated tolerance.  NaN and +-Inf where expected has them."""
     assert actual.shape == expected.shape and actual.dtype == expected.dtype, what
     if exact():
         np.testing.assert_array_equal(actual, expected, err_msg=what)
     else:
-        rtol, atol = _bounds(actual, expected, steps)
+        rtol, atol = _bounds(actual, expected, steps, scale)
         np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
@@ -341,13 +345,14 @@ def assert_same_nonfinite(actual, expected, what=""):
     np.testing.assert_array_equal(np.isneginf(actual), np.isneginf(expected), err_msg=f"{what}: -Inf positions")
 
 
-def assert_twins_match(opt, ref, steps, what="", groups=False):
+def assert_twins_match(opt, ref, steps, what="", groups=False, moved=None):
     """Optimizer ``opt`` and its twin ``ref`` (the reference optimizer, stepped
     alike): parameters and slots match (assert_matches, NaN and +-Inf in the
-    same places), the same state entries and step counts and, with
-    groups=True, equal param groups."""
+    same places; ``moved[i]``: parameter i's largest step, its scale), the
+    same state entries and step counts and, with groups=True, equal param
+    groups."""
     for i, (a, b) in enumerate(zip(opt._params, ref._params)):
-        assert_matches(a, b, steps, f"{what}: params[{i}]")
+        assert_matches(a, b, steps, f"{what}: params[{i}]", scale=moved[i] if moved else 0.0)
         assert_same_nonfinite(a, b, f"{what}: params[{i}]")
     sd, rsd = opt.state_dict(), ref.state_dict()
     assert sd["state"].keys() == rsd["state"].keys(), what
