@@ -203,17 +203,29 @@ def ref_step(ref, grads, moved):
             moved[i] = max(moved[i], float(np.max(d[np.isfinite(d)], initial=0.0)))
 
 
+def grad_toward(toward, maximize):
+    """The direction to nudge a gradient in, with the others toward
+    `toward`: the opposite where maximize negates it, so that the gradient
+    the step uses moves with the parameter (coupled weight decay adds
+    wd * p to it: nudged apart, the two moves cancelled where the sum does,
+    and an example that one rounding there throws far passed as
+    well-conditioned)."""
+    return -toward if maximize else toward
+
+
 def noisy_step(opt, grads, toward):
     """Step a reference optimizer after nudging its parameters, its state and
-    the gradients by one ulp toward `toward`."""
+    the gradients by one ulp toward `toward` (grad_toward)."""
     for a in optimizer_arrays(opt):
         a[...] = nudged(a, toward)
-    if isinstance(grads, dict):
-        grads = {k: None if g is None else nudged(g, toward) for k, g in grads.items()}
-    else:
-        grads = [None if g is None else nudged(g, toward) for g in grads]
+    keys = opt._names if isinstance(grads, dict) else range(len(grads))
+    new = {}
+    for i, k in enumerate(keys):
+        g = grads[k]
+        maximize = opt.param_groups[opt._group_of[i]].get("maximize", False)
+        new[k] = None if g is None else nudged(g, grad_toward(toward, maximize))
     with np.errstate(all="ignore"):
-        opt.step(grads)
+        opt.step(new if isinstance(grads, dict) else [new[i] for i in keys])
 
 
 def noisy_pairs(noisy, ref):

@@ -12,15 +12,15 @@ import pytest
 
 pytest.importorskip("hypothesis")
 
-from hypothesis import given  # noqa: E402
+from hypothesis import example, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import adamc  # noqa: E402
 from adamc import reference  # noqa: E402
 
 from _strategies import (  # noqa: E402
-    FIXTURE_OK, NUDGES, comparable, cutoffs, hypers, nudged, offsets, random_values, specs,
-    thread_counts, threads,
+    FIXTURE_OK, NUDGES, Spec, comparable, cutoffs, grad_toward, hypers, nudged, offsets,
+    random_values, specs, thread_counts, threads,
 )
 from _toolkit import (  # noqa: E402
     SLOT_NAMES, alloc_like, assert_guards_intact, assert_identical, assert_matches, exact,
@@ -47,7 +47,23 @@ def functional_cases(draw):
     )
 
 
+def _found(spec, lr, betas, eps, maximize, bias_correction, grad_exponent, spread,
+           param_exponent, seed):
+    """An example a ci-profile run found (it failed before the fixes that
+    _toolkit._bounds and _strategies.grad_toward describe)."""
+    h = {o.name: o.default for o in adamc._spec.OPTIONS}
+    h.update(lr=lr, betas=betas, eps=eps, weight_decay=0.01, maximize=maximize,
+             bias_correction=bias_correction)
+    return dict(spec=spec, state_offsets=[0, 0, 0, 0], hyper=h, first_step=1, nsteps=2,
+                zero_state=True, grad_exponent=grad_exponent, spread=spread,
+                param_exponent=param_exponent, threads=1, cutoff=None, seed=seed)
+
+
 @FIXTURE_OK
+@example(case=_found(Spec((306,), np.float64, "C", 0), 7.65625, (0.265625, 0.265625), 0.0,
+                     True, False, -3, 0, -1, 0))   # an update cancelling most of p
+@example(case=_found(Spec((767,), np.float64, "C", 0), 0.984375, (0.0, 0.34375), 1e-08,
+                     True, True, -3, 2, -2, 152))  # maximize: wd * p - g cancelling
 @given(case=functional_cases())
 def test_functional_step_matches_reference(variant, case):
     spec, h = case["spec"], case["hyper"]
@@ -86,8 +102,8 @@ def test_functional_step_matches_reference(variant, case):
                 for d, nb in noisy.items() if not exact() else ():
                     for a in nb:
                         a[...] = nudged(a, d)
-                    reference.adam_step(nb[0], nudged(g0, d), nb[1], nb[2], step=t,
-                                        max_exp_avg_sq=nb[3], **kw)
+                    reference.adam_step(nb[0], nudged(g0, grad_toward(d, h["maximize"])),
+                                        nb[1], nb[2], step=t, max_exp_avg_sq=nb[3], **kw)
             assert_identical(g, g0, "the gradient was written")
     n = case["nsteps"]
     if comparable([pair for nb in noisy.values() for pair in zip(nb, [pr] + rbufs)], n):
