@@ -102,9 +102,15 @@ def test_a_closure_is_told_to_pass_gradients(impl, fused):
                                       ("capturable", "CUDA graphs"),
                                       ("differentiable", "autograd graph")])
 def test_torch_only_keywords_say_why_they_are_not_here(impl, cls, key, why):
-    with pytest.raises(TypeError, match=rf"{cls}\(\) got {key}=, a torch\.optim option "
+    with pytest.raises(TypeError, match=rf"{cls}\(\) got {key}=True, a torch\.optim option "
                                         rf"with no counterpart in adamc \(.*{why}.*\); drop it"):
         getattr(impl, cls)([np.ones(3)], lr=0.1, **{key: True})
+    with pytest.raises(TypeError, match=rf"^param_groups\[0\] got {key}=None, .*{why}"):
+        getattr(impl, cls)([{"params": [np.ones(3)], key: None}])
+    opt = getattr(impl, cls)([np.ones(3)])
+    with pytest.raises(TypeError, match=rf"^param_groups\[1\] got {key}=False, .*{why}"):
+        opt.add_param_group({"params": [np.ones(2)], key: False})
+    assert len(opt.param_groups) == 1
     w, g = np.ones(3), np.ones(3)
     m, v = np.zeros(3), np.zeros(3)
     with pytest.raises(TypeError, match=rf"adam_step\(\) got {key}=.*{why}"):

@@ -559,13 +559,13 @@ def check_step_buffers(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, master_
 
 
 def check_torch_only(keywords, where):
-    """Refuse the first of ``keywords`` that is a torch.optim-only option,
-    saying why adamc has no such option."""
+    """Refuse the first of ``keywords`` (a mapping name -> value) that is a
+    torch.optim-only option, saying why adamc has no such option."""
     for k in keywords:
         if k in _spec.TORCH_ONLY:
             raise TypeError(
-                f"{where} got {k}=, a torch.optim option with no counterpart in adamc "
-                f"({_spec.TORCH_ONLY[k]}); drop it")
+                f"{where} got {k}={keywords[k]!r}, a torch.optim option with no "
+                f"counterpart in adamc ({_spec.TORCH_ONLY[k]}); drop it")
 
 
 def functional_values(step, options):
@@ -573,7 +573,7 @@ def functional_values(step, options):
     value, unknown names refused); return (t, Hypers)."""
     t = check_step(step)
     unknown = [k for k in options if k not in _spec.FUNCTIONAL_NAMES and k not in SYNONYMS]
-    check_torch_only(unknown, "adam_step()")
+    check_torch_only({k: options[k] for k in unknown}, "adam_step()")
     if unknown:
         raise TypeError(
             f"adam_step() got an unexpected keyword argument {unknown[0]!r}; its "
@@ -655,6 +655,7 @@ def make_group(group, gi, named, variant, defaults):
     where = f"param_groups[{gi}]"
     if "params" not in group:
         raise ValueError(f"{where} has no 'params' entry")
+    check_torch_only(group, where)
     ps = group["params"]
     if isinstance(ps, Mapping) != named:
         raise TypeError(
