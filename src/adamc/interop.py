@@ -160,12 +160,11 @@ def _codes_for(codes, scales, signed, version, to_version, c_order=False):
     return quantize_blockwise(values, signed, to_version)
 
 
-def _group_values(groups, what, target, decay_both_ways=False, has=(), first=0):
+def _group_values(groups, what, target, decay_both_ways=False, has=()):
     """Each adamc group's lr, betas, eps, weight_decay (checked to be
-    expressible by ``target``, which also ``has`` those options) and params;
-    ``first``: the index of groups[0] in the state_dict."""
+    expressible by ``target``, which also ``has`` those options) and params."""
     out = []
-    for gi, g in enumerate(groups, first):
+    for gi, g in enumerate(groups):
         where = f"{what}['param_groups'][{gi}]"
         V.check_interop_group(g, where, target, decay_both_ways, has)
         b1, b2 = V.check_interop_betas(g.get("betas", (0.9, 0.999)), f"{where}['betas']")
@@ -179,12 +178,11 @@ def _group_values(groups, what, target, decay_both_ways=False, has=(), first=0):
     return out
 
 
-def _foreign_groups(groups, what, amsgrad=False, first=0):
+def _foreign_groups(groups, what, amsgrad=False):
     """lr, betas, eps, weight_decay of bitsandbytes'/torchao's groups (or
-    torch's, with ``amsgrad``: allowed), checked; ``first``: the index of
-    groups[0] in the state_dict."""
+    torch's, with ``amsgrad``: allowed), checked."""
     out = []
-    for gi, g in enumerate(groups, first):
+    for gi, g in enumerate(groups):
         where = f"{what}['param_groups'][{gi}]"
         d = {}
         if "lr" in g:
@@ -577,17 +575,16 @@ def to_torch(state_dict, *, tensor=None):
         on in adamc), or a corrupted state.
     """
     entries = _adamc_entries(state_dict, "state_dict")
-    groups, amsgrad = [], set()   # the parameters whose group has amsgrad on
-    for gi, g in enumerate(state_dict["param_groups"]):
-        d = _group_values([g], "state_dict", "torch.optim.Adam", decay_both_ways=True,
-                          has=("amsgrad", "maximize"), first=gi)[0]
+    groups = _group_values(state_dict["param_groups"], "state_dict", "torch.optim.Adam",
+                           decay_both_ways=True, has=("amsgrad", "maximize"))
+    amsgrad = set()   # the parameters whose group has amsgrad on
+    for d, g in zip(groups, state_dict["param_groups"]):
         params = d.pop("params")
         d.update(amsgrad=bool(g.get("amsgrad", False)), maximize=bool(g.get("maximize", False)),
                  decoupled_weight_decay=bool(g.get("decoupled_weight_decay", False)),
                  params=params)
         if d["amsgrad"]:
             amsgrad.update(params)
-        groups.append(d)
     state = {}
     for pid, e in entries.items():
         where = f"state_dict['state'][{pid!r}]"
@@ -654,11 +651,12 @@ def from_torch(state_dict):
                 out[key] = np.array(_array(e[key], f"{where}['{key}']"), copy=True)
         state[pid] = out
     groups = []
-    for gi, g in enumerate(state_dict["param_groups"]):
+    checked = _foreign_groups(state_dict["param_groups"], what, amsgrad=True)
+    for gi, (g, values) in enumerate(zip(state_dict["param_groups"], checked)):
         where = f"{what}['param_groups'][{gi}]"
         d = {k: _plain(v, f"{where}[{k!r}]") for k, v in g.items()
              if k not in _TORCH_ONLY_GROUP_KEYS}
-        d.update(_foreign_groups([g], what, amsgrad=True, first=gi)[0])
+        d.update(values)
         for key in ("amsgrad", "maximize", "decoupled_weight_decay"):
             if key in g:
                 d[key] = V.check_bool(g[key], key, where)
